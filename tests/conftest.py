@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny seeded model (fast) and small synthetic images of odd sizes."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+TINY_CONFIG = dict(channels=8, latent_channels=12, hyper_channels=8)
+
+
+def make_tiny_model(seed: int = 0, model_id: str = "tiny-test"):
+    from vaecodec.coding_model import CodingModel
+    from vaecodec.model import HyperpriorModel, ModelConfig
+
+    torch.manual_seed(seed)
+    net = HyperpriorModel(ModelConfig(**TINY_CONFIG))
+    return CodingModel.from_training_model(net, model_id)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_codec(tiny_model):
+    from vaecodec.api import Codec
+
+    return Codec(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory, tiny_model):
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    tiny_model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shipped_codec():
+    from vaecodec.api import default_codec
+
+    return default_codec()
+
+
+def smooth_image(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    """A seeded image with structure (gradients + blobs + a little noise), uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w, 1)
+    planes = []
+    for c in range(channels):
+        a, b, f = rng.uniform(0.5, 2, 3)
+        planes.append(128 + 60 * np.sin(a * 6 * xx + c) * np.cos(b * 5 * yy) + 30 * np.sin(f * 20 * (xx + yy)))
+    img = np.stack(planes, -1) + rng.normal(0, 4, (h, w, channels))
+    img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return img[:, :, 0] if channels == 1 else img
+
+
+@pytest.fixture
+def rgb_image():
+    return smooth_image(40, 56, seed=1)
+
+
+def kodak_crop(x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(DATA / "kodim23.png") as im:
+        return np.asarray(im.convert("RGB"))[y0:y0 + h, x0:x0 + w].copy()

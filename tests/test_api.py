@@ -1,0 +1,127 @@
+"""The public API on the tiny model: round trips, modes, errors, determinism."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vaecodec
+from vaecodec import entropy
+from vaecodec.api import Codec
+from vaecodec.container import unpack
+from vaecodec.errors import FormatError, ImageError, ModelMismatchError
+
+from conftest import make_tiny_model, smooth_image
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (17, 31, 3), (65, 257, 3), (1, 1), (33, 20)])
+def test_round_trip_keeps_size_and_mode(tiny_codec, shape):
+    img = smooth_image(shape[0], shape[1], channels=shape[2] if len(shape) == 3 else 1)
+    data = tiny_codec.compress(img, quality=60)
+    out = tiny_codec.decompress(data)
+    assert out.size == (shape[1], shape[0])
+    assert out.mode == ("RGB" if len(shape) == 3 else "L")
+    assert vaecodec.read_header(data).num_bytes == len(data)
+
+
+def test_decoder_recovers_exactly_the_symbols_the_encoder_coded(tiny_codec, rgb_image):
+    m = tiny_codec.model
+    for quality in (1, 50, 100):
+        analysed = tiny_codec._analyze(rgb_image)
+        _, _, _, y, z, params = analysed
+        y_sym = m.quantize(y, params, quality)
+        header, words = unpack(tiny_codec.compress(rgb_image, quality=quality))
+        coder = entropy.new_coder(words)
+        z_idx = np.broadcast_to(np.arange(z.shape[1])[None, :, None, None], z.shape)
+        assert np.array_equal(m.z_pmfs.decode(coder, z_idx).reshape(z.shape), z.numpy())
+        y_dec = m.y_pmfs.decode(coder, m.scale_indexes(params, quality).numpy()).reshape(y_sym.shape)
+        assert np.array_equal(y_dec, y_sym.numpy()) and coder.is_empty()
+
+
+def test_inputs_as_array_pil_path_and_bytes_agree(tiny_codec, rgb_image, tmp_path):
+    path = tmp_path / "in.png"
+    Image.fromarray(rgb_image).save(path)
+    outs = {tiny_codec.compress(x, quality=40) for x in
+            (rgb_image, Image.fromarray(rgb_image), path, str(path), path.read_bytes())}
+    assert len(outs) == 1
+
+
+def test_same_input_gives_identical_bytes_across_codecs(rgb_image):
+    a = Codec(make_tiny_model()).compress(rgb_image, quality=30)
+    b = Codec(make_tiny_model()).compress(rgb_image, quality=30)
+    assert a == b
+
+
+def test_encoded_reports_honest_size_and_information(tiny_codec, rgb_image):
+    enc = tiny_codec.encode(rgb_image, quality=80)
+    assert enc.num_bytes == len(enc.data) and enc.bpp == 8 * len(enc.data) / (40 * 56)
+    assert 0 < enc.information_bits <= 8 * len(enc.data)
+
+
+def test_target_bpp_picks_the_highest_quality_that_fits(tiny_codec, rgb_image):
+    sizes = {q: len(tiny_codec.compress(rgb_image, quality=q)) for q in range(1, 101)}
+    target = 8 * sizes[60] / (40 * 56) + 1e-9
+    enc = tiny_codec.encode(rgb_image, target_bpp=target)
+    assert enc.bpp <= target
+    assert all(8 * sizes[q] / (40 * 56) > target for q in range(enc.header.quality + 1, 101))
+
+
+def test_unreachable_target_bpp_is_a_clear_error(tiny_codec, rgb_image):
+    with pytest.raises(vaecodec.VaecodecError, match="cannot reach"):
+        tiny_codec.encode(rgb_image, target_bpp=1e-6)
+
+
+@pytest.mark.parametrize("quality", [0, 101, 50.5, "75"])
+def test_bad_quality_is_a_value_error(tiny_codec, rgb_image, quality):
+    with pytest.raises(ValueError):
+        tiny_codec.compress(rgb_image, quality=quality)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "CMYK", "I;16", "I", "F", "YCbCr"])
+def test_lossy_conversions_are_refused(tiny_codec, mode):
+    im = Image.new(mode, (8, 8))
+    with pytest.raises(ImageError):
+        tiny_codec.compress(im)
+
+
+def test_palette_and_bilevel_images_convert_without_loss(tiny_codec):
+    rgb = Image.fromarray(smooth_image(16, 16))
+    pal = rgb.convert("P")
+    assert tiny_codec.decompress(tiny_codec.compress(pal)).mode == "RGB"
+    bw = Image.fromarray(smooth_image(16, 16, channels=1)).convert("1")
+    assert tiny_codec.decompress(tiny_codec.compress(bw)).mode == "L"
+    pal.info["transparency"] = 0
+    with pytest.raises(ImageError, match="transparency"):
+        tiny_codec.compress(pal)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4), np.uint16), np.zeros((4, 4, 4), np.uint8),
+                                 np.zeros((0, 4, 3), np.uint8), b"not an image", 3.5])
+def test_bad_arrays_and_objects_are_image_errors(tiny_codec, bad):
+    with pytest.raises(ImageError):
+        tiny_codec.compress(bad)
+
+
+def test_a_file_from_other_weights_is_refused(tiny_codec, rgb_image):
+    other = Codec(make_tiny_model(seed=1))
+    with pytest.raises(ModelMismatchError):
+        tiny_codec.decompress(other.compress(rgb_image))
+
+
+def test_every_truncation_and_bit_flip_of_a_real_file_is_a_format_error(tiny_codec):
+    data = tiny_codec.compress(smooth_image(9, 13), quality=50)
+    for n in range(len(data)):
+        with pytest.raises(FormatError):
+            tiny_codec.decompress(data[:n])
+    for i in range(len(data) * 8):
+        bad = bytearray(data)
+        bad[i // 8] ^= 1 << (i % 8)
+        with pytest.raises(FormatError):
+            tiny_codec.decompress(bytes(bad))
+
+
+def test_decoded_png_round_trips_through_pillow(tiny_codec, rgb_image):
+    buf = io.BytesIO()
+    tiny_codec.decompress(tiny_codec.compress(rgb_image)).save(buf, "PNG")
+    assert Image.open(buf).size == (56, 40)

@@ -1,0 +1,88 @@
+"""Model shapes, the training forward pass, and the fixed-point programs."""
+
+import numpy as np
+import pytest
+import torch
+
+from vaecodec.fixedpoint import ACT_FRAC_BITS, FixedPointProgram, to_fixed
+from vaecodec.image import to_model_input
+from vaecodec.model import HyperpriorModel, ModelConfig
+from vaecodec.training import rd_loss, sample_lambdas
+
+from conftest import TINY_CONFIG, smooth_image
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return HyperpriorModel(ModelConfig(**TINY_CONFIG))
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (17, 31), (65, 257)])
+def test_padded_odd_sizes_give_the_expected_latent_shapes(net, tiny_model, h, w):
+    x = to_model_input(smooth_image(h, w), 64)
+    assert x.shape[2] % 64 == 0 and x.shape[3] % 64 == 0
+    y, z = tiny_model.analyze(x)
+    y_shape, z_shape = tiny_model.latent_shapes(h, w)
+    assert tuple(y.shape) == y_shape and tuple(z.shape) == z_shape
+    out = net(x, torch.tensor([0.01]))
+    assert out.x_hat.shape == x.shape and out.bits_y.shape == (1,)
+
+
+def test_a_training_step_reduces_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = HyperpriorModel(ModelConfig(**TINY_CONFIG))
+    x = torch.from_numpy(smooth_image(64, 64)).permute(2, 0, 1)[None].float().repeat(2, 1, 1, 1) / 255
+    lam = sample_lambdas(model.config, 2, torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    first = None
+    for _ in range(100):
+        loss, stats = rd_loss(model, x, lam)
+        first = first or stats["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert stats["loss"] < 0.5 * first
+
+
+def test_gains_interpolate_log_linearly_between_anchors(net):
+    lam = torch.tensor(net.config.lambdas[:2])
+    mid = torch.sqrt(lam[:1] * lam[1:2])
+    g = net.log_gain(torch.cat([lam, mid]))
+    assert torch.allclose(g[2], (g[0] + g[1]) / 2, atol=1e-5)
+
+
+def test_fixed_point_synthesis_tracks_the_float_synthesis(net):
+    torch.manual_seed(1)
+    y = torch.randn(1, TINY_CONFIG["latent_channels"], 4, 6)
+    program = FixedPointProgram.from_sequential(net.synthesis)
+    exact = program.run(to_fixed(y)) * 2.0**-ACT_FRAC_BITS
+    with torch.no_grad():
+        ref = net.synthesis(y).double()
+    assert (exact - ref).abs().max() < 1e-2 * ref.abs().max()
+
+
+def test_fixed_point_outputs_are_integers_identical_across_kernels(net):
+    program = FixedPointProgram.from_sequential(net.synthesis)
+    a = to_fixed(torch.randn(1, TINY_CONFIG["latent_channels"], 8, 8, generator=torch.Generator().manual_seed(2)))
+    outs = []
+    for mkldnn, threads in [(True, 2), (False, 1)]:
+        torch.backends.mkldnn.enabled = mkldnn
+        torch.set_num_threads(threads)
+        try:
+            outs.append(program.run(a))
+        finally:
+            torch.backends.mkldnn.enabled = True
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], torch.round(outs[0]))
+
+
+def test_layers_without_an_exact_form_are_refused():
+    with pytest.raises(TypeError):
+        FixedPointProgram.from_sequential(torch.nn.Sequential(torch.nn.Sigmoid()))
+
+
+def test_weights_that_could_overflow_2_53_are_refused():
+    conv = torch.nn.Conv2d(2**17, 1, 5)  # fan-in 2^21.6 · 2^13+ · 2^20 > 2^53
+    with pytest.raises(ValueError, match="2\\^53"):
+        FixedPointProgram.from_sequential(torch.nn.Sequential(conv))

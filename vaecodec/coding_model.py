@@ -1,0 +1,211 @@
+"""A trained model frozen for coding: float encoder, integer-exact decoder, integer tables.
+
+Ready to code at construction: there is no ``update()`` step. Every number
+the entropy coder sees is either a shipped integer table or the output of an
+integer-exact program (:mod:`vaecodec.fixedpoint`), so encoder and decoder
+agree bit for bit on any machine:
+
+* ``z_pmfs``: one integer pmf per hyper-latent channel (from the learned
+  factorized density, evaluated once at export);
+* ``y_pmfs``: one integer pmf of a zero-mean Gaussian per scale index j, with
+  std 2^((j + SCALE_MIN_INDEX)/6);
+* per quality 1..100: ``log2_gain`` (fixed point, shifts the scale index) and
+  ``inverse_gain`` (fixed point, dequantizes). Quality q sits at position
+  (q − 1)/99 along the trained λ anchors, log-linearly, so quality 1 is the
+  smallest anchor λ and 100 the largest.
+
+Data flow (sides: E encoder only, E+D both, bit-exact)::
+
+    x ─analyze (E, float32)─▶ y, ẑ
+    ẑ ─hyper_decode (E+D, exact)─▶ mean μ, log2 σ ─scale_indexes(quality)─▶ j
+    y ─quantize (E)─▶ q = round((y − μ)·g)            coded with y_pmfs[j]
+    q ─reconstruct (E+D, exact)─▶ pixels
+
+This module knows nothing of files or bytes; :mod:`vaecodec.api` wires it to
+the entropy coder and the container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .entropy import IndexedPmfs, quantize_pmf
+from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, round_shift, to_fixed
+from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
+                    interpolate_rows)
+
+__all__ = ["CodingModel", "HyperParams", "NUM_QUALITIES", "DOWNSAMPLING"]
+
+MODEL_FORMAT = "vaecodec-model"
+MODEL_FORMAT_VERSION = 1
+NUM_QUALITIES = 100
+NUM_SCALES = 64
+Y_RADIUS = 1023
+Z_RADIUS = 63
+GAIN_FRAC_BITS = 16
+_SYMBOL_LIMIT = 2.0**24  # |q| beyond this only reaches the synthesis clamped (it is still coded exactly)
+
+
+@dataclass
+class HyperParams:
+    """Decoded side information for the latents, fixed point (float64 integers, 2^-12 units)."""
+
+    mean: torch.Tensor  # (1, M, h, w)
+    log2_scale: torch.Tensor  # (1, M, h, w)
+
+
+def _gaussian_pmfs(radius: int) -> np.ndarray:
+    """Unit-bin masses of N(0, std_j²) on -radius..radius, tails lumped into the edges."""
+    stds = 2.0 ** ((torch.arange(NUM_SCALES, dtype=torch.float64) + SCALE_MIN_INDEX) / SCALE_STEPS_PER_OCTAVE)
+    edges = torch.arange(-radius, radius, dtype=torch.float64) + 0.5
+    cdf = torch.special.ndtr(edges[None, :] / stds[:, None])
+    cdf = torch.cat([torch.zeros(NUM_SCALES, 1, dtype=torch.float64), cdf, torch.ones(NUM_SCALES, 1, dtype=torch.float64)], 1)
+    return quantize_pmf(torch.diff(cdf, dim=1).numpy())
+
+
+@torch.no_grad()
+def _factorized_pmfs(net: HyperpriorModel, radius: int) -> np.ndarray:
+    density = net.hyper_prior.double()
+    channels = net.config.hyper_channels
+    edges = torch.arange(-radius, radius, dtype=torch.float64) + 0.5
+    cdf = torch.sigmoid(density.cdf_logits(edges.expand(channels, 1, -1)))[:, 0]
+    cdf = torch.cat([torch.zeros(channels, 1, dtype=torch.float64), cdf, torch.ones(channels, 1, dtype=torch.float64)], 1)
+    net.hyper_prior.float()
+    return quantize_pmf(torch.diff(cdf, dim=1).clamp_min(0).numpy())
+
+
+@torch.no_grad()
+def _quality_tables(net: HyperpriorModel) -> dict[str, np.ndarray]:
+    k = len(net.config.lambdas)
+    pos = torch.arange(NUM_QUALITIES, dtype=torch.float64) / (NUM_QUALITIES - 1) * (k - 1)
+    log_g = interpolate_rows(net.log_gains.detach().double(), pos)
+    return {
+        "log2_gain": torch.round(log_g / math.log(2) * 2.0**ACT_FRAC_BITS).long().numpy(),
+        "inverse_gain": torch.round(torch.exp(-log_g) * 2.0**GAIN_FRAC_BITS).clamp_min(1).long().numpy(),
+    }
+
+
+def quality_to_lambda(config: ModelConfig, quality: int) -> float:
+    """The λ a quality level stands for (log-linear between the first and last anchor)."""
+    lo, hi = math.log(config.lambdas[0]), math.log(config.lambdas[-1])
+    return math.exp(lo + (quality - 1) / (NUM_QUALITIES - 1) * (hi - lo))
+
+
+class CodingModel:
+    """Weights (fp16) + integer tables → the coding operations of one model.
+
+    Build it with :meth:`from_training_model` (computes the tables; done once,
+    at export) or :meth:`load` (a shipped file). ``weight_hash`` identifies the
+    exact weights and tables; files record it and refuse other weights.
+    """
+
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], tables: dict[str, np.ndarray], model_id: str):
+        self.config = config
+        self.model_id = model_id
+        self.weights = {k: v.detach().to(torch.float16).contiguous() for k, v in weights.items()}
+        self.tables = {k: np.ascontiguousarray(v) for k, v in tables.items()}
+        net = HyperpriorModel(config)
+        net.load_state_dict({k: v.float() for k, v in self.weights.items()})
+        net.eval().requires_grad_(False)
+        self.analysis = net.analysis
+        self.hyper_analysis = net.hyper_analysis
+        self.hyper_synthesis = FixedPointProgram.from_sequential(net.hyper_synthesis)
+        self.synthesis = FixedPointProgram.from_sequential(net.synthesis)
+        self.y_pmfs = IndexedPmfs(self.tables["y_pmfs"], Y_RADIUS)
+        self.z_pmfs = IndexedPmfs(self.tables["z_pmfs"], Z_RADIUS)
+        self._log2_gain = torch.from_numpy(self.tables["log2_gain"]).double()
+        self._inverse_gain = torch.from_numpy(self.tables["inverse_gain"]).double()
+        if self._log2_gain.shape != (NUM_QUALITIES, config.latent_channels):
+            raise ValueError("quality tables do not match the model")
+        self.weight_hash = self._hash()
+
+    # ----- construction and files -------------------------------------------------
+    @classmethod
+    def from_training_model(cls, net: HyperpriorModel, model_id: str) -> "CodingModel":
+        """Freeze a trained model: round weights to fp16, then compute the tables from them."""
+        weights = {k: v.detach().to(torch.float16) for k, v in net.state_dict().items()}
+        frozen = HyperpriorModel(net.config)
+        frozen.load_state_dict({k: v.float() for k, v in weights.items()})
+        tables = {"y_pmfs": _gaussian_pmfs(Y_RADIUS), "z_pmfs": _factorized_pmfs(frozen, Z_RADIUS), **_quality_tables(frozen)}
+        return cls(net.config, weights, tables, model_id)
+
+    def save(self, path: str | Path) -> None:
+        torch.save({
+            "format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "model_id": self.model_id,
+            "config": self.config.to_dict(), "weights": self.weights,
+            "tables": {k: torch.from_numpy(v) for k, v in self.tables.items()},
+        }, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CodingModel":
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{path} is not a vaecodec model file")
+        if blob.get("version") != MODEL_FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported model file version {blob.get('version')}")
+        tables = {k: v.numpy() for k, v in blob["tables"].items()}
+        return cls(ModelConfig.from_dict(blob["config"]), blob["weights"], tables, blob["model_id"])
+
+    def _hash(self) -> bytes:
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        for name in sorted(self.weights):
+            t = self.weights[name]
+            h.update(f"{name}:{tuple(t.shape)}".encode())
+            h.update(t.numpy().astype("<f2").tobytes())
+        for name in sorted(self.tables):
+            a = self.tables[name]
+            h.update(f"{name}:{a.shape}".encode())
+            h.update(a.astype("<i8").tobytes())
+        return h.digest()[:8]
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.weights.values())
+
+    # ----- the coding operations --------------------------------------------------
+    @torch.no_grad()
+    def analyze(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (1, 3, H, W) float32 in [0, 1], H and W multiples of 64 → (y, ẑ as int64)."""
+        y = self.analysis(x)
+        return y, torch.round(self.hyper_analysis(y)).long()
+
+    def hyper_decode(self, z_symbols: torch.Tensor) -> HyperParams:
+        """Exact: hyper-latent integers → mean and log2 scale of every latent."""
+        out = self.hyper_synthesis.run(to_fixed(z_symbols.double().clamp(-255, 255)))
+        mean, log2_scale = out.chunk(2, dim=1)
+        return HyperParams(mean, log2_scale)
+
+    def scale_indexes(self, params: HyperParams, quality: int) -> torch.Tensor:
+        """Exact: index j of the pmf table for each latent, 0..NUM_SCALES−1 (int64)."""
+        t = params.log2_scale + self._log2_gain[quality - 1][None, :, None, None]
+        j = round_shift(t * SCALE_STEPS_PER_OCTAVE, ACT_FRAC_BITS) - SCALE_MIN_INDEX
+        return j.clamp_(0, NUM_SCALES - 1).long()
+
+    @torch.no_grad()
+    def quantize(self, y: torch.Tensor, params: HyperParams, quality: int) -> torch.Tensor:
+        """Encoder: q = round((y − μ)·g), int64; g = 2^16 / inverse_gain so decoding inverts it."""
+        gain = 2.0**GAIN_FRAC_BITS / self._inverse_gain[quality - 1][None, :, None, None]
+        r = (y.double() - params.mean * 2.0**-ACT_FRAC_BITS) * gain
+        return torch.round(r).long()
+
+    def reconstruct(self, y_symbols: torch.Tensor, params: HyperParams, quality: int) -> np.ndarray:
+        """Exact: latent integers → uint8 RGB pixels (H, W, 3) of the padded image."""
+        q = y_symbols.double().clamp(-_SYMBOL_LIMIT, _SYMBOL_LIMIT)
+        y_hat = round_shift(q * self._inverse_gain[quality - 1][None, :, None, None], GAIN_FRAC_BITS - ACT_FRAC_BITS)
+        y_hat = (y_hat + params.mean).clamp_(-ACT_LIMIT, ACT_LIMIT)
+        x = self.synthesis.run(y_hat)
+        pixels = round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)
+        return pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
+
+    def latent_shapes(self, height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of y and ẑ for an image of this size (after padding to multiples of 64)."""
+        hp, wp = -(-height // DOWNSAMPLING), -(-width // DOWNSAMPLING)
+        return ((1, self.config.latent_channels, hp * 4, wp * 4), (1, self.config.hyper_channels, hp, wp))

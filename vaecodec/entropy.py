@@ -1,0 +1,144 @@
+"""Entropy coding: integer symbols ↔ ANS words. The only module that imports constriction.
+
+An :class:`IndexedPmfs` is a fixed set of integer probability tables (each row
+sums to 2^24) over the symbols ``-radius..radius``; each symbol is coded with
+the table its *index* names (a scale index for latents, a channel for
+hyper-latents). Because the tables are integers shipped with the model and the
+indexes are computed exactly, encoder and decoder see identical models on any
+machine (design.md §3).
+
+Escapes: the edge symbols ``±radius`` also stand for everything beyond. An
+edge symbol is followed by its excess magnitude ``|s| − radius`` (0 ≤ excess
+< 2^32) as two uniform 16-bit halves. Nothing is clipped.
+
+Stack order (ANS is LIFO). :meth:`IndexedPmfs.encode` pushes the escapes
+first and then the table groups from the last index to the first, so
+:meth:`IndexedPmfs.decode` pops the groups from the first index to the last,
+then the escapes it now knows to expect. Independent sections share one stack
+the same way: push the section the decoder needs *last* first.
+
+Typical workflow::
+
+    pmfs = IndexedPmfs(quantize_pmf(probabilities), radius)    # ready to code
+    coder = new_coder()
+    pmfs.encode(coder, symbols, indexes)                        # push
+    words = coder.get_compressed()                              # uint32 words
+    decoded = pmfs.decode(new_coder(words), indexes)            # pop
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import constriction
+
+__all__ = ["PROBABILITY_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "is_empty"]
+
+PROBABILITY_BITS = 24
+_TOTAL = 1 << PROBABILITY_BITS
+ESCAPE_BITS = 32
+_model = constriction.stream.model
+_HALF_WORD = _model.Uniform(1 << 16)
+
+
+def new_coder(words: np.ndarray | None = None):
+    """An ANS stack, empty or holding ``words`` (uint32, little-endian order already applied)."""
+    if words is None:
+        return constriction.stream.stack.AnsCoder()
+    return constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+
+
+def is_empty(coder) -> bool:
+    return coder.is_empty()
+
+
+def quantize_pmf(probabilities: np.ndarray) -> np.ndarray:
+    """Float pmf rows (..., n) → int32 rows that sum to exactly 2^24, every entry ≥ 1.
+
+    Each entry gets ``floor(p·(2^24 − n)) + 1``; what is left goes to the most
+    probable entry. Rows need not be normalized.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise ValueError("probabilities must be finite and non-negative")
+    n = p.shape[-1]
+    p = p / p.sum(axis=-1, keepdims=True)
+    counts = np.floor(p * (_TOTAL - n)).astype(np.int64) + 1
+    left = _TOTAL - counts.sum(axis=-1)
+    top = counts.argmax(axis=-1)
+    np.put_along_axis(counts, top[..., None], np.take_along_axis(counts, top[..., None], -1) + left[..., None], -1)
+    return counts.astype(np.int32)
+
+
+class IndexedPmfs:
+    """Integer pmf tables, indexed per symbol, ready to code at construction.
+
+    Args:
+      pmfs: (num_tables, 2·radius + 1) integers, each row summing to 2^24 with
+        every entry ≥ 1 (see :func:`quantize_pmf`).
+      radius: symbols ``-radius..radius`` are coded directly; the edges escape.
+    """
+
+    def __init__(self, pmfs: np.ndarray, radius: int):
+        pmfs = np.asarray(pmfs)
+        if pmfs.ndim != 2 or pmfs.shape[1] != 2 * radius + 1:
+            raise ValueError(f"pmf tables must have shape (n, {2 * radius + 1})")
+        if np.any(pmfs < 1) or np.any(pmfs.astype(np.int64).sum(axis=1) != _TOTAL):
+            raise ValueError("each pmf row must be ≥ 1 everywhere and sum to 2^24")
+        self.pmfs = pmfs.astype(np.int32)
+        self.radius = int(radius)
+        # perfect=True reproduces the integer tables exactly, so information_bits() is the coder's model.
+        self._models = [_model.Categorical(row.astype(np.float64), perfect=True) for row in self.pmfs]
+        self._log2_pmfs = np.log2(self.pmfs.astype(np.float64) / _TOTAL)
+
+    @property
+    def num_tables(self) -> int:
+        return self.pmfs.shape[0]
+
+    def _groups(self, indexes: np.ndarray):
+        indexes = np.asarray(indexes).ravel()
+        if indexes.size and (indexes.min() < 0 or indexes.max() >= self.num_tables):
+            raise ValueError(f"table index out of range 0..{self.num_tables - 1}")
+        order = np.argsort(indexes, kind="stable")
+        cuts = np.searchsorted(indexes[order], np.arange(self.num_tables + 1))
+        return order, cuts
+
+    def information_bits(self, symbols: np.ndarray, indexes: np.ndarray) -> float:
+        """Σ −log2 p over the symbols under these exact tables, escapes included."""
+        s = np.asarray(symbols, dtype=np.int64).ravel()
+        idx = np.asarray(indexes).ravel()
+        main = np.clip(s, -self.radius, self.radius) + self.radius
+        escapes = int(np.count_nonzero(np.abs(s) >= self.radius))
+        return float(-self._log2_pmfs[idx, main].sum()) + ESCAPE_BITS * escapes
+
+    def encode(self, coder, symbols: np.ndarray, indexes: np.ndarray) -> None:
+        """Push ``symbols`` (any int dtype, any shape) coded with the tables ``indexes`` names."""
+        s = np.asarray(symbols, dtype=np.int64).ravel()
+        if s.shape != np.asarray(indexes).ravel().shape:
+            raise ValueError("symbols and indexes must have the same size")
+        excess = np.abs(s[np.abs(s) >= self.radius]) - self.radius
+        if excess.size:
+            if excess.max() >= 1 << ESCAPE_BITS:
+                raise ValueError("latent too large to code (|value| ≥ 2^32)")
+            halves = np.stack([excess >> 16, excess & 0xFFFF], axis=1).ravel().astype(np.int32)
+            coder.encode_reverse(halves, _HALF_WORD)
+        main = (np.clip(s, -self.radius, self.radius) + self.radius).astype(np.int32)
+        order, cuts = self._groups(indexes)
+        for j in reversed(range(self.num_tables)):
+            if cuts[j + 1] > cuts[j]:
+                coder.encode_reverse(main[order[cuts[j]:cuts[j + 1]]], self._models[j])
+
+    def decode(self, coder, indexes: np.ndarray) -> np.ndarray:
+        """Pop as many symbols as ``indexes`` has; returns int64, flat, in index order."""
+        order, cuts = self._groups(indexes)
+        main = np.empty(order.size, np.int64)
+        for j in range(self.num_tables):
+            n = int(cuts[j + 1] - cuts[j])
+            if n:
+                main[order[cuts[j]:cuts[j + 1]]] = coder.decode(self._models[j], n)
+        s = main - self.radius
+        edge = np.flatnonzero(np.abs(s) >= self.radius)
+        if edge.size:
+            halves = coder.decode(_HALF_WORD, 2 * edge.size).astype(np.int64).reshape(-1, 2)
+            s[edge] += np.sign(s[edge]) * ((halves[:, 0] << 16) | halves[:, 1])
+        return s

@@ -1,0 +1,180 @@
+"""Integer-exact inference for the decoder side: the same numbers on every machine.
+
+Why: a one-ulp difference in a coding parameter silently corrupts the rest of an
+ANS stream, and torch's float kernels differ across BLAS, oneDNN on/off, CPUs
+and GPUs (design.md §3). So everything the *decoder* computes (the hyper-
+synthesis that yields each latent's mean and scale index, and the synthesis
+that yields the pixels) runs as a fixed-point integer program.
+
+How: activations are integers ``a`` standing for ``a·2^-ACT_FRAC_BITS``; weights
+are integers with a per-layer power-of-two scale. The program runs in float64,
+where every product and partial sum is an integer of magnitude below 2^53, so
+it is exact whatever the summation order, kernel or thread count. Between
+layers activations are re-quantized with ``floor(v·2^-s + ½)`` (a power-of-two
+scaling, exact) and clamped to ``±ACT_LIMIT``; this clamp is what makes the
+2^53 bound a guarantee rather than a hope (checked per layer at construction).
+
+Supported layers: Conv2d, ConvTranspose2d, ReLU and the inverse simplified
+GDN (a product with a 1×1 convolution of ``|a|``, no square root).
+
+Typical workflow::
+
+    program = FixedPointProgram.from_sequential(model.synthesis)   # exact from fp16/fp32 weights
+    a = to_fixed(y_hat)          # or integers computed exactly upstream
+    out = program.run(a)         # float64 tensor holding integers
+
+This module knows nothing of files, bytes or entropy coding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import SimplifiedGDN
+
+__all__ = ["ACT_FRAC_BITS", "ACT_LIMIT", "FixedPointProgram", "round_shift"]
+
+ACT_FRAC_BITS = 12
+ACT_LIMIT = 2**20
+WEIGHT_BITS = 14
+EXACT_LIMIT = 2.0**53
+
+
+def round_shift(v: torch.Tensor, shift: int) -> torch.Tensor:
+    """floor(v·2^-shift + ½) for float64 tensors holding integers (exact, round half up)."""
+    return torch.floor(v * (2.0**-shift) + 0.5)
+
+
+def _weight_shift(w: torch.Tensor) -> int:
+    """Power-of-two scale so that max|round(w·2^s)| ≤ 2^WEIGHT_BITS (frexp: exact)."""
+    peak = float(w.abs().max())
+    if peak == 0.0:
+        return 0
+    _, exponent = math.frexp(peak)  # peak = m·2^e, m in [0.5, 1)
+    return WEIGHT_BITS - exponent
+
+
+@dataclass
+class _IntConv:
+    weight: torch.Tensor  # float64 integers
+    bias: torch.Tensor  # float64 integers, in units of 2^-(shift + ACT_FRAC_BITS)
+    shift: int
+    stride: int
+    padding: int
+    output_padding: int
+    transposed: bool
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            acc = F.conv_transpose2d(a, self.weight, None, self.stride, self.padding, self.output_padding)
+        else:
+            acc = F.conv2d(a, self.weight, None, self.stride, self.padding)
+        acc = acc + self.bias[None, :, None, None]
+        return round_shift(acc, self.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def bound(self) -> float:
+        fan_in = self.weight[0].numel() if not self.transposed else self.weight[:, 0].numel()
+        return fan_in * float(self.weight.abs().max()) * ACT_LIMIT + float(self.bias.abs().max())
+
+
+@dataclass
+class _IntReLU:
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        return a.clamp_(min=0)
+
+    def bound(self) -> float:
+        return ACT_LIMIT
+
+
+@dataclass
+class _IntInverseGDN:
+    """out = a·(β + Γ|a|), with the norm re-quantized to ACT_FRAC_BITS first."""
+
+    gamma: torch.Tensor  # (C, C, 1, 1) float64 integers
+    beta: torch.Tensor  # (C,) float64 integers, in units of 2^-(shift + ACT_FRAC_BITS)
+    shift: int
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        norm = F.conv2d(a.abs(), self.gamma) + self.beta[None, :, None, None]
+        norm = round_shift(norm, self.shift).clamp_(0, ACT_LIMIT)
+        return round_shift(a * norm, ACT_FRAC_BITS).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def bound(self) -> float:
+        c = self.gamma.shape[1]
+        return max(c * float(self.gamma.abs().max()) * ACT_LIMIT + float(self.beta.abs().max()), float(ACT_LIMIT) ** 2)
+
+
+def _quantize_conv(layer: nn.Conv2d | nn.ConvTranspose2d) -> _IntConv:
+    w = layer.weight.detach().to(torch.float64)
+    b = layer.bias.detach().to(torch.float64)
+    s = _weight_shift(w)
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    return _IntConv(
+        weight=torch.round(w * 2.0**s),
+        bias=torch.round(b * 2.0 ** (s + ACT_FRAC_BITS)),
+        shift=s,
+        stride=layer.stride[0],
+        padding=layer.padding[0],
+        output_padding=layer.output_padding[0] if transposed else 0,
+        transposed=transposed,
+    )
+
+
+def _quantize_igdn(layer: SimplifiedGDN) -> _IntInverseGDN:
+    if not layer.inverse:
+        raise ValueError("only the inverse simplified GDN runs in fixed point (the forward one divides)")
+    beta, gamma = (t.detach().to(torch.float64) for t in layer.effective_params())
+    s = _weight_shift(gamma)
+    return _IntInverseGDN(
+        gamma=torch.round(gamma * 2.0**s)[:, :, None, None],
+        beta=torch.round(beta * 2.0 ** (s + ACT_FRAC_BITS)),
+        shift=s,
+    )
+
+
+class FixedPointProgram:
+    """A feed-forward stack of layers evaluated exactly in integers (see module docstring).
+
+    Construction quantizes the weights (deterministically: power-of-two scales
+    from ``frexp`` and round-half-even), and checks that no partial sum can
+    reach 2^53. ``run`` takes and returns float64 tensors holding integers in
+    units of ``2^-ACT_FRAC_BITS``.
+    """
+
+    def __init__(self, layers: list):
+        self.layers = layers
+        for layer in layers:
+            if layer.bound() >= EXACT_LIMIT:
+                raise ValueError(f"fixed-point layer {layer!r:.60} could exceed 2^53; weights out of range")
+
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential) -> "FixedPointProgram":
+        layers = []
+        for m in seq:
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                layers.append(_quantize_conv(m))
+            elif isinstance(m, nn.ReLU):
+                layers.append(_IntReLU())
+            elif isinstance(m, SimplifiedGDN):
+                layers.append(_quantize_igdn(m))
+            else:
+                raise TypeError(f"no fixed-point form for {type(m).__name__}")
+        return cls(layers)
+
+    @torch.no_grad()
+    def run(self, a: torch.Tensor) -> torch.Tensor:
+        if a.dtype != torch.float64:
+            raise TypeError("fixed-point programs take float64 tensors holding integers")
+        for layer in self.layers:
+            a = layer(a)
+        return a
+
+
+def to_fixed(v: torch.Tensor) -> torch.Tensor:
+    """Float values → fixed-point integers (float64), clamped to the activation range."""
+    return torch.round(v.to(torch.float64) * 2.0**ACT_FRAC_BITS).clamp_(-ACT_LIMIT, ACT_LIMIT)
