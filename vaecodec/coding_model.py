@@ -50,7 +50,34 @@ NUM_SCALES = 64
 Y_RADIUS = 1023
 Z_RADIUS = 63
 GAIN_FRAC_BITS = 16
+ANALYSIS_TILE = 1024  # pixels; with a 64-pixel halo (the analysis sees ±30 pixels)
+SYNTHESIS_TILE = 64  # latents; with a 3-latent halo (the synthesis sees ±2 latents)
 _SYMBOL_LIMIT = 2.0**24  # |q| beyond this only reaches the synthesis clamped (it is still coded exactly)
+
+
+def run_tiled(fn, x: torch.Tensor, tile: int, halo: int, scale: float) -> torch.Tensor:
+    """Apply a translation-equivariant ``fn`` to ``x`` (N, C, H, W) tile by tile, to bound memory.
+
+    Each tile is extended by ``halo`` input samples on every side where the
+    image continues (not beyond its border), and the output is cropped back;
+    ``scale`` is output size per input size. With a halo that covers ``fn``'s
+    receptive field the result equals ``fn(x)``: exactly for the integer
+    programs, up to float summation order for the float analysis.
+    """
+    h, w = x.shape[2:]
+    if h <= tile and w <= tile:
+        return fn(x)
+    rows = []
+    for y0 in range(0, h, tile):
+        cols = []
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+            out = fn(x[:, :, ya:min(h, y1 + halo), xa:min(w, x1 + halo)])
+            oy, ox = round((y0 - ya) * scale), round((x0 - xa) * scale)
+            cols.append(out[:, :, oy:oy + round((y1 - y0) * scale), ox:ox + round((x1 - x0) * scale)])
+        rows.append(torch.cat(cols, dim=3))
+    return torch.cat(rows, dim=2)
 
 
 @dataclass
@@ -125,6 +152,7 @@ class CodingModel:
         if self._log2_gain.shape != (NUM_QUALITIES, config.latent_channels):
             raise ValueError("quality tables do not match the model")
         self.weight_hash = self._hash()
+        self.synthesis_tile = SYNTHESIS_TILE
 
     # ----- construction and files -------------------------------------------------
     @classmethod
@@ -174,7 +202,7 @@ class CodingModel:
     @torch.no_grad()
     def analyze(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (1, 3, H, W) float32 in [0, 1], H and W multiples of 64 → (y, ẑ as int64)."""
-        y = self.analysis(x)
+        y = run_tiled(self.analysis, x, ANALYSIS_TILE, 64, 1 / 16)
         return y, torch.round(self.hyper_analysis(y)).long()
 
     def hyper_decode(self, z_symbols: torch.Tensor) -> HyperParams:
@@ -201,7 +229,7 @@ class CodingModel:
         q = y_symbols.double().clamp(-_SYMBOL_LIMIT, _SYMBOL_LIMIT)
         y_hat = round_shift(q * self._inverse_gain[quality - 1][None, :, None, None], GAIN_FRAC_BITS - ACT_FRAC_BITS)
         y_hat = (y_hat + params.mean).clamp_(-ACT_LIMIT, ACT_LIMIT)
-        x = self.synthesis.run(y_hat)
+        x = run_tiled(self.synthesis.run, y_hat, self.synthesis_tile, 3, 16)
         pixels = round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)
         return pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
 

@@ -50,6 +50,11 @@ def round_shift(v: torch.Tensor, shift: int) -> torch.Tensor:
     return torch.floor(v * (2.0**-shift) + 0.5)
 
 
+def _round_shift_(v: torch.Tensor, shift: int) -> torch.Tensor:
+    """In-place round_shift, for intermediates nobody else holds."""
+    return v.mul_(2.0**-shift).add_(0.5).floor_()
+
+
 def _weight_shift(w: torch.Tensor) -> int:
     """Power-of-two scale so that max|round(w·2^s)| ≤ 2^WEIGHT_BITS (frexp: exact)."""
     peak = float(w.abs().max())
@@ -70,12 +75,12 @@ class _IntConv:
     transposed: bool
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        # Integer sums are exact in any order, so the bias may be added inside the kernel.
         if self.transposed:
-            acc = F.conv_transpose2d(a, self.weight, None, self.stride, self.padding, self.output_padding)
+            acc = F.conv_transpose2d(a, self.weight, self.bias, self.stride, self.padding, self.output_padding)
         else:
-            acc = F.conv2d(a, self.weight, None, self.stride, self.padding)
-        acc = acc + self.bias[None, :, None, None]
-        return round_shift(acc, self.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
+            acc = F.conv2d(a, self.weight, self.bias, self.stride, self.padding)
+        return _round_shift_(acc, self.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
     def bound(self) -> float:
         fan_in = self.weight[0].numel() if not self.transposed else self.weight[:, 0].numel()
@@ -100,9 +105,8 @@ class _IntInverseGDN:
     shift: int
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        norm = F.conv2d(a.abs(), self.gamma) + self.beta[None, :, None, None]
-        norm = round_shift(norm, self.shift).clamp_(0, ACT_LIMIT)
-        return round_shift(a * norm, ACT_FRAC_BITS).clamp_(-ACT_LIMIT, ACT_LIMIT)
+        norm = _round_shift_(F.conv2d(a.abs(), self.gamma, self.beta), self.shift).clamp_(0, ACT_LIMIT)
+        return _round_shift_(norm.mul_(a), ACT_FRAC_BITS).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
     def bound(self) -> float:
         c = self.gamma.shape[1]
