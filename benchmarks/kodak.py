@@ -43,7 +43,8 @@ def checks(report) -> list[str]:
         a, b = quality_at_rate(vae.rates(), vae.psnrs(), r), quality_at_rate(jpeg.rates(), jpeg.psnrs(), r)
         deltas.append(None if a is None or b is None else a - b)
     measurable = [d for d in deltas if d is not None]
-    lines.append(f"- BD-rate (PSNR) vs JPEG: **{row['bd_rate_psnr']:+.1f}%** (bar: ≤ −20%)")
+    bd = row["bd_rate_psnr"]
+    lines.append(f"- BD-rate (PSNR) vs JPEG: **{'no overlap' if bd is None else f'{bd:+.1f}%'}** (bar: ≤ −20%)")
     if len(measurable) == len(grid):
         lines.append(f"- PSNR − JPEG's PSNR at equal bpp over 0.25–1.0 bpp (31 points): min {min(measurable):+.2f} dB, "
                      f"max {max(measurable):+.2f} dB; better everywhere: **{min(measurable) > 0}**")

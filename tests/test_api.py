@@ -8,8 +8,8 @@ from PIL import Image
 
 import vaecodec
 from vaecodec import entropy
-from vaecodec.api import Codec
-from vaecodec.container import unpack
+from vaecodec.api import Codec, _header_check
+from vaecodec.container import Header, pack, unpack
 from vaecodec.errors import FormatError, ImageError, ModelMismatchError
 
 from conftest import make_tiny_model, smooth_image
@@ -36,7 +36,8 @@ def test_decoder_recovers_exactly_the_symbols_the_encoder_coded(tiny_codec, rgb_
         z_idx = np.broadcast_to(np.arange(z.shape[1])[None, :, None, None], z.shape)
         assert np.array_equal(m.z_pmfs.decode(coder, z_idx).reshape(z.shape), z.numpy())
         y_dec = m.y_pmfs.decode(coder, m.scale_indexes(params, quality).numpy()).reshape(y_sym.shape)
-        assert np.array_equal(y_dec, y_sym.numpy()) and coder.is_empty()
+        assert np.array_equal(y_dec, y_sym.numpy())
+        assert entropy.pop_check(coder) == _header_check(header) and coder.is_empty()
 
 
 def test_inputs_as_array_pil_path_and_bytes_agree(tiny_codec, rgb_image, tmp_path):
@@ -125,3 +126,66 @@ def test_decoded_png_round_trips_through_pillow(tiny_codec, rgb_image):
     buf = io.BytesIO()
     tiny_codec.decompress(tiny_codec.compress(rgb_image)).save(buf, "PNG")
     assert Image.open(buf).size == (56, 40)
+
+
+def _repack(data: bytes, **changes) -> bytes:
+    header, words = unpack(data)
+    fields = {k: v for k, v in header.__dict__.items() if k not in ("num_words", "num_bytes")}
+    fields.update(changes)
+    words = words[:changes.pop("keep_words")] if "keep_words" in changes else words
+    fields.pop("keep_words", None)
+    return pack(Header(**fields), words)
+
+
+@pytest.mark.parametrize("changes", [dict(width=57), dict(height=41), dict(mode="L"), dict(quality=51),
+                                     dict(keep_words=1), dict(keep_words=-1)])
+def test_a_payload_under_another_header_is_refused(tiny_codec, rgb_image, changes):
+    # The file's CRC is valid here (repacked); only the check value inside the stream can tell.
+    data = tiny_codec.compress(rgb_image, quality=50)
+    with pytest.raises(FormatError):
+        tiny_codec.decompress(_repack(data, **changes))
+
+
+def _png16(path, channels=3):
+    import struct
+    import zlib
+
+    a = np.random.default_rng(0).integers(0, 65535, (8, 8 * channels)).astype(">u2")
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    raw = b"".join(b"\0" + row.tobytes() for row in a)
+    color = {1: 0, 3: 2}[channels]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, color, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_pngs_are_refused_not_truncated(tiny_codec, tmp_path, channels):
+    with pytest.raises(ImageError, match="bit"):
+        tiny_codec.compress(_png16(tmp_path / "deep.png", channels))
+
+
+def test_colour_key_transparency_is_refused(tiny_codec):
+    im = Image.fromarray(smooth_image(8, 8))
+    im.info["transparency"] = (0, 0, 0)
+    with pytest.raises(ImageError, match="transparency"):
+        tiny_codec.compress(im)
+
+
+def test_oversized_images_are_refused_before_any_work(tiny_codec):
+    with pytest.raises(ImageError, match="too large"):
+        tiny_codec.compress(np.zeros((1, 70000), np.uint8))
+
+
+def test_a_damaged_model_file_is_a_model_file_error(tmp_path):
+    from vaecodec.errors import ModelFileError
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError):
+        Codec(bad)
+    with pytest.raises(ModelFileError):
+        Codec(tmp_path / "missing.pt")

@@ -139,3 +139,38 @@ def test_decoded_pixels_match_the_api(run, png, tiny_codec):
     run("decompress", png.with_suffix(".vae"), "-o", png.with_name("out.png"))
     api = tiny_codec.decompress(tiny_codec.compress(png, quality=55))
     assert np.array_equal(np.asarray(Image.open(png.with_name("out.png"))), np.asarray(api))
+
+
+def test_a_bad_model_file_is_a_one_line_error(png, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    r = CliRunner().invoke(cli, ["compress", str(png), "--model", str(bad)])
+    assert_one_line_error(r)
+    assert "model" in r.output
+
+
+def test_colliding_outputs_are_refused_before_writing(run, tmp_path):
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(smooth_image(10, 10)).save(tmp_path / d / "x.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run("compress", tmp_path / "d1" / "x.png", tmp_path / "d2" / "x.png", "-o", out, "--force")
+    assert r.exit_code == 2 and list(out.iterdir()) == []
+
+
+def test_outputs_get_ordinary_file_permissions(run, png):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert run("compress", png).exit_code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(png.with_suffix(".vae").stat().st_mode) == 0o644
+
+
+def test_version():
+    r = CliRunner().invoke(cli, ["--version"])
+    assert r.exit_code == 0 and "0.1.0" in r.output

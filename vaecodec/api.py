@@ -10,17 +10,21 @@ Typical workflow::
 Where the bits are made (``Codec.encode``), one ANS stack per image::
 
     pixels ─pad─▶ x ─analyze─▶ y, ẑ
-    push  q = quantize(y)   with y_pmfs[scale index]   (pushed first, popped last)
-    push  ẑ                 with z_pmfs[channel]       (pushed last, popped first)
+    push  check = CRC-32 of the header fields (bottom of the stack, popped last)
+    push  q = quantize(y)   with y_pmfs[scale index]
+    push  ẑ                 with z_pmfs[channel]       (top of the stack, popped first)
     Header + words ─container.pack─▶ bytes (rate = len(bytes), header included)
 
-Decoding mirrors it: pop ẑ, compute the scale indexes exactly, pop q,
-reconstruct exactly, crop.
+Decoding mirrors it: pop ẑ, compute the scale indexes exactly, pop q, pop and
+compare the check value, require an empty stack, reconstruct exactly, crop.
+The check catches what the file's CRC cannot: a payload put under another
+header (size, mode, quality) or cut short and re-CRC'd.
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -121,7 +125,9 @@ class Codec:
         y_symbols = m.quantize(y, params, quality)
         scale_idx = m.scale_indexes(params, quality)
         z_idx = torch.arange(z_symbols.shape[1])[None, :, None, None].expand_as(z_symbols)
+        header = Header(w, h, mode, quality, m.model_id, m.weight_hash)
         coder = entropy.new_coder()
+        entropy.push_check(coder, _header_check(header))
         m.y_pmfs.encode(coder, y_symbols.numpy(), scale_idx.numpy())
         m.z_pmfs.encode(coder, z_symbols.numpy(), z_idx.numpy())
         words = coder.get_compressed()
@@ -129,6 +135,7 @@ class Codec:
                 + m.z_pmfs.information_bits(z_symbols.numpy(), z_idx.numpy()))
         header = Header(w, h, mode, quality, m.model_id, m.weight_hash, num_words=int(words.size))
         data = pack(header, words)
+        info += 32  # the check value
         return Encoded(data, Header(**{**header.__dict__, "num_bytes": len(data)}), info)
 
     def _encode_to_target(self, analysed, target_bpp: float) -> Encoded:
@@ -170,10 +177,15 @@ class Codec:
             params = m.hyper_decode(z_symbols)
             scale_idx = m.scale_indexes(params, header.quality)
             y_symbols = torch.from_numpy(m.y_pmfs.decode(coder, scale_idx.numpy()).reshape(y_shape))
-            if not coder.is_empty():
-                raise FormatError("malformed payload (data left after the last symbol)")
+            if entropy.pop_check(coder) != _header_check(header) or not coder.is_empty():
+                raise FormatError("payload does not match its header (corrupted or truncated data)")
             rgb = m.reconstruct(y_symbols, params, header.quality)
         return to_output_pixels(rgb, header.height, header.width, header.mode)
+
+
+def _header_check(h: Header) -> int:
+    """32-bit value tying a payload to the header fields that shape its decoding."""
+    return zlib.crc32(f"{h.width}x{h.height}:{h.mode}:{h.quality}:{h.model_id}:".encode() + h.weight_hash)
 
 
 _default: Codec | None = None

@@ -228,25 +228,38 @@ def environment() -> dict:
     return env
 
 
+def is_kodak(paths) -> bool:
+    """True for the 24 Kodak images (kodim01..kodim24), the set the published curves were measured on."""
+    return sorted(Path(p).stem for p in paths) == [f"kodim{i:02d}" for i in range(1, 25)]
+
+
 def run_benchmark(images, codecs, reference: str = "jpeg", model: str | None = None, jobs: int = 1,
-                  settings: dict[str, tuple] | None = None, progress=None, published: bool = True) -> BenchReport:
+                  settings: dict[str, tuple] | None = None, progress=None, published: bool | None = None) -> BenchReport:
     """Measure ``codecs`` on ``images``; ``settings`` may override a codec's sweep (tests use it).
 
-    ``progress(n)`` is called after each finished (codec, image) task.
+    ``published``: add the published Kodak curves (None: only when the images are
+    the Kodak set, where comparing with them means something). ``progress(n)`` is
+    called after each finished (codec, image) task. Raises ValueError when the
+    reference is neither measured nor published.
     """
     paths = [str(p) for p in collect_images(images)]
+    extra = published_curves() if (is_kodak(paths) if published is None else published) else []
     specs, skipped = {}, {}
     for name in codecs:
         try:
             specs[name] = make_codec(name, model)
         except CodecUnavailable as e:
             skipped[name] = str(e)
+    if reference not in specs and reference not in {c.name for c in extra}:
+        why = f" ({skipped[reference]})" if reference in skipped else ""
+        raise ValueError(f"reference codec {reference!r} is not among the measured or published curves{why}")
     tasks = []
     for name, spec in specs.items():
         sweep = tuple(settings[name]) if settings and name in settings else spec.sweep
         tasks += [(name, model, p, sweep) for p in paths]
     results: list[Measurement] = []
     if jobs <= 1:
+        _worker_init(1)  # one thread, like the classical codecs, so CPU times compare
         _CODECS.update({(n, model): s for n, s in specs.items()})
         for t in tasks:
             results += _measure(t)
@@ -266,9 +279,10 @@ def run_benchmark(images, codecs, reference: str = "jpeg", model: str | None = N
         sweep = tuple(settings[name]) if settings and name in settings else spec.sweep
         order = [f"{k}={v}" for k, v in sweep]
         curves.append(Curve(name, spec.library, spec.settings, _aggregate([m for m in results if m.codec == name], order)))
-    if published:
-        curves += published_curves()
-    return BenchReport(curves, results, reference, paths, skipped, environment(), " ".join(sys.argv))
+    env = environment()
+    env["threads_per_process"] = 1
+    env["jobs"] = jobs
+    return BenchReport(curves + extra, results, reference, paths, skipped, env, " ".join(sys.argv))
 
 
 # ----- output -------------------------------------------------------------------------------
@@ -310,11 +324,22 @@ def _summary_table(report: BenchReport, markdown: bool) -> str:
                      for r in [head, *rows])
 
 
+def _finite(v):
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
+
+
 def save_json(report: BenchReport, path) -> None:
     blob = {"command": report.command, "environment": report.environment, "reference": report.reference,
             "images": report.images, "skipped": report.skipped, "summary": report.summary(),
             "curves": [asdict(c) for c in report.curves], "measurements": [asdict(m) for m in report.measurements]}
-    Path(path).write_text(json.dumps(blob, indent=1, allow_nan=True) + "\n")
+    Path(path).write_text(json.dumps(_finite(blob), indent=1, allow_nan=False) + "\n")
 
 
 def save_markdown(report: BenchReport, path, plot: str | None = None) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from . import __version__
 from .container import read_header
 from .errors import VaecodecError
 
@@ -58,6 +59,8 @@ def _write_output(path: str, data: bytes, force: bool) -> None:
         with os.fdopen(fd, "wb") as f:
             fd = None
             f.write(data)
+        # mkstemp creates 0600; give the file the mode a plain open() would (or keep the replaced file's).
+        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask())
         os.replace(tmp, target)
         tmp = None
     except OSError as e:
@@ -69,7 +72,21 @@ def _write_output(path: str, data: bytes, force: bool) -> None:
             os.unlink(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _outputs(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[str]:
+    targets = _output_paths(inputs, output, suffix)
+    real = [os.path.realpath(t) for t in targets if t != STDIO]
+    if len(set(real)) < len(real):
+        raise click.UsageError("two inputs would be written to the same output file")
+    return targets
+
+
+def _output_paths(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[str]:
     """Output path per input: -o as a file (one input) or a folder (several), else beside the input."""
     if len(inputs) > 1:
         if STDIO in inputs:
@@ -111,7 +128,7 @@ def _codec(model: str | None):
 
     try:
         return default_codec() if model is None else Codec(model)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (VaecodecError, OSError) as e:
         raise _Failure(f"cannot load model: {e}") from None
 
 
@@ -126,7 +143,7 @@ force_option = click.option("-f", "--force", is_flag=True, help="Overwrite exist
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vaecodec")
+@click.version_option(version=__version__, prog_name="vaecodec")
 def cli():
     """vaecodec: a learned image codec (hyperprior VAE + ANS).
 
@@ -170,8 +187,8 @@ def compress(inputs, output, quality, target_bpp, force, model):
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", help="Output image (format from its extension, PNG by default), "
-                                     "or folder with several inputs; '-' for PNG on stdout.")
+@click.option("-o", "--output", help="Output image (format from its extension: .png default, .bmp, .tif, .ppm, "
+                                     "lossless .webp, or lossy .jpg), or folder with several inputs; '-' for PNG on stdout.")
 @force_option
 @model_option
 def decompress(inputs, output, force, model):
@@ -194,9 +211,10 @@ def decompress(inputs, output, force, model):
             except VaecodecError as e:
                 raise _Failure(f"{source}: {e}") from None
             buf = io.BytesIO()
-            fmt = "PNG" if target == STDIO else None
+            fmt = "PNG" if target == STDIO else _pil_format(target)
             try:
-                image.save(buf, format=fmt or _pil_format(target))
+                # WebP is written losslessly; JPEG output is lossy by nature (quality 95).
+                image.save(buf, format=fmt, **{"WEBP": {"lossless": True}, "JPEG": {"quality": 95}}.get(fmt, {}))
             except (OSError, ValueError) as e:
                 raise _Failure(f"{target}: {e}") from None
             _write_output(target, buf.getvalue(), force)
@@ -237,10 +255,11 @@ def info(file, as_json):
 @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a markdown summary (tables, command, versions).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Worker processes (one thread each).")
-@click.option("--no-published", is_flag=True, help="Leave out the published learned-codec curves.")
+@click.option("--published/--no-published", default=None,
+              help="Include the published learned-codec Kodak curves [default: only when IMAGES are the Kodak set].")
 @force_option
 @model_option
-def bench(images, codecs, reference, output, plot, markdown, jobs, no_published, force, model):
+def bench(images, codecs, reference, output, plot, markdown, jobs, published, force, model):
     """Rate–distortion benchmark of vaecodec and classical codecs on IMAGES (files or folders).
 
     \b
@@ -267,10 +286,9 @@ def bench(images, codecs, reference, output, plot, markdown, jobs, no_published,
     try:
         if bar:
             with bar:
-                report = run_benchmark(paths, names, reference, model, jobs, progress=bar.update,
-                                       published=not no_published)
+                report = run_benchmark(paths, names, reference, model, jobs, progress=bar.update, published=published)
         else:
-            report = run_benchmark(paths, names, reference, model, jobs, published=not no_published)
+            report = run_benchmark(paths, names, reference, model, jobs, published=published)
     except (VaecodecError, OSError, ValueError) as e:
         raise _Failure(str(e)) from None
     report.command = "vaecodec bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else report.command
@@ -297,7 +315,8 @@ def main() -> None:
         if isinstance(e, KeyboardInterrupt):
             click.echo("vaecodec: interrupted", err=True)
             sys.exit(130)
-        click.echo(f"vaecodec: internal error: {type(e).__name__}: {e} (set VAECODEC_DEBUG=1 for details)", err=True)
+        first = (str(e).splitlines() or [""])[0][:200]
+        click.echo(f"vaecodec: internal error: {type(e).__name__}: {first} (set VAECODEC_DEBUG=1 for details)", err=True)
         sys.exit(3)
 
 

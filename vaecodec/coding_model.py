@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .entropy import IndexedPmfs, quantize_pmf
+from .errors import ModelFileError
 from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, round_shift, to_fixed
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
                     interpolate_rows)
@@ -51,8 +52,19 @@ Y_RADIUS = 1023
 Z_RADIUS = 63
 GAIN_FRAC_BITS = 16
 ANALYSIS_TILE = 1024  # pixels; with a 64-pixel halo (the analysis sees ±30 pixels)
+HYPER_TILE = 16  # hyper-latents; with a 3-latent halo
 SYNTHESIS_TILE = 64  # latents; with a 3-latent halo (the synthesis sees ±2 latents)
 _SYMBOL_LIMIT = 2.0**24  # |q| beyond this only reaches the synthesis clamped (it is still coded exactly)
+_Z_CLAMP = 255  # likewise for ẑ entering the hyper-synthesis
+
+
+def _decoder_constants() -> str:
+    """Every constant that shapes decoded numbers; part of the weight hash, so a change is never silent."""
+    from . import fixedpoint
+
+    return (f"act{fixedpoint.ACT_FRAC_BITS}/{fixedpoint.ACT_LIMIT} w{fixedpoint.WEIGHT_BITS} g{GAIN_FRAC_BITS} "
+            f"r{Y_RADIUS}/{Z_RADIUS} s{NUM_SCALES}/{SCALE_MIN_INDEX}/{SCALE_STEPS_PER_OCTAVE} "
+            f"clamp{_SYMBOL_LIMIT}/{_Z_CLAMP} q{NUM_QUALITIES}")
 
 
 def run_tiled(fn, x: torch.Tensor, tile: int, halo: int, scale: float) -> torch.Tensor:
@@ -173,16 +185,26 @@ class CodingModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "CodingModel":
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        """Load a model file; any defect is a :class:`ModelFileError` with a one-line message."""
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ModelFileError(f"{path}: no such model file") from None
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a foreign file
+            raise ModelFileError(f"{path} is not a vaecodec model file ({type(e).__name__})") from None
         if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{path} is not a vaecodec model file")
+            raise ModelFileError(f"{path} is not a vaecodec model file")
         if blob.get("version") != MODEL_FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported model file version {blob.get('version')}")
-        tables = {k: v.numpy() for k, v in blob["tables"].items()}
-        return cls(ModelConfig.from_dict(blob["config"]), blob["weights"], tables, blob["model_id"])
+            raise ModelFileError(f"{path}: unsupported model file version {blob.get('version')}")
+        try:
+            tables = {k: v.numpy() for k, v in blob["tables"].items()}
+            return cls(ModelConfig.from_dict(blob["config"]), blob["weights"], tables, blob["model_id"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ModelFileError(f"{path}: damaged model file ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
 
     def _hash(self) -> bytes:
         h = hashlib.sha256()
+        h.update(_decoder_constants().encode())
         h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         for name in sorted(self.weights):
             t = self.weights[name]
@@ -207,7 +229,7 @@ class CodingModel:
 
     def hyper_decode(self, z_symbols: torch.Tensor) -> HyperParams:
         """Exact: hyper-latent integers → mean and log2 scale of every latent."""
-        out = self.hyper_synthesis.run(to_fixed(z_symbols.double().clamp(-255, 255)))
+        out = run_tiled(self.hyper_synthesis.run, to_fixed(z_symbols.double().clamp(-_Z_CLAMP, _Z_CLAMP)), HYPER_TILE, 3, 4)
         mean, log2_scale = out.chunk(2, dim=1)
         return HyperParams(mean, log2_scale)
 

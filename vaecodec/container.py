@@ -144,7 +144,9 @@ def _parse(data: bytes, check_payload: bool) -> tuple[Header, int]:
         (crc,) = struct.unpack_from("<I", data, expected - 4)
         if zlib.crc32(data[:expected - 4]) != crc:
             raise FormatError("CRC mismatch: the file is corrupted")
-        if num_words and bytes(data[expected - 8:expected - 4]) == b"\0\0\0\0":
+        if num_words == 0:
+            raise FormatError("empty payload")
+        if bytes(data[expected - 8:expected - 4]) == b"\0\0\0\0":
             raise FormatError("malformed payload (ends in a zero word)")
     return header, fixed
 

@@ -32,7 +32,7 @@ import numpy as np
 
 import constriction
 
-__all__ = ["PROBABILITY_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "is_empty"]
+__all__ = ["PROBABILITY_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "is_empty", "push_check", "pop_check"]
 
 PROBABILITY_BITS = 24
 _TOTAL = 1 << PROBABILITY_BITS
@@ -50,6 +50,22 @@ def new_coder(words: np.ndarray | None = None):
 
 def is_empty(coder) -> bool:
     return coder.is_empty()
+
+
+def push_check(coder, value: int) -> None:
+    """Push a 32-bit value (two uniform 16-bit symbols).
+
+    Pushed first and popped last, it tells the decoder that the stream it read
+    was the stream written for this header: an empty stack pops zeros rather
+    than failing, so a truncated or re-headed payload would otherwise decode
+    to garbage silently.
+    """
+    coder.encode_reverse(np.array([value >> 16, value & 0xFFFF], np.int32), _HALF_WORD)
+
+
+def pop_check(coder) -> int:
+    hi, lo = coder.decode(_HALF_WORD, 2)
+    return (int(hi) << 16) | int(lo)
 
 
 def quantize_pmf(probabilities: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The exceptions vaecodec raises on purpose. Leaf module: imports nothing."""
 
-__all__ = ["VaecodecError", "FormatError", "ModelMismatchError", "ImageError"]
+__all__ = ["VaecodecError", "FormatError", "ModelMismatchError", "ImageError", "ModelFileError"]
 
 
 class VaecodecError(Exception):
@@ -17,3 +17,7 @@ class ModelMismatchError(FormatError):
 
 class ImageError(VaecodecError, ValueError):
     """The input image cannot be coded as given (mode, bit depth, size, unreadable)."""
+
+
+class ModelFileError(VaecodecError, ValueError):
+    """A model file that cannot be loaded: missing, foreign, damaged or of another version."""

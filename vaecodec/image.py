@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .container import MAX_PIXELS, MAX_SIDE
 from .errors import ImageError
 
 __all__ = ["load_pixels", "to_model_input", "to_output_pixels"]
@@ -33,13 +34,21 @@ _LOSSY_CONVERSIONS = {
 }
 
 
+def _check_size(width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise ImageError("empty image")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ImageError(f"image of {width}x{height} is too large (at most {MAX_SIDE} per side and {MAX_PIXELS} pixels)")
+
+
 def _from_pil(im: Image.Image) -> np.ndarray:
     mode = im.mode
+    _check_size(*im.size)
     if mode in _LOSSY_CONVERSIONS:
         raise ImageError(f"image mode {mode} {_LOSSY_CONVERSIONS[mode]}")
+    if "transparency" in im.info:
+        raise ImageError("image has transparency; vaecodec codes opaque RGB or grayscale only: flatten it first")
     if mode == "P":
-        if "transparency" in im.info:
-            raise ImageError("palette image with transparency; vaecodec codes RGB or grayscale only: flatten it first")
         im = im.convert("RGB")
     elif mode == "1":
         im = im.convert("L")
@@ -56,6 +65,10 @@ def load_pixels(image) -> np.ndarray:
         source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
         try:
             with Image.open(source) as im:
+                # Pillow opens 16-bit RGB PNGs as 8-bit "RGB"; only the undecoded tile still says so.
+                if any(";16" in str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in im.tile):
+                    raise ImageError("image has 16 bits per sample; vaecodec codes 8-bit images only")
+                _check_size(*im.size)
                 im.load()
                 return _from_pil(im)
         except (OSError, Image.DecompressionBombError, SyntaxError) as e:
@@ -69,8 +82,7 @@ def load_pixels(image) -> np.ndarray:
             image = image[:, :, 0]
         if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
             raise ImageError(f"arrays must be H×W or H×W×3, not shape {image.shape}")
-        if image.shape[0] < 1 or image.shape[1] < 1:
-            raise ImageError("empty image")
+        _check_size(image.shape[1], image.shape[0])
         return np.ascontiguousarray(image)
     raise ImageError(f"cannot code an object of type {type(image).__name__}")
 

@@ -69,7 +69,7 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    to_t = lambda v: torch.from_numpy(np.ascontiguousarray(v if v.ndim == 3 else v[:, :, None])).permute(2, 0, 1)[None].double()  # noqa: E731
+    to_t = lambda v: torch.from_numpy(np.array(v if v.ndim == 3 else v[:, :, None], np.float64)).permute(2, 0, 1)[None]  # noqa: E731
     x, y = to_t(a), to_t(b)
     side = min(x.shape[2], x.shape[3])
     size = min(11, side)

@@ -254,6 +254,7 @@ def train(
     cpu_mark = time.process_time()
     threads = _probe_threads(one_step)
     running = None
+    window_start, window_steps, reference = time.perf_counter(), 0, None
     while state.step < total_steps:
         if minutes is not None and time.time() - t_start > minutes * 60:
             break
@@ -273,8 +274,16 @@ def train(
             log(f"step {state.step} cpu_h {state.cpu_seconds / 3600:.3f} threads {threads} "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} loss {running['loss']:.4f} "
                 f"bpp {running['bpp']:.3f} psnr {running['psnr']:.2f}")
-        if state.step % 2000 == 0:
-            threads = _probe_threads(one_step)
+        # Re-probe the thread count every 1000 steps, and at once when steps slow down
+        # (other work on the CPU makes two OpenMP threads several times slower than one).
+        window_steps += 1
+        if window_steps == 50:
+            per_step = (time.perf_counter() - window_start) / window_steps
+            reference = per_step if reference is None else min(reference, per_step)
+            if state.step % 1000 < 50 or per_step > 1.5 * reference:
+                threads = _probe_threads(one_step)
+                reference = None
+            window_start, window_steps = time.perf_counter(), 0
         if eval_folder and now - t_eval > eval_every_s:
             rows = evaluate_estimate(ema, eval_folder, [state.config.lambdas[1], state.config.lambdas[3], state.config.lambdas[5]])
             state.history.append({"step": state.step, "cpu_hours": state.cpu_seconds / 3600, "estimate": rows})
