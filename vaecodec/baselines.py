@@ -120,11 +120,11 @@ def _jpeg2000() -> BenchCodec:
         buf = io.BytesIO()
         ratio = 24.0 / setting[1]
         Image.fromarray(pixels).save(buf, "JPEG2000", quality_mode="rates", quality_layers=[ratio],
-                                     irreversible=True, no_jp2=True)
+                                     irreversible=True, mct=1, no_jp2=True)
         return buf.getvalue(), None
 
     rates = (0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
-    return BenchCodec("jpeg2000", _pillow("jpg_2000"), "irreversible 9/7, codestream, rate sweep",
+    return BenchCodec("jpeg2000", _pillow("jpg_2000"), "irreversible 9/7 with colour transform, codestream, rate sweep",
                       tuple(("bpp", v) for v in rates), encode, _pil_decode)
 
 
