@@ -216,8 +216,16 @@ def train(
     log=print,
     seed: int = 0,
     crop: int = 256,
+    final_fraction: float = 0.2,
+    final_patch: int = 256,
+    final_batch: int = 4,
 ) -> TrainState:
-    """Train (or resume) until ``total_steps`` or ``minutes`` of wall time have passed."""
+    """Train (or resume) until ``total_steps`` or ``minutes`` of wall time have passed.
+
+    The last ``final_fraction`` of the steps use larger patches (``final_patch``,
+    batch ``final_batch``), so the hyperprior also learns from hyper-latent
+    maps of realistic size rather than only 2×2 ones.
+    """
     checkpoint = Path(checkpoint)
     if checkpoint.exists():
         state, model, ema, opt_state = load_checkpoint(checkpoint)
@@ -240,8 +248,10 @@ def train(
     log(f"crop pool: {pool.crops.shape[0]} crops")
 
     def one_step():
-        x = pool.batch(batch_size, patch)
-        lam = sample_lambdas(state.config, batch_size)
+        final = state.step >= total_steps * (1 - final_fraction)
+        size, n = (min(final_patch, crop), final_batch) if final else (patch, batch_size)
+        x = pool.batch(n, size)
+        lam = sample_lambdas(state.config, n)
         loss, stats = rd_loss(model, x, lam)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
