@@ -70,8 +70,9 @@ def main():
         "exactly in float64; the encoder's analysis runs in float32.", "",
         "## Training", "",
         f"- data: `shared/data/train` (231 photos, about 150 Mpixel); random downscaling (0.5–1×), 256² crops, "
-        f"128² patches with flips; Kodak never used for training (only for the periodic estimate in the log)",
-        f"- steps: {training['step']:,} at batch 8 ({training['step'] * 8 * 128 * 128 / 1e9:.2f} Gpixel seen); "
+        f"128² patches (batch 8) with flips, then 256² patches (batch 2, the same pixels per step) for the last 20% "
+        f"of the planned steps; Kodak never used for training (only for the periodic estimate in the log)",
+        f"- steps: {training['step']:,} ({training['step'] * 8 * 128 * 128 / 1e9:.2f} Gpixel seen); "
         f"CPU time: {training['cpu_hours']:.2f} CPU-hours on 2 cores (AMD EPYC, AVX2, no GPU)",
         "- recipe: Adam, lr 1e-3 after 100 warm-up steps, cosine decay to 5% over the last 30% of the planned steps, "
         "gradient clipping at 1.0; per-sample λ, log-uniform over the anchors, each sample's Lagrangian weighted by "

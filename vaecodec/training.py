@@ -218,7 +218,7 @@ def train(
     crop: int = 256,
     final_fraction: float = 0.2,
     final_patch: int = 256,
-    final_batch: int = 4,
+    final_batch: int = 2,
 ) -> TrainState:
     """Train (or resume) until ``total_steps`` or ``minutes`` of wall time have passed.
 
