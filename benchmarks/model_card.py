@@ -64,6 +64,8 @@ def main():
         f"hyper-transforms as in Minnen et al. with ReLU in the hyper-synthesis. {len(cfg.lambdas)} gain anchors at "
         f"λ = {', '.join(map(str, cfg.lambdas))} (distortion weight on 255²·MSE); quality q sits at position (q−1)/99 "
         f"between the first and last anchor, log-linearly.", "",
+        f"- quality span: quality 1 ↔ λ = {m.quality_lambda(1):.5f}, quality 100 ↔ λ = {m.quality_lambda(100):.4f} "
+        f"(anchor positions {training.get('quality_span')}; beyond the anchors the gains extrapolate)",
         f"- parameters: {m.num_parameters:,} (shipped in fp16, with integer coding tables)",
         *[f"- {k}: {v / 1e3:.1f} kMAC per pixel" for k, v in macs.items()],
         "- decoder arithmetic: integer fixed point (12 fractional bits for activations, 14-bit weights) evaluated "

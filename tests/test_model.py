@@ -105,3 +105,18 @@ def test_tiled_decoding_is_identical_to_whole_image_decoding(tiny_model):
     assert np.array_equal(whole, tiled)
     a = torch.arange(2 * 10 * 13, dtype=torch.float64).reshape(1, 2, 10, 13)
     assert torch.equal(run_tiled(lambda t: t * 2, a, 4, 1, 1), a * 2)
+
+
+def test_quality_span_maps_qualities_onto_anchor_positions():
+    from vaecodec.coding_model import CodingModel
+
+    torch.manual_seed(0)
+    net = HyperpriorModel(ModelConfig(**TINY_CONFIG))
+    default = CodingModel.from_training_model(net, "t")
+    lams = net.config.lambdas
+    assert default.quality_lambda(1) == pytest.approx(lams[0]) and default.quality_lambda(100) == pytest.approx(lams[-1])
+    wide = CodingModel.from_training_model(net, "t", quality_span=(-1.0, len(lams) - 0.5))
+    assert wide.quality_lambda(1) == pytest.approx(lams[0] ** 2 / lams[1], rel=1e-3)  # one anchor below the first
+    assert wide.weight_hash != default.weight_hash
+    gains = wide.tables["log2_gain"].mean(axis=1)
+    assert np.all(np.diff(gains) > 0)

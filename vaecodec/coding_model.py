@@ -120,21 +120,27 @@ def _factorized_pmfs(net: HyperpriorModel, radius: int) -> np.ndarray:
     return quantize_pmf(torch.diff(cdf, dim=1).clamp_min(0).numpy())
 
 
+_POSITION_ONE = 1 << 16  # quality positions are stored in units of 1/65536 anchor
+
+
 @torch.no_grad()
-def _quality_tables(net: HyperpriorModel) -> dict[str, np.ndarray]:
+def _quality_tables(net: HyperpriorModel, span: tuple[float, float] | None) -> dict[str, np.ndarray]:
+    """Gains for qualities 1..100, evenly spaced in anchor position over ``span``.
+
+    Position p is anchor p (0 = smallest λ, K−1 = largest); between anchors
+    the log-gains interpolate linearly, beyond them they extrapolate along the
+    end segments (coarser or finer quantization than any trained λ).
+    """
     k = len(net.config.lambdas)
-    pos = torch.arange(NUM_QUALITIES, dtype=torch.float64) / (NUM_QUALITIES - 1) * (k - 1)
+    lo, hi = span if span is not None else (0.0, k - 1.0)
+    pos = torch.round((lo + torch.arange(NUM_QUALITIES, dtype=torch.float64) / (NUM_QUALITIES - 1) * (hi - lo))
+                      * _POSITION_ONE) / _POSITION_ONE
     log_g = interpolate_rows(net.log_gains.detach().double(), pos)
     return {
+        "quality_positions": torch.round(pos * _POSITION_ONE).long().numpy(),
         "log2_gain": torch.round(log_g / math.log(2) * 2.0**ACT_FRAC_BITS).long().numpy(),
         "inverse_gain": torch.round(torch.exp(-log_g) * 2.0**GAIN_FRAC_BITS).clamp_min(1).long().numpy(),
     }
-
-
-def quality_to_lambda(config: ModelConfig, quality: int) -> float:
-    """The λ a quality level stands for (log-linear between the first and last anchor)."""
-    lo, hi = math.log(config.lambdas[0]), math.log(config.lambdas[-1])
-    return math.exp(lo + (quality - 1) / (NUM_QUALITIES - 1) * (hi - lo))
 
 
 class CodingModel:
@@ -168,13 +174,26 @@ class CodingModel:
 
     # ----- construction and files -------------------------------------------------
     @classmethod
-    def from_training_model(cls, net: HyperpriorModel, model_id: str) -> "CodingModel":
-        """Freeze a trained model: round weights to fp16, then compute the tables from them."""
+    def from_training_model(cls, net: HyperpriorModel, model_id: str,
+                            quality_span: tuple[float, float] | None = None) -> "CodingModel":
+        """Freeze a trained model: round weights to fp16, then compute the tables from them.
+
+        ``quality_span``: anchor positions of quality 1 and 100 (default: the
+        first and last anchor); see ``_quality_tables``.
+        """
         weights = {k: v.detach().to(torch.float16) for k, v in net.state_dict().items()}
         frozen = HyperpriorModel(net.config)
         frozen.load_state_dict({k: v.float() for k, v in weights.items()})
-        tables = {"y_pmfs": _gaussian_pmfs(Y_RADIUS), "z_pmfs": _factorized_pmfs(frozen, Z_RADIUS), **_quality_tables(frozen)}
+        tables = {"y_pmfs": _gaussian_pmfs(Y_RADIUS), "z_pmfs": _factorized_pmfs(frozen, Z_RADIUS),
+                  **_quality_tables(frozen, quality_span)}
         return cls(net.config, weights, tables, model_id)
+
+    def quality_lambda(self, quality: int) -> float:
+        """The λ a quality level stands for (log-linear in anchor position, extrapolated beyond the ends)."""
+        pos = float(self.tables["quality_positions"][quality - 1]) / _POSITION_ONE
+        lam = np.log(np.asarray(self.config.lambdas))
+        i = int(min(max(math.floor(pos), 0), len(lam) - 2))
+        return float(math.exp(lam[i] + (pos - i) * (lam[i + 1] - lam[i])))
 
     def save(self, path: str | Path) -> None:
         torch.save({
