@@ -59,7 +59,7 @@ def checks(report) -> list[str]:
     lines.append(f"- worst single file: {100 * worst:.2f}%")
     cpu = [m.encode_cpu_s + m.decode_cpu_s for m in ms]
     lines.append(f"- compress + decompress CPU time per Kodak image: mean {np.mean(cpu):.2f} s, max {max(cpu):.2f} s (bar: < 2 s)")
-    lines.append(f"- quality range: quality {vae.points[0].setting} → {vae.points[0].bpp:.3f} bpp, "
+    lines.append(f"- quality range: {vae.points[0].setting} → {vae.points[0].bpp:.3f} bpp, "
                  f"{vae.points[-1].setting} → {vae.points[-1].bpp:.3f} bpp (mean over images)")
     lines += ["", "## Classical codecs against design.md §6 (PSNR at bpp; bar ±0.3 dB)", "",
               "| codec | " + " | ".join(f"{r} bpp (here / design / Δ)" for r in RATES) + " |", "|---|---|---|---|---|"]

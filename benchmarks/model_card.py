@@ -62,8 +62,8 @@ def main():
         f"{cfg.hyper_channels} hyper-latent channels. Analysis: four 5×5 stride-2 convolutions with simplified GDN "
         f"(Johnston et al. 2019); synthesis: four 5×5 stride-2 transposed convolutions with inverse simplified GDN; "
         f"hyper-transforms as in Minnen et al. with ReLU in the hyper-synthesis. {len(cfg.lambdas)} gain anchors at "
-        f"λ = {', '.join(map(str, cfg.lambdas))} (distortion weight on 255²·MSE); quality q sits at position (q−1)/99 "
-        f"between the first and last anchor, log-linearly.", "",
+        f"λ = {', '.join(map(str, cfg.lambdas))} (distortion weight on 255²·MSE); quality q sits at anchor position lo + (q−1)/99·(hi − lo), "
+        f"log-linearly in λ (see the quality span below).", "",
         f"- quality span: quality 1 ↔ λ = {m.quality_lambda(1):.5f}, quality 100 ↔ λ = {m.quality_lambda(100):.4f} "
         f"(anchor positions {training.get('quality_span')}; beyond the anchors the gains extrapolate)",
         f"- parameters: {m.num_parameters:,} (shipped in fp16, with integer coding tables)",
@@ -80,8 +80,11 @@ def main():
         "gradient clipping at 1.0; per-sample λ, log-uniform over the anchors, each sample's Lagrangian weighted by "
         "sqrt(λ_mid/λ); additive-noise rate proxy, straight-through rounding for the decoder; the shipped weights are "
         "the exponential moving average (decay 0.999) of the trained weights",
-        "- command: `bin/train-model --data ../shared/data/train --checkpoint checkpoints/train-state.pt "
-        "--total-steps 66000 --eval ../shared/data/kodak`, then `bin/export-model`", "",
+        f"- command: `bin/train-model --data ../shared/data/train --checkpoint checkpoints/train-state.pt "
+        f"--total-steps {training['step']} --eval ../shared/data/kodak` (resumed several times; the planned total was "
+        f"changed during the first session, 80k → 66k → 50k → 62k steps, to fit the decay into it), then "
+        f"`bin/export-model checkpoints/train-state.pt vaecodec/weights/vaecodec-hp64.pt --quality-span "
+        f"{' '.join(map(str, training.get('quality_span', [])))}`", "",
     ]
     if training.get("history"):
         lines += ["Training log (estimated from the model's likelihoods on Kodak, not from files):", "",
