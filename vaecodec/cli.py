@@ -35,7 +35,7 @@ class _Failure(click.ClickException):
 def _read_input(path: str) -> bytes:
     try:
         if path == STDIO:
-            return click.get_binary_stream("stdin").read()
+            return sys.stdin.buffer.read()
         return Path(path).read_bytes()
     except OSError as e:
         raise _Failure(f"{path}: {e.strerror or e}") from None
@@ -44,7 +44,7 @@ def _read_input(path: str) -> bytes:
 def _write_output(path: str, data: bytes, force: bool) -> None:
     """Write all of ``data`` or nothing: temp file in the same folder, then rename."""
     if path == STDIO:
-        out = click.get_binary_stream("stdout")
+        out = sys.stdout.buffer
         out.write(data)
         out.flush()
         return
