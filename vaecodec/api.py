@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -136,7 +136,7 @@ class Codec:
         header = Header(w, h, mode, quality, m.model_id, m.weight_hash, num_words=int(words.size))
         data = pack(header, words)
         info += 32  # the check value
-        return Encoded(data, Header(**{**header.__dict__, "num_bytes": len(data)}), info)
+        return Encoded(data, replace(header, num_bytes=len(data)), info)
 
     def _encode_to_target(self, analysed, target_bpp: float) -> Encoded:
         if not target_bpp > 0:

@@ -9,6 +9,7 @@ header and never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -109,18 +110,7 @@ def _output_paths(inputs: tuple[str, ...], output: str | None, suffix: str) -> l
 def _progress(items, label: str):
     if len(items) > 1 and sys.stderr.isatty():
         return click.progressbar(items, label=label, file=sys.stderr)
-    return _NoBar(items)
-
-
-class _NoBar:
-    def __init__(self, items):
-        self.items = items
-
-    def __enter__(self):
-        return self.items
-
-    def __exit__(self, *exc):
-        return False
+    return contextlib.nullcontext(items)
 
 
 def _codec(model: str | None):

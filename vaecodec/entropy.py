@@ -32,7 +32,7 @@ import numpy as np
 
 import constriction
 
-__all__ = ["PROBABILITY_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "is_empty", "push_check", "pop_check"]
+__all__ = ["PROBABILITY_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "push_check", "pop_check"]
 
 PROBABILITY_BITS = 24
 _TOTAL = 1 << PROBABILITY_BITS
@@ -46,10 +46,6 @@ def new_coder(words: np.ndarray | None = None):
     if words is None:
         return constriction.stream.stack.AnsCoder()
     return constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
-
-
-def is_empty(coder) -> bool:
-    return coder.is_empty()
 
 
 def push_check(coder, value: int) -> None:
