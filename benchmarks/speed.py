@@ -53,7 +53,7 @@ def stages_once(codec, pixels, clock):
     y, z = clock.stage("encode: analysis transforms (float)", m.analyze, x)
     params = clock.stage("encode: hyper-synthesis (exact)", m.hyper_decode, z)
     q, j = clock.stage("encode: quantize + scale index", lambda: (m.quantize(y, params, QUALITY), m.scale_indexes(params, QUALITY)))
-    zi = np.broadcast_to(np.arange(z.shape[1])[None, :, None, None], z.shape)
+    zi = m.hyper_latent_indexes(z.shape)
 
     def ans_encode():
         coder = entropy.new_coder()

@@ -33,7 +33,7 @@ def test_decoder_recovers_exactly_the_symbols_the_encoder_coded(tiny_codec, rgb_
         y_sym = m.quantize(y, params, quality)
         header, words = unpack(tiny_codec.compress(rgb_image, quality=quality))
         coder = entropy.new_coder(words)
-        z_idx = np.broadcast_to(np.arange(z.shape[1])[None, :, None, None], z.shape)
+        z_idx = m.hyper_latent_indexes(z.shape)
         assert np.array_equal(m.z_pmfs.decode(coder, z_idx).reshape(z.shape), z.numpy())
         y_dec = m.y_pmfs.decode(coder, m.scale_indexes(params, quality).numpy()).reshape(y_sym.shape)
         assert np.array_equal(y_dec, y_sym.numpy())

@@ -124,15 +124,15 @@ class Codec:
         m = self.model
         y_symbols = m.quantize(y, params, quality)
         scale_idx = m.scale_indexes(params, quality)
-        z_idx = torch.arange(z_symbols.shape[1])[None, :, None, None].expand_as(z_symbols)
+        z_idx = m.hyper_latent_indexes(z_symbols.shape)
         header = Header(w, h, mode, quality, m.model_id, m.weight_hash)
         coder = entropy.new_coder()
         entropy.push_check(coder, _header_check(header))
         m.y_pmfs.encode(coder, y_symbols.numpy(), scale_idx.numpy())
-        m.z_pmfs.encode(coder, z_symbols.numpy(), z_idx.numpy())
+        m.z_pmfs.encode(coder, z_symbols.numpy(), z_idx)
         words = coder.get_compressed()
         info = (m.y_pmfs.information_bits(y_symbols.numpy(), scale_idx.numpy())
-                + m.z_pmfs.information_bits(z_symbols.numpy(), z_idx.numpy()))
+                + m.z_pmfs.information_bits(z_symbols.numpy(), z_idx))
         header = Header(w, h, mode, quality, m.model_id, m.weight_hash, num_words=int(words.size))
         data = pack(header, words)
         info += 32  # the check value
@@ -172,7 +172,7 @@ class Codec:
         y_shape, z_shape = m.latent_shapes(header.height, header.width)
         with self._lock, torch.no_grad():
             coder = entropy.new_coder(words)
-            z_idx = np.broadcast_to(np.arange(z_shape[1])[None, :, None, None], z_shape)
+            z_idx = m.hyper_latent_indexes(z_shape)
             z_symbols = torch.from_numpy(m.z_pmfs.decode(coder, z_idx).reshape(z_shape))
             params = m.hyper_decode(z_symbols)
             scale_idx = m.scale_indexes(params, header.quality)

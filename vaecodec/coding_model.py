@@ -274,6 +274,11 @@ class CodingModel:
         pixels = round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)
         return pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
+    @staticmethod
+    def hyper_latent_indexes(z_shape: tuple[int, ...]) -> np.ndarray:
+        """Table index of each hyper-latent: its channel (one factorized pmf per channel)."""
+        return np.broadcast_to(np.arange(z_shape[1])[None, :, None, None], tuple(z_shape))
+
     def latent_shapes(self, height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of y and ẑ for an image of this size (after padding to multiples of 64)."""
         hp, wp = -(-height // DOWNSAMPLING), -(-width // DOWNSAMPLING)

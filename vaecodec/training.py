@@ -155,7 +155,8 @@ def evaluate_estimate(model: HyperpriorModel, folder: str | Path, lambdas: list[
     An estimate for the training log only; real rates come from files
     (``benchmarks/``).
     """
-    from .model import LN2, SCALE_MIN, gaussian_bin_likelihood
+    from .image import to_model_input
+    from .model import DOWNSAMPLING, LN2, SCALE_MIN, gaussian_bin_likelihood
 
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_images]
     rows = []
@@ -165,10 +166,9 @@ def evaluate_estimate(model: HyperpriorModel, folder: str | Path, lambdas: list[
         for path in files:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"))
-            x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-            h, w = x.shape[2:]
-            ph, pw = -h % 64, -w % 64
-            xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+            h, w = arr.shape[:2]
+            xp = to_model_input(arr, DOWNSAMPLING)
+            x = xp[:, :, :h, :w]
             y = model.analysis(xp)
             z_hat = torch.round(model.hyper_analysis(y))
             bits_z = -torch.log2(model.hyper_prior.likelihood(z_hat).clamp_min(1e-9)).sum()
