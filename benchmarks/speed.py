@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import vaecodec  # noqa: E402
 from vaecodec import entropy  # noqa: E402
 from vaecodec.container import Header, pack, unpack  # noqa: E402
 from vaecodec.image import load_pixels, to_model_input, to_output_pixels  # noqa: E402
+from vaecodec.latent_codec import Latents  # noqa: E402
 
 QUALITY = 50
 
@@ -48,42 +50,47 @@ class Clock:
 
 
 def stages_once(codec, pixels, clock):
+    """One compress + decompress, timed stage by stage through the codec's own calls.
+
+    The order of the bits is the latent codec's (``codec.latents.push/pop``,
+    the same calls the API makes), and the decoder only sees the file's words.
+    """
+    from vaecodec.api import _header_check
+
     m = codec.model
     x = clock.stage("encode: image → tensor", to_model_input, pixels, 64)
     y, z = clock.stage("encode: analysis transforms (float)", m.analyze, x)
-    params = clock.stage("encode: hyper-synthesis (exact)", m.hyper_decode, z)
-    q, j = clock.stage("encode: quantize + scale index", lambda: (m.quantize(y, params, QUALITY), m.scale_indexes(params, QUALITY)))
-    zi = m.hyper_latent_indexes(z.shape)
+    hyper = clock.stage("encode: hyper-synthesis (exact)", m.hyper_decode, z)
+    h, w = pixels.shape[:2]
+    header = Header(w, h, "RGB", QUALITY, m.model_id, m.weight_hash)
 
-    def ans_encode():
+    def push():
         coder = entropy.new_coder()
-        m.y_pmfs.encode(coder, q.numpy(), j.numpy())
-        m.z_pmfs.encode(coder, z.numpy(), zi)
+        entropy.push_check(coder, _header_check(header))
+        codec.latents.push(coder, Latents(y, z, hyper), QUALITY)
         return coder.get_compressed()
 
-    words = clock.stage("encode: entropy coding (ANS)", ans_encode)
-    h, w = pixels.shape[:2]
-    data = clock.stage("encode: container pack", pack, Header(w, h, "RGB", QUALITY, m.model_id, m.weight_hash, num_words=int(words.size)), words)
+    words = clock.stage("encode: latents → ANS (quantize, context, entropy coding)", push)
+    data = clock.stage("encode: container pack", pack, replace(header, num_words=int(words.size)), words)
     header, words = clock.stage("decode: container unpack", unpack, data)
 
-    def ans_decode_z():
+    def pop():
         coder = entropy.new_coder(words)
-        return coder, m.z_pmfs.decode(coder, zi)
+        y_hat = codec.latents.pop(coder, header.height, header.width, header.quality)
+        assert entropy.pop_check(coder) == _header_check(header) and coder.is_empty()
+        return y_hat
 
-    coder, _ = clock.stage("decode: entropy decoding ẑ (ANS)", ans_decode_z)
-    params2 = clock.stage("decode: hyper-synthesis (exact)", m.hyper_decode, z)
-    j2 = clock.stage("decode: scale index", m.scale_indexes, params2, QUALITY)
-    clock.stage("decode: entropy decoding y (ANS)", m.y_pmfs.decode, coder, j2.numpy())
-    rgb = clock.stage("decode: synthesis transform (exact)", m.reconstruct, q, params2, QUALITY)
+    y_hat = clock.stage("decode: ANS → latents (hyper-synthesis, context, entropy decoding)", pop)
+    rgb = clock.stage("decode: synthesis transform (exact)", m.synthesize, y_hat)
     clock.stage("decode: crop → image", to_output_pixels, rgb, h, w, "RGB")
     return len(data)
 
 
-def part_stages(images, threads):
+def part_stages(images, threads, model=None):
     import torch
 
     torch.set_num_threads(threads)
-    codec = vaecodec.Codec()
+    codec = vaecodec.Codec(model)
     clock = Clock()
     stages_once(codec, load_pixels(images[0]), Clock())  # warm-up
     for path in images:
@@ -136,17 +143,22 @@ def main():
     ap.add_argument("--images", default=str(ROOT.parent / "shared" / "data" / "kodak"))
     ap.add_argument("--count", type=int, default=6)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    ap.add_argument("--no-scale", action="store_true", help="skip part 2")
     args = ap.parse_args()
     images = sorted(Path(args.images).glob("*.png"))[:args.count]
     result = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]), "platform": platform.platform(),
               "model": None, "stages": {}, "scale": []}
-    codec = vaecodec.Codec()
+    codec = vaecodec.Codec(args.model)
     result["model"] = f"{codec.model.model_id} {codec.model.weight_hash.hex()}"
     for threads in (1, 2):
         print(f"stages, {threads} thread(s), {len(images)} images, quality {QUALITY}", flush=True)
-        result["stages"][str(threads)] = part_stages(images, threads)
+        result["stages"][str(threads)] = part_stages(images, threads, args.model)
         for k, v in result["stages"][str(threads)].items():
             print(f"  {k:<42} {v['cpu_ms']:8.1f} ms CPU {v['wall_ms']:8.1f} ms wall")
+    if args.no_scale:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        return
     print("scale (1 thread, fresh process per size)", flush=True)
     result["scale"] = part_scale(images[0])
     one = next(r for r in result["scale"] if abs(r["mpx"] - 1) < 0.1)

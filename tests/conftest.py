@@ -8,14 +8,20 @@ import torch
 
 DATA = Path(__file__).parent / "data"
 TINY_CONFIG = dict(channels=8, latent_channels=12, hyper_channels=8)
+TINY_CHECKERBOARD = dict(TINY_CONFIG, kind="checkerboard", bottleneck_channels=12, context_channels=8, num_scales=72)
 
 
-def make_tiny_model(seed: int = 0, model_id: str = "tiny-test"):
+def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyperprior"):
     from vaecodec.coding_model import CodingModel
-    from vaecodec.model import HyperpriorModel, ModelConfig
+    from vaecodec.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    net = HyperpriorModel(ModelConfig(**TINY_CONFIG))
+    net = build_model(ModelConfig(**(TINY_CHECKERBOARD if kind == "checkerboard" else TINY_CONFIG)))
+    if kind == "checkerboard":
+        # A new model's context correction starts at zero; give it one, so tests see the context at work.
+        with torch.no_grad():
+            net.entropy_parameters[-1].weight.normal_(0, 0.2)
+            net.context[0].weight.mul_(8)
     return CodingModel.from_training_model(net, model_id)
 
 
@@ -29,6 +35,14 @@ def tiny_codec(tiny_model):
     from vaecodec.api import Codec
 
     return Codec(tiny_model)
+
+
+@pytest.fixture(scope="session", params=["hyperprior", "checkerboard"])
+def any_tiny_codec(request):
+    """A tiny codec of each architecture."""
+    from vaecodec.api import Codec
+
+    return Codec(make_tiny_model(kind=request.param, model_id=f"tiny-{request.param}"))
 
 
 @pytest.fixture(scope="session")

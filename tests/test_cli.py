@@ -1,6 +1,12 @@
 """The vaecodec command, in-process with click's CliRunner, on the tiny model."""
 
+import errno
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +16,8 @@ from PIL import Image
 from vaecodec.cli import cli
 
 from conftest import smooth_image
+
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -71,9 +79,7 @@ def test_several_inputs_go_to_a_folder(run, tmp_path):
         Image.fromarray(smooth_image(20, 20 + i, seed=i)).save(p)
         paths.append(p)
     out = tmp_path / "out"
-    assert_one_line_error(run("compress", *paths, "-o", out))  # folder must exist
-    out.mkdir()
-    assert run("compress", *paths, "-o", out).exit_code == 0
+    assert run("compress", *paths, "-o", out).exit_code == 0  # the folder is created
     vaes = sorted(out.glob("*.vae"))
     assert [v.stem for v in vaes] == ["im0", "im1", "im2"]
     dec = tmp_path / "dec"
@@ -174,3 +180,265 @@ def test_outputs_get_ordinary_file_permissions(run, png):
 def test_version():
     r = CliRunner().invoke(cli, ["--version"])
     assert r.exit_code == 0 and "0.1.0" in r.output
+
+
+# ----- batches, reporting, hostile files, stdout ---------------------------------------------------
+
+def make_pngs(folder, *names):
+    paths = []
+    for i, name in enumerate(names):
+        path = folder / name
+        Image.fromarray(smooth_image(16, 20 + i, seed=i)).save(path)
+        paths.append(path)
+    return paths
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("vaecodec: error:")]
+
+
+def test_a_batch_attempts_every_file_and_exits_1_if_any_failed(run, tmp_path):
+    a, c = make_pngs(tmp_path, "a.png", "c.png")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "out"
+    r = run("compress", a, notes, empty, c, missing, "-o", out)
+    assert r.exit_code == 1, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.vae", "c.vae"]
+    assert error_lines(r) == [f"vaecodec: error: {notes}: not an image vaecodec can read",
+                              f"vaecodec: error: {empty}: not an image vaecodec can read",
+                              f"vaecodec: error: {missing}: No such file or directory"]
+    assert r.stderr.splitlines()[-1].startswith("vaecodec: compressed 2 files, 3 failed: ")
+    assert "Traceback" not in r.output and " at 0x" not in r.output
+
+    bad = out / "b.vae"
+    bad.write_bytes(b"\x8bVAE\x01\x01")
+    dec = tmp_path / "dec"
+    r = run("decompress", out / "a.vae", bad, out / "c.vae", "-o", dec)
+    assert r.exit_code == 1, r.output
+    assert sorted(p.name for p in dec.iterdir()) == ["a.png", "c.png"]
+    (line,) = error_lines(r)
+    assert line.startswith(f"vaecodec: error: {bad}: ")
+    assert r.stderr.splitlines()[-1].startswith("vaecodec: decompressed 2 files, 1 failed: ")
+
+
+def test_a_batch_without_failures_exits_0_with_a_summary_of_bytes_and_bpp(run, tmp_path):
+    paths = make_pngs(tmp_path, "a.png", "b.png")
+    out = tmp_path / "new" / "deeper"
+    r = run("compress", *paths, "-o", out)
+    assert r.exit_code == 0, r.output
+    vaes = [out / "a.vae", out / "b.vae"]
+    size_in = sum(p.stat().st_size for p in paths)
+    size_out = sum(v.stat().st_size for v in vaes)
+    mean_bpp = sum(8 * v.stat().st_size / (16 * w) for v, w in zip(vaes, (20, 21))) / 2
+    assert r.stderr.strip() == f"vaecodec: compressed 2 files: {size_in} -> {size_out} bytes, mean {mean_bpp:.4f} bpp"
+    r = run("decompress", *vaes, "-o", tmp_path / "dec")
+    assert r.exit_code == 0, r.output
+    size_dec = sum(p.stat().st_size for p in (tmp_path / "dec").iterdir())
+    assert r.stderr.strip() == f"vaecodec: decompressed 2 files: {size_out} -> {size_dec} bytes"
+
+
+def test_o_ending_in_a_separator_is_a_folder_created_for_a_single_input(run, png, tmp_path):
+    r = run("compress", png, "-o", f"{tmp_path / 'made'}/")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "made" / "photo.vae").is_file()
+    # Without the separator a single -o is still a file name; its folder is not made.
+    assert run("compress", png, "-o", tmp_path / "x.vae").exit_code == 0 and (tmp_path / "x.vae").is_file()
+    assert_one_line_error(run("compress", png, "-o", tmp_path / "nodir" / "x.vae"))
+    assert not (tmp_path / "nodir").exists()
+
+
+def test_o_naming_a_file_with_several_inputs_is_refused(run, tmp_path):
+    paths = make_pngs(tmp_path, "a.png", "b.png")
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    r = run("compress", *paths, "-o", afile)
+    assert_one_line_error(r)
+    assert "not a folder" in r.output
+    assert run("compress", *paths, "-o", "-").exit_code == 2
+
+
+def test_whole_batch_refusals_come_before_anything_is_written(run, tmp_path):
+    paths = make_pngs(tmp_path, "a.png", "b.png", "c.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.vae").write_bytes(b"old")
+    r = run("compress", *paths, "-o", out)
+    assert_one_line_error(r)
+    assert "exists" in r.output and sorted(p.name for p in out.iterdir()) == ["b.vae"]
+    (tmp_path / "d").mkdir()
+    twin = make_pngs(tmp_path / "d", "a.png")[0]
+    r = run("compress", paths[0], twin, "-o", tmp_path / "new")
+    assert r.exit_code == 2 and not (tmp_path / "new").exists()
+
+
+def test_verbose_prints_a_line_per_file_and_quiet_only_errors(run, tmp_path):
+    paths = make_pngs(tmp_path, "a.png", "b.png")
+    r = run("compress", *paths, "-o", tmp_path / "v", "-v")
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("vaecodec: compressed 2 files")
+    for line, p in zip(lines, paths):
+        size = (tmp_path / "v" / p.with_suffix(".vae").name).stat().st_size
+        assert line.startswith(f"{p} -> ") and f", {size} bytes, " in line and line.endswith(" bpp")
+    r = run("decompress", tmp_path / "v" / "a.vae", "-o", tmp_path / "a.png", "-v", "--force")
+    assert r.exit_code == 0 and "bpp) -> " in r.stderr and len(r.stderr.splitlines()) == 1
+
+    r = run("compress", *paths, "-o", tmp_path / "q", "--quiet")
+    assert r.exit_code == 0 and r.output == ""
+    r = run("compress", paths[0], "-o", tmp_path / "q1.vae", "--quiet")  # not even the single-file line
+    assert r.exit_code == 0 and r.output == ""
+    r = run("decompress", *sorted((tmp_path / "q").iterdir()), "-o", tmp_path / "dq", "-q")
+    assert r.exit_code == 0 and r.output == ""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    r = run("compress", paths[0], notes, "-o", tmp_path / "q2", "--quiet")
+    assert r.exit_code == 1 and r.stderr.splitlines() == [f"vaecodec: error: {notes}: not an image vaecodec can read"]
+    assert run("compress", paths[0], "-v", "--quiet", "-o", tmp_path / "q3.vae").exit_code == 2
+
+
+def test_json_prints_one_object_per_file_on_stdout(run, tmp_path):
+    paths = make_pngs(tmp_path, "a.png", "b.png")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    out = tmp_path / "out"
+    r = run("compress", paths[0], notes, paths[1], "-o", out, "-q", "40", "--json")
+    assert r.exit_code == 1
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [d["input"] for d in records] == [str(p) for p in paths]
+    for d, width in zip(records, (20, 21)):
+        vae = out / (d["input"].rsplit("/", 1)[-1][:-4] + ".vae")
+        assert d == {"input": d["input"], "output": str(vae), "bytes": vae.stat().st_size,
+                     "bpp": pytest.approx(8 * vae.stat().st_size / (16 * width)),
+                     "width": width, "height": 16, "quality": 40}
+    r = run("decompress", out / "a.vae", "-o", tmp_path / "a-dec.png", "--json")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout) == {"input": str(out / "a.vae"), "output": str(tmp_path / "a-dec.png"),
+                                    "width": 20, "height": 16}
+
+
+def test_json_with_data_on_stdout_is_a_usage_error(run, png):
+    r = run("compress", png, "-o", "-", "--json")
+    assert r.exit_code == 2 and "--json" in r.output and r.stdout_bytes == b""
+    assert run("compress", "-", "--json", input=png.read_bytes()).exit_code == 2  # stdin in, stdout out
+    run("compress", png)
+    assert run("decompress", png.with_suffix(".vae"), "-o", "-", "--json").exit_code == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"\x89PNG\r\n\x1a\n", b"GIF89a\x01"])
+def test_unreadable_images_are_named_with_a_plain_reason(run, tmp_path, content):
+    bad = tmp_path / "notes.txt"
+    bad.write_bytes(content)
+    r = run("compress", bad)
+    assert_one_line_error(r)
+    assert r.stderr.strip() == f"vaecodec: error: {bad}: not an image vaecodec can read"
+    r = run("compress", "-", "-o", tmp_path / "x.vae", input=content)
+    assert r.stderr.strip() == "vaecodec: error: stdin: not an image vaecodec can read"
+
+
+def test_a_truncated_image_says_so_without_object_reprs(run, tmp_path, png):
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(png.read_bytes()[:120])
+    r = run("compress", cut)
+    assert_one_line_error(r)
+    assert r.stderr.startswith(f"vaecodec: error: {cut}: ") and "truncated" in r.stderr
+    assert "<" not in r.stderr and " at 0x" not in r.stderr
+
+
+class _FailingStdout:
+    def __init__(self, error):
+        self.error = error
+
+    def write(self, data):
+        raise self.error
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("error, reason", [
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), "the reader closed the pipe early"),
+])
+def test_stdout_failures_are_one_line_and_exit_1(run, png, monkeypatch, error, reason):
+    import vaecodec.cli
+
+    monkeypatch.setattr(vaecodec.cli, "_binary_stdout", lambda: _FailingStdout(error))
+    r = run("compress", png, "-o", "-")
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [f"vaecodec: error: stdout: {reason}"]
+    run("compress", png, "-o", png.with_name("p.vae"))
+    r = run("decompress", png.with_name("p.vae"), "-o", "-")
+    assert r.exit_code == 1 and r.stderr.splitlines() == [f"vaecodec: error: stdout: {reason}"]
+    r = run("info", png.with_name("p.vae"))
+    assert r.exit_code == 1 and r.stderr.splitlines() == [f"vaecodec: error: stdout: {reason}"]
+
+
+def test_a_failing_stdout_ends_a_json_batch(run, tmp_path, monkeypatch):
+    import vaecodec.cli
+
+    paths = make_pngs(tmp_path, "a.png", "b.png", "c.png")
+    monkeypatch.setattr(vaecodec.cli, "_binary_stdout", lambda: _FailingStdout(BrokenPipeError(errno.EPIPE, "x")))
+    r = run("compress", *paths, "-o", tmp_path / "out", "--json")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines() == ["vaecodec: error: stdout: the reader closed the pipe early"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.vae"]
+
+
+def _vaecodec_process(*args, stdout):
+    """``python -m vaecodec`` from this checkout (not the installed package), as a shell pipeline would run it."""
+    env = {k: v for k, v in os.environ.items() if k != "VAECODEC_DEBUG"} | {"PYTHONPATH": str(CHECKOUT)}
+    return subprocess.Popen([sys.executable, "-m", "vaecodec", *map(str, args)], stdout=stdout,
+                            stderr=subprocess.PIPE, env=env, cwd=CHECKOUT)
+
+
+def test_a_reader_that_closed_the_pipe_is_one_line_and_exit_1(tmp_path, tiny_codec, tiny_model_file):
+    vae = tmp_path / "x.vae"
+    vae.write_bytes(tiny_codec.compress(smooth_image(24, 24), quality=50))
+    proc = _vaecodec_process("decompress", vae, "-o", "-", "--model", tiny_model_file, stdout=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before vaecodec has written a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    # One line: neither a traceback nor Python's "Exception ignored ... BrokenPipeError" from the flush at exit.
+    assert err.splitlines() == ["vaecodec: error: stdout: the reader closed the pipe early"], err
+
+
+@pytest.mark.skipif(shutil.which("head") is None, reason="needs head(1)")
+def test_decompress_into_head_stops_cleanly(tmp_path, tiny_codec, tiny_model_file):
+    vae = tmp_path / "big.vae"
+    # About 165 kB of PNG: more than a pipe holds, so the write is still going when head exits.
+    vae.write_bytes(tiny_codec.compress(smooth_image(384, 512), quality=100))
+    proc = _vaecodec_process("decompress", vae, "-o", "-", "--model", tiny_model_file, stdout=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-c", "10"], stdin=proc.stdout, stdout=subprocess.PIPE)
+    proc.stdout.close()
+    first, _ = head.communicate(timeout=120)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert first == b"\x89PNG\r\n\x1a\n\x00\x00"
+    assert err.splitlines() == ["vaecodec: error: stdout: the reader closed the pipe early"], err
+
+
+def test_an_interrupt_is_exit_130_and_leaves_no_partial_file(run, tmp_path, monkeypatch):
+    import vaecodec.cli
+
+    paths = make_pngs(tmp_path, "a.png", "b.png")
+    real_write = vaecodec.cli._write_output
+
+    def interrupted(path, data, force):
+        real_write(path, data, force)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vaecodec.cli, "_write_output", interrupted)
+    r = run("compress", *paths, "-o", tmp_path / "out")
+    assert r.exit_code == 130 and r.stderr.splitlines() == ["vaecodec: interrupted"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.vae"]
+
+
+def test_an_input_that_names_no_file_is_a_one_line_error(run, tmp_path):
+    r = run("compress", "/")
+    assert_one_line_error(r)
+    assert r.stderr.strip() == "vaecodec: error: /: not a file name"
+    assert_one_line_error(run("compress", tmp_path))  # a folder: "Is a directory", not a traceback

@@ -37,7 +37,7 @@ def test_a_training_step_reduces_the_loss_on_a_fixed_batch():
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     first = None
     for _ in range(100):
-        loss, stats = rd_loss(model, x, lam)
+        loss, stats = rd_loss(model, model.config, x, lam)
         first = first or stats["loss"]
         opt.zero_grad()
         loss.backward()

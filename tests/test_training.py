@@ -1,32 +1,143 @@
-"""Training is resumable: a checkpoint restores model, EMA, optimizer and counters."""
+"""Training is resumable, keeps stable and annealed checkpoints apart, and runs under torchrun."""
 
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
 import torch
 from PIL import Image
 
 from vaecodec.model import ModelConfig
-from vaecodec.training import learning_rate, load_checkpoint, train
+from vaecodec.training import TrainOptions, anneal, learning_rate, load_checkpoint, train
 
 from conftest import TINY_CONFIG, smooth_image
 
+TINY_CB = dict(TINY_CONFIG, kind="checkerboard", bottleneck_channels=12, context_channels=8)
+FAST = TrainOptions(batch_size=2, patch=64, large_batch=1, large_patch=64, crop=64, crops_per_image=2)
 
-def test_train_saves_and_resumes(tmp_path):
-    data = tmp_path / "images"
-    data.mkdir()
-    for i in range(2):
-        Image.fromarray(smooth_image(80, 96, seed=i)).save(data / f"{i}.png")
+
+@pytest.fixture()
+def data(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):  # the CLI's crop pool takes 256² crops
+        Image.fromarray(smooth_image(256, 264, seed=i)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["hyperprior", "checkerboard"])
+def test_train_saves_and_resumes_at_full_rate(tmp_path, data, kind):
     ckpt = tmp_path / "state.pt"
-    cfg = ModelConfig(**TINY_CONFIG)
-    kw = dict(config=cfg, batch_size=2, patch=64, crop=64, log=lambda *_: None)
-    state = train(data, ckpt, total_steps=3, **kw)
+    cfg = ModelConfig(**(TINY_CB if kind == "checkerboard" else TINY_CONFIG))
+    state = train(data, ckpt, config=cfg, steps=3, options=FAST, log=lambda *_: None)
     assert state.step == 3 and ckpt.exists()
-    state = train(data, ckpt, total_steps=5, **kw)  # resumes, optimizer moments back in float32
+    state = train(data, ckpt, steps=2, options=FAST, log=lambda *_: None)  # resumes; config comes from the file
     assert state.step == 5
     state, model, ema, opt = load_checkpoint(ckpt)
-    assert state.step == 5 and state.cpu_seconds > 0
-    assert any(s["exp_avg"].dtype == torch.bfloat16 for s in opt["state"].values())  # stored compactly
+    assert state.step == 5 and state.cpu_seconds > 0 and state.phase == "stable"
+    assert state.config == cfg
+    raw = torch.load(ckpt, weights_only=True)  # stored compactly: no EMA, no momentum, bf16 second moments
+    assert "ema" not in raw and all(set(s) == {"step", "exp_avg_sq"} for s in raw["optimizer"]["state"].values())
+    assert all(s["exp_avg_sq"].dtype == torch.bfloat16 for s in raw["optimizer"]["state"].values())
+    assert all(g["lr"] == FAST.lr for g in opt["param_groups"])  # no decay in the stable phase
+
+
+def test_anneal_writes_a_separate_file_and_never_touches_the_stable_one(tmp_path, data):
+    stable, annealed = tmp_path / "stable.pt", tmp_path / "annealed.pt"
+    train(data, stable, config=ModelConfig(**TINY_CB), steps=3, options=FAST, log=lambda *_: None)
+    before = stable.read_bytes()
+    state = anneal(data, stable, annealed, 4, options=FAST, log=lambda *_: None)
+    assert stable.read_bytes() == before
+    assert state.phase == "annealed" and state.step == 7
+    _, _, _, opt = load_checkpoint(annealed)
+    assert opt["param_groups"][0]["lr"] < 0.1 * FAST.lr  # decayed to the floor
+    with pytest.raises(ValueError, match="annealed"):
+        train(data, annealed, steps=1, options=FAST, log=lambda *_: None)
+    # The stable run goes on at full rate.
+    assert train(data, stable, steps=1, options=FAST, log=lambda *_: None).step == 4
 
 
 def test_learning_rate_warms_up_holds_and_decays():
     assert learning_rate(0, 1000) < learning_rate(99, 1000) == 1e-3
     assert learning_rate(600, 1000) == 1e-3
     assert learning_rate(999, 1000) < 1e-4
+    assert learning_rate(10**7, 0, decay_fraction=0) == 1e-3  # stable phase: holds forever
+    assert learning_rate(0, 100, warmup=0, decay_fraction=1.0) == 1e-3
+    assert learning_rate(100, 100, warmup=0, decay_fraction=1.0) == pytest.approx(5e-5)
+
+
+def test_cli_train_and_anneal(tmp_path, data):
+    ckpt, annealed = tmp_path / "s.pt", tmp_path / "a.pt"
+    common = ["--data", str(data), "--batch-size", "4", "--patch", "64", "--crops-per-image", "2"]
+    run = subprocess.run([sys.executable, "-m", "vaecodec", "train", str(ckpt), "--model", "tiny", "--steps", "2",
+                          *common], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "stopped at step 2" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "vaecodec", "anneal", str(ckpt), str(annealed), "--steps", "2",
+                          *common], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert load_checkpoint(annealed)[0].phase == "annealed"
+    run = subprocess.run([sys.executable, "-m", "vaecodec", "train", str(annealed), "--steps", "1", *common],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "annealed" in run.stderr
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not installed")
+def test_torchrun_two_processes(tmp_path, data):
+    """DDP on 2 CPU processes: rank 0 saves, CPU time is summed over ranks, ranks stop together."""
+    ckpt = tmp_path / "ddp.pt"
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "vaecodec", "train", str(ckpt),
+                          "--model", "tiny", "--steps", "3", "--data", str(data), "--batch-size", "4", "--patch", "64",
+                          "--crops-per-image", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "rank 0 of 2" in run.stderr and "rank 1 of 2" not in run.stderr  # only rank 0 logs
+    state, model, ema, _ = load_checkpoint(ckpt)
+    assert state.step == 3
+
+
+def test_widening_keeps_the_function_and_training_continues(tmp_path, data):
+    """A hyperprior widened into a checkerboard model reconstructs identically and codes z identically."""
+    from vaecodec.model import HyperpriorModel
+    from vaecodec.training.warm_start import widen
+
+    torch.manual_seed(0)
+    old = HyperpriorModel(ModelConfig(**TINY_CONFIG)).eval()
+    cfg = ModelConfig(**dict(TINY_CB, latent_channels=16, bottleneck_channels=12, hyper_hidden=20,
+                             lambdas=tuple(0.0008 * 2**k for k in range(11))))
+    new = widen(old, cfg).eval()
+    x = torch.rand(1, 3, 64, 64)
+    lam = torch.tensor([old.config.lambdas[3]])
+    a, b = old(x, lam, hard=True), new(x, lam, hard=True)
+    assert torch.allclose(a.x_hat, b.x_hat, atol=1e-5)
+    assert torch.equal(a.bits_z, b.bits_z)
+    # Training starts from it (and its CPU time is inherited).
+    old_ckpt = tmp_path / "old.pt"
+    train(data, old_ckpt, config=ModelConfig(**TINY_CONFIG), steps=2, options=FAST, log=lambda *_: None)
+    state = train(data, tmp_path / "new.pt", config=cfg, steps=2, options=FAST, log=lambda *_: None, widen_from=old_ckpt)
+    assert state.step == 2 and state.cpu_seconds > load_checkpoint(old_ckpt)[0].cpu_seconds
+    assert state.history[0]["widened_from"] == str(old_ckpt)
+
+
+def test_sigterm_saves_before_exit(tmp_path, data):
+    """Stopping a run (kill, Ctrl-C) finishes the step, saves the checkpoint and exits cleanly."""
+    import signal
+    import time
+
+    ckpt, log = tmp_path / "s.pt", tmp_path / "log.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "vaecodec", "train", str(ckpt), "--model", "tiny", "--data", str(data),
+                             "--batch-size", "4", "--patch", "64", "--crops-per-image", "2", "--log", str(log)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and "crop pool" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by signal" in err
+    assert load_checkpoint(ckpt)[0].step > 0

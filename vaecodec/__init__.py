@@ -7,8 +7,12 @@
 
 Importing the package is cheap: torch and the model load on first use of the
 codec, so reading headers (and Pillow's format check) stays light.
+
+Importing it also registers the .vae format with Pillow (``Image.open``,
+``im.save("x.vae", quality=75)``): see :mod:`vaecodec.pillow_plugin`.
 """
 
+from . import pillow_plugin  # noqa: F401  (registers .vae with Pillow; imports no torch)
 from .container import Header, read_header
 from .errors import FormatError, ImageError, ModelMismatchError, VaecodecError
 

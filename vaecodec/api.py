@@ -11,18 +11,19 @@ Where the bits are made (``Codec.encode``), one ANS stack per image::
 
     pixels ─pad─▶ x ─analyze─▶ y, ẑ
     push  check = CRC-32 of the header fields (bottom of the stack, popped last)
-    push  q = quantize(y)   with y_pmfs[scale index]
-    push  ẑ                 with z_pmfs[channel]       (top of the stack, popped first)
+    push  the latents: the model's latent codec owns their order
+          (:mod:`vaecodec.latent_codec`: y then ẑ, or y non-anchors, anchors, ẑ)
     Header + words ─container.pack─▶ bytes (rate = len(bytes), header included)
 
-Decoding mirrors it: pop ẑ, compute the scale indexes exactly, pop q, pop and
-compare the check value, require an empty stack, reconstruct exactly, crop.
+Decoding mirrors it: the latent codec pops ŷ exactly, then pop and compare the
+check value, require an empty stack, synthesize exactly, crop.
 The check catches what the file's CRC cannot: a payload put under another
 header (size, mode, quality) or cut short and re-CRC'd.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import zlib
 from dataclasses import dataclass, replace
@@ -37,7 +38,8 @@ from . import entropy
 from .coding_model import DOWNSAMPLING, NUM_QUALITIES, CodingModel
 from .container import Header, pack, unpack
 from .errors import FormatError, ModelMismatchError, VaecodecError
-from .image import load_pixels, to_model_input, to_output_pixels
+from .image import load_pixels, split_batch, to_model_input, to_output_pixels
+from .latent_codec import Latents, latent_codec
 
 __all__ = ["Codec", "Encoded", "compress", "decompress", "default_codec", "DEFAULT_QUALITY", "SHIPPED_MODEL"]
 
@@ -45,7 +47,7 @@ DEFAULT_QUALITY = 75
 SHIPPED_MODEL = "vaecodec-hp64.pt"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Encoded:
     """A compressed image and what it cost.
 
@@ -69,6 +71,11 @@ class Encoded:
     def bpp(self) -> float:
         return self.header.bpp
 
+    def __repr__(self) -> str:
+        # Not the dataclass repr: that prints every byte of the file (tens of kB in a log or a notebook).
+        h = self.header
+        return f"Encoded({len(self.data)} bytes, {self.bpp:.4f} bpp, quality={h.quality}, model={h.model_id})"
+
 
 class Codec:
     """A loaded model and the operations on images and bytes.
@@ -87,56 +94,68 @@ class Codec:
         elif not isinstance(model, CodingModel):
             model = CodingModel.load(model)
         self.model = model
+        self.latents = latent_codec(model)
         self._lock = threading.Lock()
 
     # ----- encoding ---------------------------------------------------------------
     def compress(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None) -> bytes:
-        """Image (path, PIL image or uint8 array) → .vae bytes. See :meth:`encode`."""
+        """Image (path, PIL image, array or tensor) → .vae bytes. See :meth:`encode`."""
         return self.encode(image, quality, target_bpp).data
 
     def encode(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None) -> Encoded:
         """Compress, and report the size and the model's information estimate.
 
         Args:
-          image: a path, PIL image, or uint8 array (H×W or H×W×3).
+          image: a path, encoded image bytes, PIL image, NumPy array (H×W or
+            H×W×3; uint8, or float in [0, 1]) or torch tensor (C×H×W or H×W;
+            uint8, or float in [0, 1]). See :mod:`vaecodec.image`.
           quality: 1..100, higher is better and larger.
           target_bpp: if given, ``quality`` is ignored and the highest quality
             whose whole file fits in this many bits per pixel is used.
         """
         pixels = load_pixels(image)
+        if target_bpp is None:
+            _check_quality(quality)
         with self._lock, torch.no_grad():
             analysed = self._analyze(pixels)
             if target_bpp is None:
-                if not (isinstance(quality, (int, np.integer)) and 1 <= quality <= NUM_QUALITIES):
-                    raise ValueError(f"quality must be an integer in 1..{NUM_QUALITIES}, not {quality!r}")
                 return self._encode_at(analysed, int(quality))
             return self._encode_to_target(analysed, float(target_bpp))
 
-    def _analyze(self, pixels: np.ndarray):
-        h, w = pixels.shape[:2]
-        y, z_symbols = self.model.analyze(to_model_input(pixels, DOWNSAMPLING))
-        params = self.model.hyper_decode(z_symbols)
-        mode = "L" if pixels.ndim == 2 else "RGB"
-        return h, w, mode, y, z_symbols, params
+    def encode_batch(self, images, quality: int = DEFAULT_QUALITY,
+                     target_bpp: float | None = None) -> list[Encoded]:
+        """Compress several images with this one loaded model; one :class:`Encoded` each, in order.
 
-    def _encode_at(self, analysed, quality: int) -> Encoded:
-        h, w, mode, y, z_symbols, params = analysed
+        Args:
+          images: a list of anything :meth:`encode` takes (sizes and modes may
+            differ), or one 4-D batch: an N×C×H×W tensor or an N×H×W×C array.
+          quality, target_bpp: as in :meth:`encode`, the same for every image.
+
+        Every image is checked before any is coded, so a bad one fails the
+        batch at once. Each result is exactly ``encode(image)``: images are
+        analysed one at a time, because the float analysis transform does not
+        give bit-identical latents when run on a stacked batch.
+        """
+        pixels = [load_pixels(image) for image in split_batch(images)]
+        if target_bpp is None:
+            _check_quality(quality)
+        return [self.encode(p, quality, target_bpp) for p in pixels]
+
+    def _analyze(self, pixels: np.ndarray) -> "_Analysed":
+        h, w = pixels.shape[:2]
+        latents = self.latents.analyze(to_model_input(pixels, DOWNSAMPLING))
+        return _Analysed(h, w, "L" if pixels.ndim == 2 else "RGB", latents)
+
+    def _encode_at(self, analysed: "_Analysed", quality: int) -> Encoded:
         m = self.model
-        y_symbols = m.quantize(y, params, quality)
-        scale_idx = m.scale_indexes(params, quality)
-        z_idx = m.hyper_latent_indexes(z_symbols.shape)
-        header = Header(w, h, mode, quality, m.model_id, m.weight_hash)
+        header = Header(analysed.width, analysed.height, analysed.mode, quality, m.model_id, m.weight_hash)
         coder = entropy.new_coder()
         entropy.push_check(coder, _header_check(header))
-        m.y_pmfs.encode(coder, y_symbols.numpy(), scale_idx.numpy())
-        m.z_pmfs.encode(coder, z_symbols.numpy(), z_idx)
+        code = self.latents.push(coder, analysed.latents, quality)
         words = coder.get_compressed()
-        info = (m.y_pmfs.information_bits(y_symbols.numpy(), scale_idx.numpy())
-                + m.z_pmfs.information_bits(z_symbols.numpy(), z_idx))
-        header = Header(w, h, mode, quality, m.model_id, m.weight_hash, num_words=int(words.size))
+        header = replace(header, num_words=int(words.size))
         data = pack(header, words)
-        info += 32  # the check value
-        return Encoded(data, replace(header, num_bytes=len(data)), info)
+        return Encoded(data, replace(header, num_bytes=len(data)), code.information_bits + entropy.CHECK_BITS)
 
     def _encode_to_target(self, analysed, target_bpp: float) -> Encoded:
         if not target_bpp > 0:
@@ -156,31 +175,57 @@ class Codec:
         return best
 
     # ----- decoding ---------------------------------------------------------------
-    def decompress(self, data: bytes) -> Image.Image:
-        """.vae bytes → PIL image ("RGB" or "L"). Raises FormatError on any defect."""
+    def decompress(self, data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:
+        """.vae bytes, or the path of a .vae file → PIL image ("RGB" or "L").
+
+        Raises FormatError on any defect of the data (OSError if a path cannot be read).
+        """
         pixels = self.decompress_array(data)
         return Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
 
-    def decompress_array(self, data: bytes) -> np.ndarray:
-        """.vae bytes → uint8 array (H, W, 3) or (H, W)."""
-        header, words = unpack(bytes(data))
+    def decompress_array(self, data: bytes | bytearray | memoryview | str | os.PathLike) -> np.ndarray:
+        """.vae bytes, or the path of a .vae file → uint8 array (H, W, 3) or (H, W)."""
+        header, words = unpack(_read_vae(data))
         m = self.model
         if header.model_id != m.model_id or header.weight_hash != m.weight_hash:
             raise ModelMismatchError(
                 f"file was written by model {header.model_id} ({header.weight_hash.hex()}), "
                 f"loaded model is {m.model_id} ({m.weight_hash.hex()})")
-        y_shape, z_shape = m.latent_shapes(header.height, header.width)
         with self._lock, torch.no_grad():
             coder = entropy.new_coder(words)
-            z_idx = m.hyper_latent_indexes(z_shape)
-            z_symbols = torch.from_numpy(m.z_pmfs.decode(coder, z_idx).reshape(z_shape))
-            params = m.hyper_decode(z_symbols)
-            scale_idx = m.scale_indexes(params, header.quality)
-            y_symbols = torch.from_numpy(m.y_pmfs.decode(coder, scale_idx.numpy()).reshape(y_shape))
+            y_hat = self.latents.pop(coder, header.height, header.width, header.quality)
             if entropy.pop_check(coder) != _header_check(header) or not coder.is_empty():
                 raise FormatError("payload does not match its header (corrupted or truncated data)")
-            rgb = m.reconstruct(y_symbols, params, header.quality)
+            rgb = m.synthesize(y_hat)
         return to_output_pixels(rgb, header.height, header.width, header.mode)
+
+    def decode_batch(self, files) -> list[np.ndarray]:
+        """Several .vae files (bytes or paths) → one uint8 array each, in order. See :meth:`decompress_array`."""
+        if isinstance(files, (bytes, bytearray, memoryview, str, os.PathLike)):
+            raise TypeError("decode_batch takes a list of .vae files; use decompress_array for one")
+        return [self.decompress_array(data) for data in files]
+
+
+@dataclass(frozen=True)
+class _Analysed:
+    """An image's size, mode and quality-independent latents (reused across target-size trials)."""
+
+    height: int
+    width: int
+    mode: str
+    latents: Latents
+
+
+def _check_quality(quality) -> None:
+    if not (isinstance(quality, (int, np.integer)) and 1 <= quality <= NUM_QUALITIES):
+        raise ValueError(f"quality must be an integer in 1..{NUM_QUALITIES}, not {quality!r}")
+
+
+def _read_vae(data: bytes | bytearray | memoryview | str | os.PathLike) -> bytes:
+    """The bytes of a .vae file, given them or its path (as :func:`compress` takes an image's path)."""
+    if isinstance(data, (str, os.PathLike)):
+        return Path(data).read_bytes()
+    return bytes(data)
 
 
 def _header_check(h: Header) -> int:
@@ -206,6 +251,6 @@ def compress(image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = N
     return default_codec().compress(image, quality, target_bpp)
 
 
-def decompress(data: bytes) -> Image.Image:
-    """Decompress with the shipped model. See :meth:`Codec.decompress`."""
+def decompress(data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:
+    """Decompress .vae bytes or a .vae file with the shipped model. See :meth:`Codec.decompress`."""
     return default_codec().decompress(data)

@@ -1,20 +1,26 @@
 """The ``vaecodec`` command: a thin click layer over the public API.
 
 Rules every command keeps: errors are one line on stderr with a non-zero exit
-(1 for bad input or files, 2 for bad usage); outputs are written to a temporary
-file and renamed into place, so a failure never leaves a partial file; an
-existing file is never overwritten without ``--force``. ``info`` reads only the
-header and never imports torch.
+(1 for bad input or files, 2 for bad usage, 3 for an internal error, 130 when
+interrupted); outputs are written to a temporary file and renamed into place,
+so a failure never leaves a partial file; an existing file is never overwritten
+without ``--force``. A batch attempts every file and exits 1 at the end if any
+failed. ``info`` reads only the header and never imports torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import sys
 import tempfile
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -24,6 +30,7 @@ from .errors import VaecodecError
 
 STDIO = "-"
 _IMAGE_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp", ".jpg", ".jpeg"}
+_SEPARATORS = tuple(s for s in (os.sep, os.altsep) if s)
 
 
 class _Failure(click.ClickException):
@@ -33,21 +40,71 @@ class _Failure(click.ClickException):
         click.echo(f"vaecodec: error: {self.format_message()}", err=True)
 
 
+class _StdoutFailure(_Failure):
+    """Stdout itself failed (reader gone, disk full): nothing more can be reported there, so a batch stops."""
+
+
+def _shown(path: str, stream: str) -> str:
+    """A path as messages name it: '-' is 'stdin' or 'stdout'."""
+    return stream if path == STDIO else path
+
+
 def _read_input(path: str) -> bytes:
     try:
         if path == STDIO:
             return sys.stdin.buffer.read()
         return Path(path).read_bytes()
     except OSError as e:
-        raise _Failure(f"{path}: {e.strerror or e}") from None
+        raise _Failure(f"{_shown(path, 'stdin')}: {e.strerror or e}") from None
+
+
+def _binary_stdout():
+    """The byte stream under stdout (its own function so tests can make it fail)."""
+    if sys.stdout is None:  # started with stdout closed
+        raise _StdoutFailure("stdout: closed")
+    return sys.stdout.buffer
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write to stdout; a closed pipe or a full disk is one line and exit 1, not a traceback.
+
+    A write can take only part of the data without raising (the reader
+    exited while it was blocked on a full pipe); the rest is written again, so
+    that failure is seen instead of a silently cut output. After a failure
+    stdout is pointed at the null device, so the interpreter's own flush at
+    exit (of what is still buffered) cannot fail a second time and print an
+    error of its own.
+    """
+    try:
+        out = _binary_stdout()
+        rest = memoryview(data)
+        while rest:
+            taken = out.write(rest)
+            if not taken:
+                raise OSError(errno.EIO, "stdout takes no more data")
+            rest = rest[taken:]
+        out.flush()
+    except OSError as e:
+        _silence_stdout()
+        why = "the reader closed the pipe early" if e.errno == errno.EPIPE else (e.strerror or str(e))
+        raise _StdoutFailure(f"stdout: {why}") from None
+
+
+def _silence_stdout() -> None:
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass  # no file descriptor behind stdout (captured, or closed): nothing is flushed to one at exit
 
 
 def _write_output(path: str, data: bytes, force: bool) -> None:
     """Write all of ``data`` or nothing: temp file in the same folder, then rename."""
     if path == STDIO:
-        out = sys.stdout.buffer
-        out.write(data)
-        out.flush()
+        _write_stdout(data)
         return
     target = Path(path)
     if target.exists() and not force:
@@ -79,36 +136,58 @@ def _umask() -> int:
     return mask
 
 
-def _outputs(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[str]:
-    targets = _output_paths(inputs, output, suffix)
+def _outputs(inputs: tuple[str, ...], output: str | None, suffix: str) -> tuple[list[str], Path | None]:
+    """Output path per input, and the folder -o names when it must still be created (else None).
+
+    Refuses (before anything is written) what concerns the whole batch: stdin
+    or stdout with several files, two inputs mapped to one output.
+    """
+    if len(inputs) > 1 and STDIO in inputs:
+        raise click.UsageError("'-' (stdin) can only be used as the single input")
+    if len(inputs) > 1 and output == STDIO:
+        raise click.UsageError("'-o -' (stdout) takes a single input")
+    folder = _output_folder(inputs, output)
+    if folder is not None:
+        targets = [str(folder / _with_suffix("stdin" if p == STDIO else p, suffix).name) for p in inputs]
+    elif output is not None:
+        targets = [output]
+    else:
+        targets = [STDIO if p == STDIO else str(_with_suffix(p, suffix)) for p in inputs]
     real = [os.path.realpath(t) for t in targets if t != STDIO]
     if len(set(real)) < len(real):
         raise click.UsageError("two inputs would be written to the same output file")
-    return targets
+    return targets, folder if folder is not None and not folder.is_dir() else None
 
 
-def _output_paths(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[str]:
-    """Output path per input: -o as a file (one input) or a folder (several), else beside the input."""
-    if len(inputs) > 1:
-        if STDIO in inputs:
-            raise click.UsageError("'-' (stdin) can only be used as the single input")
-        if output is None:
-            return [str(Path(p).with_suffix(suffix)) for p in inputs]
-        folder = Path(output)
-        if not folder.is_dir():
-            raise _Failure(f"with several inputs, -o must name an existing folder: {output}")
-        return [str(folder / Path(p).with_suffix(suffix).name) for p in inputs]
-    (source,) = inputs
-    if output is not None:
-        if output != STDIO and Path(output).is_dir():
-            name = "stdin" if source == STDIO else Path(source).name
-            return [str(Path(output) / Path(name).with_suffix(suffix).name)]
-        return [output]
-    return [STDIO if source == STDIO else str(Path(source).with_suffix(suffix))]
+def _with_suffix(path: str, suffix: str) -> Path:
+    if not Path(path).name:  # '/', '' or the like: no name to give the output
+        raise _Failure(f"{path or repr(path)}: not a file name")
+    return Path(path).with_suffix(suffix)
 
 
-def _progress(items, label: str):
-    if len(items) > 1 and sys.stderr.isatty():
+def _output_folder(inputs: tuple[str, ...], output: str | None) -> Path | None:
+    """The folder -o names: with several inputs, when it ends in a separator, or when it is one already."""
+    if output is None or output == STDIO:
+        return None
+    folder = Path(output)
+    if len(inputs) > 1 or output.endswith(_SEPARATORS) or folder.is_dir():
+        if folder.exists() and not folder.is_dir():
+            raise _Failure(f"{output} is not a folder (with several inputs, -o names a folder)")
+        return folder
+    return None
+
+
+def _make_folder(folder: Path | None) -> None:
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _Failure(f"{folder}: cannot create folder: {e.strerror or e}") from None
+
+
+def _progress(items, label: str, show: bool):
+    if show and len(items) > 1 and sys.stderr.isatty():
         return click.progressbar(items, label=label, file=sys.stderr)
     return contextlib.nullcontext(items)
 
@@ -127,9 +206,102 @@ def _refuse_terminal(path: str) -> None:
         raise _Failure("refusing to write binary data to a terminal; redirect it or use -o")
 
 
+def _interruptible(command: Callable) -> Callable:
+    """Ctrl-C is one line and exit 130 (click alone prints 'Aborted!' and exits 1)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("vaecodec: interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
+    return run
+
+
+@dataclass(frozen=True)
+class _Done:
+    """One file converted and written: what --json, --verbose and the summary report of it."""
+
+    record: dict
+    line: str
+    bytes_in: int
+    bytes_out: int
+    bpp: float | None = None
+
+
+@dataclass
+class _Tally:
+    """What a batch did, for its summary line (its bpp is the mean of the files' bpp, each file counting once)."""
+
+    done: int = 0
+    failed: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    bpps: list[float] = field(default_factory=list)
+
+    def add(self, d: _Done) -> None:
+        self.done += 1
+        self.bytes_in += d.bytes_in
+        self.bytes_out += d.bytes_out
+        if d.bpp is not None:
+            self.bpps.append(d.bpp)
+
+    def summary(self, verb: str) -> str:
+        line = f"vaecodec: {verb} {self.done} file{'s' * (self.done != 1)}"
+        if self.failed:
+            line += f", {self.failed} failed"
+        if self.done:
+            line += f": {self.bytes_in} -> {self.bytes_out} bytes"
+            if self.bpps:
+                line += f", mean {sum(self.bpps) / len(self.bpps):.4f} bpp"
+        return line
+
+
+def _run_batch(pairs: list[tuple[str, str]], convert: Callable[[str, str], _Done], *, label: str, verb: str,
+               verbose: bool, quiet: bool, as_json: bool, announce_single: bool) -> None:
+    """Convert every (input, output) pair; a failed file is one error line and the rest still go.
+
+    Exits 1 at the end if any file failed. A failure of stdout itself ends the
+    batch at once: the reader is gone or the disk is full, so nothing after it
+    could be delivered.
+    """
+    tally = _Tally()
+    with warnings.catch_warnings(), _progress(pairs, label, show=not (verbose or quiet)) as items:
+        # Pillow warns about damaged metadata of hostile files; the file's own error line is what counts.
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+        for source, target in items:
+            try:
+                done = convert(source, target)
+            except _StdoutFailure:
+                raise
+            except _Failure as e:
+                e.show()
+                tally.failed += 1
+                continue
+            tally.add(done)
+            if as_json:
+                _write_stdout((json.dumps(done.record) + "\n").encode())
+            if verbose or (announce_single and not quiet and len(pairs) == 1 and target != STDIO):
+                click.echo(done.line, err=True)
+    if len(pairs) > 1 and not quiet:
+        click.echo(tally.summary(verb), err=True)
+    if tally.failed:
+        raise click.exceptions.Exit(1)
+
+
+def _refuse_bad_reporting(targets: list[str], verbose: bool, quiet: bool, as_json: bool) -> None:
+    if verbose and quiet:
+        raise click.UsageError("--verbose and --quiet exclude each other")
+    if as_json and STDIO in targets:
+        raise click.UsageError("--json prints to stdout, which already carries the output data; use -o FILE")
+
+
 model_option = click.option("--model", type=click.Path(dir_okay=False), envvar="VAECODEC_MODEL",
                             help="Model file to use instead of the shipped one [env: VAECODEC_MODEL].")
 force_option = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+verbose_option = click.option("-v", "--verbose", is_flag=True, help="Print a line per file (sizes, bpp) on stderr.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file written on stdout.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,44 +318,71 @@ def cli():
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", help="Output file, or folder with several inputs; '-' for stdout.")
+@click.option("-o", "--output", help="Output file, or folder (created if missing) with several inputs or a "
+                                     "trailing '/'; '-' for stdout.")
 @click.option("-q", "--quality", type=click.IntRange(1, 100), default=75, show_default=True,
               help="1..100, higher is better and larger.")
 @click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True),
               help="Use the highest quality whose file fits in this many bits per pixel.")
 @force_option
 @model_option
-def compress(inputs, output, quality, target_bpp, force, model):
-    """Compress images (PNG, JPEG, ...; '-' for stdin) to .vae files."""
-    targets = _outputs(inputs, output, ".vae")
+@verbose_option
+# -q is --quality here (as it has always been), so quiet has only its long name.
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@json_option
+@_interruptible
+def compress(inputs, output, quality, target_bpp, force, model, verbose, quiet, as_json):
+    """Compress images (PNG, JPEG, ...; '-' for stdin) to .vae files.
+
+    Every input is attempted; a failed one is reported and the others are still
+    written (exit code 1 if any failed).
+    """
+    targets, new_folder = _outputs(inputs, output, ".vae")
+    _refuse_bad_reporting(targets, verbose, quiet, as_json)
     for t in targets:
         _refuse_terminal(t)
         if t != STDIO and Path(t).exists() and not force:
             raise _Failure(f"{t} exists (use --force to overwrite)")
     codec = _codec(model)
-    with _progress(list(zip(inputs, targets)), "compressing") as items:
-        for source, target in items:
-            raw = _read_input(source)
-            try:
-                encoded = codec.encode(raw, quality=quality, target_bpp=target_bpp)
-            except (VaecodecError, ValueError) as e:
-                raise _Failure(f"{source}: {e}") from None
-            _write_output(target, encoded.data, force)
-            if target != STDIO and len(inputs) == 1:
-                h = encoded.header
-                click.echo(f"{target}: {h.width}x{h.height} {h.mode}, quality {h.quality}, "
-                           f"{encoded.num_bytes} bytes, {encoded.bpp:.4f} bpp", err=True)
+    _make_folder(new_folder)
+
+    def convert(source: str, target: str) -> _Done:
+        raw = _read_input(source)
+        try:
+            encoded = codec.encode(raw, quality=quality, target_bpp=target_bpp)
+        except (VaecodecError, ValueError) as e:
+            raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
+        _write_output(target, encoded.data, force)
+        h = encoded.header
+        record = dict(input=source, output=target, bytes=encoded.num_bytes, bpp=encoded.bpp,
+                      width=h.width, height=h.height, quality=h.quality)
+        line = (f"{_shown(source, 'stdin')} -> {_shown(target, 'stdout')}: {h.width}x{h.height} {h.mode}, "
+                f"quality {h.quality}, {encoded.num_bytes} bytes, {encoded.bpp:.4f} bpp")
+        return _Done(record, line, len(raw), encoded.num_bytes, encoded.bpp)
+
+    _run_batch(list(zip(inputs, targets)), convert, label="compressing", verb="compressed",
+               verbose=verbose, quiet=quiet, as_json=as_json, announce_single=True)
 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output image (format from its extension: .png default, .bmp, .tif, .ppm, "
-                                     "lossless .webp, or lossy .jpg), or folder with several inputs; '-' for PNG on stdout.")
+                                     "lossless .webp, or lossy .jpg), or folder (created if missing) with several "
+                                     "inputs or a trailing '/'; '-' for PNG on stdout.")
 @force_option
 @model_option
-def decompress(inputs, output, force, model):
-    """Decompress .vae files ('-' for stdin) to images."""
-    targets = _outputs(inputs, output, ".png")
+@verbose_option
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@json_option
+@_interruptible
+def decompress(inputs, output, force, model, verbose, quiet, as_json):
+    """Decompress .vae files ('-' for stdin) to images.
+
+    Every input is attempted; a failed one is reported and the others are still
+    written (exit code 1 if any failed).
+    """
+    targets, new_folder = _outputs(inputs, output, ".png")
+    _refuse_bad_reporting(targets, verbose, quiet, as_json)
     for t in targets:
         _refuse_terminal(t)
         if t != STDIO and Path(t).suffix.lower() not in _IMAGE_SUFFIXES:
@@ -191,23 +390,33 @@ def decompress(inputs, output, force, model):
         if t != STDIO and Path(t).exists() and not force:
             raise _Failure(f"{t} exists (use --force to overwrite)")
     codec = _codec(model)
+    _make_folder(new_folder)
     import io
 
-    with _progress(list(zip(inputs, targets)), "decompressing") as items:
-        for source, target in items:
-            raw = _read_input(source)
-            try:
-                image = codec.decompress(raw)
-            except VaecodecError as e:
-                raise _Failure(f"{source}: {e}") from None
-            buf = io.BytesIO()
-            fmt = "PNG" if target == STDIO else _pil_format(target)
-            try:
-                # WebP is written losslessly; JPEG output is lossy by nature (quality 95).
-                image.save(buf, format=fmt, **{"WEBP": {"lossless": True}, "JPEG": {"quality": 95}}.get(fmt, {}))
-            except (OSError, ValueError) as e:
-                raise _Failure(f"{target}: {e}") from None
-            _write_output(target, buf.getvalue(), force)
+    def convert(source: str, target: str) -> _Done:
+        raw = _read_input(source)
+        try:
+            image = codec.decompress(raw)
+        except VaecodecError as e:
+            raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
+        buf = io.BytesIO()
+        fmt = "PNG" if target == STDIO else _pil_format(target)
+        try:
+            # WebP is written losslessly; JPEG output is lossy by nature (quality 95).
+            image.save(buf, format=fmt, **{"WEBP": {"lossless": True}, "JPEG": {"quality": 95}}.get(fmt, {}))
+        except (OSError, ValueError) as e:
+            raise _Failure(f"{target}: {e}") from None
+        data = buf.getvalue()
+        _write_output(target, data, force)
+        width, height = image.size
+        bpp = 8 * len(raw) / (width * height)
+        record = dict(input=source, output=target, width=width, height=height)
+        line = (f"{_shown(source, 'stdin')} ({len(raw)} bytes, {bpp:.4f} bpp) -> {_shown(target, 'stdout')}: "
+                f"{width}x{height} {image.mode}, {len(data)} bytes")
+        return _Done(record, line, len(raw), len(data))
+
+    _run_batch(list(zip(inputs, targets)), convert, label="decompressing", verb="decompressed",
+               verbose=verbose, quiet=quiet, as_json=as_json, announce_single=False)
 
 
 def _pil_format(path: str) -> str:
@@ -220,19 +429,20 @@ def _pil_format(path: str) -> str:
 @cli.command()
 @click.argument("file")
 @click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
+@_interruptible
 def info(file, as_json):
     """Print the header of a .vae file (checks length and CRC; needs no model)."""
     try:
         header = read_header(_read_input(file))
     except VaecodecError as e:
-        raise _Failure(f"{file}: {e}") from None
+        raise _Failure(f"{_shown(file, 'stdin')}: {e}") from None
     d = header.to_dict()
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        text = json.dumps(d, indent=2)
     else:
         width = max(map(len, d))
-        for k, v in d.items():
-            click.echo(f"{k:<{width}}  {v}")
+        text = "\n".join(f"{k:<{width}}  {v}" for k, v in d.items())
+    _write_stdout((text + "\n").encode())
 
 
 @cli.command()
@@ -249,6 +459,7 @@ def info(file, as_json):
               help="Include the published learned-codec Kodak curves [default: only when IMAGES are the Kodak set].")
 @force_option
 @model_option
+@_interruptible
 def bench(images, codecs, reference, output, plot, markdown, jobs, published, force, model):
     """Rate–distortion benchmark of vaecodec and classical codecs on IMAGES (files or folders).
 
@@ -257,6 +468,12 @@ def bench(images, codecs, reference, output, plot, markdown, jobs, published, fo
     decoded pixels. Prints per-setting tables, BD-rates against --reference and
     PSNR at 0.25/0.5/0.75/1.0 bpp.
     """
+    if plot:
+        # Checked first: a missing optional dependency must not surface after minutes of measuring.
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise _Failure("--plot needs matplotlib: pip install 'vaecodec[bench]'") from None
     from .baselines import CODEC_NAMES
     from .bench import collect_images, format_table, run_benchmark, save_json, save_markdown, save_plot
 
@@ -291,6 +508,117 @@ def bench(images, codecs, reference, output, plot, markdown, jobs, published, fo
         save_plot(report, plot)
     if markdown:
         save_markdown(report, markdown, plot)
+
+
+MODEL_PRESETS = {
+    # vaecodec 0.1's shipped architecture.
+    "hp64": dict(kind="hyperprior"),
+    # vaecodec 0.2: wide bottleneck (cheap per pixel), M=256, checkerboard context, λ up to high fidelity.
+    "cb64-w128-m256": dict(kind="checkerboard", channels=64, bottleneck_channels=128, latent_channels=256,
+                           context_channels=128, hyper_hidden=192, num_scales=72,
+                           lambdas=tuple(0.0008 * 2**k for k in range(11))),
+    # For tests and smoke runs only.
+    "tiny": dict(kind="checkerboard", channels=8, bottleneck_channels=12, latent_channels=12, hyper_channels=8,
+                 context_channels=8, lambdas=(0.004, 0.016, 0.064)),
+}
+
+
+def _train_log(log_file: str | None):
+    import time
+
+    sink = open(log_file, "a", buffering=1) if log_file else None  # noqa: SIM115 - lives as long as the run
+
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        if int(os.environ.get("RANK", 0)) == 0:
+            click.echo(line, err=True)
+            if sink:
+                sink.write(line + "\n")
+    return log
+
+
+train_options = [
+    click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of training images."),
+    click.option("--eval", "eval_folder", type=click.Path(exists=True, file_okay=False),
+                 help="Folder for the periodic estimate in the log (e.g. Kodak; never train on it)."),
+    click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+    click.option("--threads", type=click.IntRange(0, 256), default=1, show_default=True,
+                 help="CPU threads per process (0: re-probe 1 vs 2 as the load changes)."),
+    click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Append the log to this file too."),
+    click.option("--save-every", type=click.FloatRange(min=1), default=300, show_default=True, help="Seconds between saves."),
+    click.option("--eval-every", type=click.FloatRange(min=1), default=1800, show_default=True,
+                 help="Seconds between estimates."),
+    click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Small-patch batch."),
+    click.option("--patch", type=click.IntRange(64), default=128, show_default=True, help="Small-patch size."),
+    click.option("--crops-per-image", type=click.IntRange(1), default=20, show_default=True),
+]
+
+
+def _apply(options):
+    def wrap(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return wrap
+
+
+def _train_options(device, threads, save_every, eval_every, batch_size, patch, crops_per_image, **extra):
+    from .training import TrainOptions
+
+    return TrainOptions(device=device, threads=threads, save_every_s=save_every, eval_every_s=eval_every,
+                        batch_size=batch_size, patch=patch, large_batch=max(1, batch_size // 4),
+                        crops_per_image=crops_per_image, **extra)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@_apply(train_options)
+@click.option("--model", "preset", type=click.Choice(sorted(MODEL_PRESETS)), default="cb64-w128-m256", show_default=True,
+              help="Architecture of a new run (ignored when resuming).")
+@click.option("--widen-from", type=click.Path(exists=True, dir_okay=False),
+              help="Start a new run from this trained checkpoint, widened into --model (same function at first).")
+@click.option("--steps", type=click.IntRange(1), help="Stop after this many more steps.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Stop after this much wall time.")
+def train(checkpoint, data, eval_folder, log_file, preset, widen_from, steps, minutes, **kw):
+    """Train at a constant learning rate, starting or continuing CHECKPOINT.
+
+    \b
+    Resumable and cumulative: CHECKPOINT is saved atomically every few minutes
+    and a later run continues it at full learning rate. Export an annealed
+    copy (vaecodec anneal), never this one. Runs unchanged under
+    `torchrun --nproc_per_node N -m vaecodec train ...` and with --device cuda.
+    """
+    from .model import ModelConfig
+    from .training import train as run
+
+    config = ModelConfig(**MODEL_PRESETS[preset])
+    try:
+        state = run(data, checkpoint, config=config, steps=steps, minutes=minutes, options=_train_options(**kw),
+                    eval_folder=eval_folder, log=_train_log(log_file), widen_from=widen_from)
+    except (ValueError, OSError) as e:
+        raise _Failure(str(e)) from None
+    _train_log(log_file)(f"stopped at step {state.step}, {state.cpu_seconds / 3600:.3f} CPU-h")
+
+
+@cli.command()
+@click.argument("stable", type=click.Path(exists=True, dir_okay=False))
+@click.argument("annealed", type=click.Path(dir_okay=False))
+@_apply(train_options)
+@click.option("--steps", type=click.IntRange(1), default=6000, show_default=True, help="Length of the decay.")
+def anneal(stable, annealed, data, eval_folder, log_file, steps, **kw):
+    """Decay a copy of STABLE's learning rate into ANNEALED, the checkpoint to export.
+
+    STABLE is only read, so training can continue from it at full rate.
+    An unfinished ANNEALED of the same run is continued.
+    """
+    from .training import anneal as run
+
+    try:
+        state = run(data, stable, annealed, steps, options=_train_options(**kw, large_fraction=1.0),
+                    eval_folder=eval_folder, log=_train_log(log_file))
+    except (ValueError, OSError) as e:
+        raise _Failure(str(e)) from None
+    _train_log(log_file)(f"annealed to step {state.step}, {state.cpu_seconds / 3600:.3f} CPU-h")
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from .entropy import IndexedPmfs, quantize_pmf
 from .errors import ModelFileError
 from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, round_shift, to_fixed
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
-                    interpolate_rows)
+                    build_model, checkerboard_anchor_mask, interpolate_rows)
 
 __all__ = ["CodingModel", "HyperParams", "NUM_QUALITIES", "DOWNSAMPLING"]
 
@@ -54,6 +54,7 @@ GAIN_FRAC_BITS = 16
 ANALYSIS_TILE = 1024  # pixels; with a 64-pixel halo (the analysis sees ±30 pixels)
 HYPER_TILE = 16  # hyper-latents; with a 3-latent halo
 SYNTHESIS_TILE = 64  # latents; with a 3-latent halo (the synthesis sees ±2 latents)
+CONTEXT_HALO = 2  # latents: the context network is one 5×5 convolution
 _SYMBOL_LIMIT = 2.0**24  # |q| beyond this only reaches the synthesis clamped (it is still coded exactly)
 _Z_CLAMP = 255  # likewise for ẑ entering the hyper-synthesis
 
@@ -100,12 +101,12 @@ class HyperParams:
     log2_scale: torch.Tensor  # (1, M, h, w)
 
 
-def _gaussian_pmfs(radius: int) -> np.ndarray:
+def _gaussian_pmfs(radius: int, num_scales: int = NUM_SCALES) -> np.ndarray:
     """Unit-bin masses of N(0, std_j²) on -radius..radius, tails lumped into the edges."""
-    stds = 2.0 ** ((torch.arange(NUM_SCALES, dtype=torch.float64) + SCALE_MIN_INDEX) / SCALE_STEPS_PER_OCTAVE)
+    stds = 2.0 ** ((torch.arange(num_scales, dtype=torch.float64) + SCALE_MIN_INDEX) / SCALE_STEPS_PER_OCTAVE)
     edges = torch.arange(-radius, radius, dtype=torch.float64) + 0.5
     cdf = torch.special.ndtr(edges[None, :] / stds[:, None])
-    cdf = torch.cat([torch.zeros(NUM_SCALES, 1, dtype=torch.float64), cdf, torch.ones(NUM_SCALES, 1, dtype=torch.float64)], 1)
+    cdf = torch.cat([torch.zeros(num_scales, 1, dtype=torch.float64), cdf, torch.ones(num_scales, 1, dtype=torch.float64)], 1)
     return quantize_pmf(torch.diff(cdf, dim=1).numpy())
 
 
@@ -156,14 +157,20 @@ class CodingModel:
         self.model_id = model_id
         self.weights = {k: v.detach().to(torch.float16).contiguous() for k, v in weights.items()}
         self.tables = {k: np.ascontiguousarray(v) for k, v in tables.items()}
-        net = HyperpriorModel(config)
+        net = build_model(config)
         net.load_state_dict({k: v.float() for k, v in self.weights.items()})
         net.eval().requires_grad_(False)
         self.analysis = net.analysis
         self.hyper_analysis = net.hyper_analysis
         self.hyper_synthesis = FixedPointProgram.from_sequential(net.hyper_synthesis)
         self.synthesis = FixedPointProgram.from_sequential(net.synthesis)
+        self.has_context = config.kind == "checkerboard"
+        if self.has_context:
+            self.context = FixedPointProgram.from_sequential(net.context)
+            self.entropy_parameters = FixedPointProgram.from_sequential(net.entropy_parameters)
         self.y_pmfs = IndexedPmfs(self.tables["y_pmfs"], Y_RADIUS)
+        if self.y_pmfs.num_tables != config.num_scales:
+            raise ValueError("scale table does not match the model")
         self.z_pmfs = IndexedPmfs(self.tables["z_pmfs"], Z_RADIUS)
         self._log2_gain = torch.from_numpy(self.tables["log2_gain"]).double()
         self._inverse_gain = torch.from_numpy(self.tables["inverse_gain"]).double()
@@ -182,9 +189,9 @@ class CodingModel:
         first and last anchor); see ``_quality_tables``.
         """
         weights = {k: v.detach().to(torch.float16) for k, v in net.state_dict().items()}
-        frozen = HyperpriorModel(net.config)
+        frozen = build_model(net.config)
         frozen.load_state_dict({k: v.float() for k, v in weights.items()})
-        tables = {"y_pmfs": _gaussian_pmfs(Y_RADIUS), "z_pmfs": _factorized_pmfs(frozen, Z_RADIUS),
+        tables = {"y_pmfs": _gaussian_pmfs(Y_RADIUS, net.config.num_scales), "z_pmfs": _factorized_pmfs(frozen, Z_RADIUS),
                   **_quality_tables(frozen, quality_span)}
         return cls(net.config, weights, tables, model_id)
 
@@ -247,16 +254,33 @@ class CodingModel:
         return y, torch.round(self.hyper_analysis(y)).long()
 
     def hyper_decode(self, z_symbols: torch.Tensor) -> HyperParams:
-        """Exact: hyper-latent integers → mean and log2 scale of every latent."""
+        """Exact: hyper-latent integers → mean and log2 scale of every latent (the hyperprior's own)."""
         out = run_tiled(self.hyper_synthesis.run, to_fixed(z_symbols.double().clamp(-_Z_CLAMP, _Z_CLAMP)), HYPER_TILE, 3, 4)
         mean, log2_scale = out.chunk(2, dim=1)
         return HyperParams(mean, log2_scale)
 
+    def context_params(self, hyper: HyperParams, anchors_y_hat: torch.Tensor | None) -> HyperParams:
+        """Exact, checkerboard models: the hyper's parameters corrected by the context.
+
+        ``anchors_y_hat``: fixed-point ŷ, zero except at the anchors (None for
+        the anchors' own pass, whose context is zero). Only the returned
+        values at the positions being coded are used.
+        """
+        p = torch.cat([hyper.mean, hyper.log2_scale], 1)
+        if anchors_y_hat is None:
+            c = self.context.layers[0]
+            ctx = p.new_zeros(p.shape[0], c.weight.shape[0], *p.shape[2:])
+        else:
+            ctx = run_tiled(self.context.run, anchors_y_hat, SYNTHESIS_TILE, CONTEXT_HALO, 1)
+        delta = run_tiled(self.entropy_parameters.run, torch.cat([p, ctx], 1), SYNTHESIS_TILE, 0, 1)
+        mean, log2_scale = (p + delta).chunk(2, dim=1)
+        return HyperParams(mean, log2_scale)
+
     def scale_indexes(self, params: HyperParams, quality: int) -> torch.Tensor:
-        """Exact: index j of the pmf table for each latent, 0..NUM_SCALES−1 (int64)."""
+        """Exact: index j of the pmf table for each latent, 0..num_scales−1 (int64)."""
         t = params.log2_scale + self._log2_gain[quality - 1][None, :, None, None]
         j = round_shift(t * SCALE_STEPS_PER_OCTAVE, ACT_FRAC_BITS) - SCALE_MIN_INDEX
-        return j.clamp_(0, NUM_SCALES - 1).long()
+        return j.clamp_(0, self.config.num_scales - 1).long()
 
     @torch.no_grad()
     def quantize(self, y: torch.Tensor, params: HyperParams, quality: int) -> torch.Tensor:
@@ -265,14 +289,26 @@ class CodingModel:
         r = (y.double() - params.mean * 2.0**-ACT_FRAC_BITS) * gain
         return torch.round(r).long()
 
-    def reconstruct(self, y_symbols: torch.Tensor, params: HyperParams, quality: int) -> np.ndarray:
-        """Exact: latent integers → uint8 RGB pixels (H, W, 3) of the padded image."""
+    def dequantize(self, y_symbols: torch.Tensor, params: HyperParams, quality: int) -> torch.Tensor:
+        """Exact: latent integers → ŷ = q/g + μ in fixed point (float64 integers)."""
         q = y_symbols.double().clamp(-_SYMBOL_LIMIT, _SYMBOL_LIMIT)
         y_hat = round_shift(q * self._inverse_gain[quality - 1][None, :, None, None], GAIN_FRAC_BITS - ACT_FRAC_BITS)
-        y_hat = (y_hat + params.mean).clamp_(-ACT_LIMIT, ACT_LIMIT)
+        return (y_hat + params.mean).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def synthesize(self, y_hat: torch.Tensor) -> np.ndarray:
+        """Exact: fixed-point ŷ → uint8 RGB pixels (H, W, 3) of the padded image."""
         x = run_tiled(self.synthesis.run, y_hat, self.synthesis_tile, 3, 16)
         pixels = round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)
         return pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
+
+    def reconstruct(self, y_symbols: torch.Tensor, params: HyperParams, quality: int) -> np.ndarray:
+        """Exact: latent integers → uint8 RGB pixels (H, W, 3) of the padded image."""
+        return self.synthesize(self.dequantize(y_symbols, params, quality))
+
+    @staticmethod
+    def anchor_mask(y_shape: tuple[int, ...]) -> torch.Tensor:
+        """Boolean (1, 1, h, w): the checkerboard's anchors (coded first)."""
+        return checkerboard_anchor_mask(y_shape[2], y_shape[3]).bool()
 
     @staticmethod
     def hyper_latent_indexes(z_shape: tuple[int, ...]) -> np.ndarray:

@@ -32,11 +32,13 @@ import numpy as np
 
 import constriction
 
-__all__ = ["PROBABILITY_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "push_check", "pop_check"]
+__all__ = ["PROBABILITY_BITS", "CHECK_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "push_check", "pop_check"]
 
 PROBABILITY_BITS = 24
 _TOTAL = 1 << PROBABILITY_BITS
 ESCAPE_BITS = 32
+CHECK_BITS = 32
+"""Size of the check value under every payload (:func:`push_check`)."""
 _model = constriction.stream.model
 _HALF_WORD = _model.Uniform(1 << 16)
 

@@ -5,24 +5,43 @@ Accepted, coded as RGB: 8-bit RGB; palette images without transparency
 grayscale): 8-bit L and 1-bit images (expanded to 0/255, which loses nothing).
 Refused with an :class:`ImageError` that says what to do, never silently
 converted with loss: alpha (RGBA, LA, PA, palette with transparency), 16- and
-32-bit and float images, CMYK, YCbCr, LAB, HSV.
+32-bit and float PIL images (modes I;16, I, F), CMYK, YCbCr, LAB, HSV.
 
-NumPy input: uint8 arrays of shape (H, W), (H, W, 1) or (H, W, 3).
+Array input, what ML code holds:
+
+- NumPy: uint8, or float in [0, 1], of shape (H, W), (H, W, 1) or (H, W, 3);
+- torch tensors: uint8, or float in [0, 1], of shape (C, H, W) with C = 1 or 3,
+  or (H, W) for grayscale; on any device, with or without grad.
+
+Floats become ``round(x · 255)`` clamped to 0..255, so ``u / 255`` gives back
+``u`` exactly for every uint8 ``u`` (in float32, float64 and float16); values a
+little outside [0, 1], as networks output, are clamped like
+``torchvision.utils.save_image`` does; NaN and infinity are refused.
+A 4-D batch is refused by :func:`load_pixels` (``Codec.encode_batch`` takes it:
+:func:`split_batch`).
+
+torch is imported only for a tensor (and by :func:`to_model_input`), so this
+module's other inputs work without it.
 """
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
+import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .container import MAX_PIXELS, MAX_SIDE
 from .errors import ImageError
 
-__all__ = ["load_pixels", "to_model_input", "to_output_pixels"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["load_pixels", "split_batch", "to_model_input", "to_output_pixels"]
+
+_BATCH_HINT = "use Codec.encode_batch for a batch"
 
 _LOSSY_CONVERSIONS = {
     "RGBA": "has an alpha channel; vaecodec codes RGB or grayscale only: flatten it or drop alpha first",
@@ -60,9 +79,9 @@ def _from_pil(im: Image.Image) -> np.ndarray:
 
 
 def load_pixels(image) -> np.ndarray:
-    """A path, bytes, PIL image or uint8 array → uint8 array (H, W, 3) or (H, W)."""
-    if isinstance(image, (str, Path, bytes, bytearray)):
-        source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
+    """A path, bytes, PIL image, array or tensor → uint8 array (H, W, 3) or (H, W)."""
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        source = image if isinstance(image, (str, os.PathLike)) else io.BytesIO(image)
         try:
             with Image.open(source) as im:
                 # Pillow opens 16-bit RGB PNGs as 8-bit "RGB"; only the undecoded tile still says so.
@@ -71,20 +90,92 @@ def load_pixels(image) -> np.ndarray:
                 _check_size(*im.size)
                 im.load()
                 return _from_pil(im)
+        except Image.UnidentifiedImageError:
+            # Pillow's own message names the file object (a repr like <_io.BytesIO object at 0x…>).
+            raise ImageError("not an image vaecodec can read") from None
         except (OSError, Image.DecompressionBombError, SyntaxError) as e:
-            raise ImageError(f"cannot read image: {e}") from None
+            raise ImageError(f"cannot read image: {getattr(e, 'strerror', None) or e}") from None
     if isinstance(image, Image.Image):
         return _from_pil(image)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ImageError(f"arrays must be uint8, not {image.dtype}")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-            raise ImageError(f"arrays must be H×W or H×W×3, not shape {image.shape}")
-        _check_size(image.shape[1], image.shape[0])
-        return np.ascontiguousarray(image)
+        return _from_array(image)
+    if _is_tensor(image):
+        return _from_tensor(image)
     raise ImageError(f"cannot code an object of type {type(image).__name__}")
+
+
+def split_batch(images) -> list:
+    """``Codec.encode_batch``'s input → a list of single images, in order.
+
+    A batch is a list (or tuple) of anything :func:`load_pixels` takes, or one
+    4-D array whose items are single images of its type: an N×C×H×W tensor, an
+    N×H×W×C NumPy array (NumPy images are H×W×C everywhere in vaecodec).
+    """
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if (isinstance(images, np.ndarray) or _is_tensor(images)) and images.ndim == 4:
+        return list(images)
+    raise ImageError("a batch is a list of images or one 4-D array or tensor "
+                     f"(N×H×W×C array, N×C×H×W tensor), not {_describe(images)}; "
+                     "use Codec.encode for a single image")
+
+
+def _describe(x) -> str:
+    shape = getattr(x, "shape", None)
+    return f"a {type(x).__name__} of shape {tuple(shape)}" if shape is not None else f"a {type(x).__name__}"
+
+
+def _is_tensor(x) -> bool:
+    """True for a torch tensor, without importing torch for anything else."""
+    if not type(x).__module__.startswith("torch"):
+        return False
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def _floats_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Float samples in [0, 1] → uint8: round(x · 255), clamped; x · 255 is exact in float64."""
+    if not np.isfinite(a).all():
+        raise ImageError("float image has NaN or infinite values; floats must be in [0, 1]")
+    return np.ascontiguousarray(np.clip(np.rint(a.astype(np.float64) * 255.0), 0, 255).astype(np.uint8))
+
+
+def _from_array(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 4:
+        raise ImageError(f"array of shape {a.shape} is a batch; {_BATCH_HINT}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        raise ImageError(f"arrays must be H×W or H×W×3, not shape {a.shape}")
+    _check_size(a.shape[1], a.shape[0])
+    if a.dtype.kind == "f":
+        return _floats_to_uint8(a)
+    if a.dtype != np.uint8:
+        raise ImageError(f"arrays must be uint8, or float in [0, 1], not {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _from_tensor(t: torch.Tensor) -> np.ndarray:
+    import torch
+
+    if t.ndim == 4:
+        raise ImageError(f"tensor of shape {tuple(t.shape)} is a batch; {_BATCH_HINT}")
+    if t.ndim == 3:
+        if t.shape[0] not in (1, 3):
+            hint = "; permute an H×W×C tensor with .permute(2, 0, 1)" if t.shape[2] in (1, 3) else ""
+            raise ImageError(f"tensors must be C×H×W with 1 or 3 channels, or H×W, not shape {tuple(t.shape)}{hint}")
+        t = t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)
+    elif t.ndim != 2:
+        raise ImageError(f"tensors must be C×H×W with 1 or 3 channels, or H×W, not shape {tuple(t.shape)}")
+    _check_size(t.shape[1], t.shape[0])
+    t = t.detach()
+    if t.dtype.is_floating_point:
+        # float64 holds every float dtype exactly (bfloat16 and float16 have no NumPy twin in common).
+        return _floats_to_uint8(t.to("cpu", torch.float64).numpy())
+    if t.dtype != torch.uint8:
+        raise ImageError(f"tensors must be uint8, or float in [0, 1], not {t.dtype}")
+    return np.ascontiguousarray(t.cpu().numpy())
 
 
 def to_model_input(pixels: np.ndarray, multiple: int) -> torch.Tensor:
@@ -92,6 +183,8 @@ def to_model_input(pixels: np.ndarray, multiple: int) -> torch.Tensor:
 
     Grayscale is replicated to three channels.
     """
+    import torch
+
     rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[:, :, None], 3, axis=2)
     h, w = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="edge")

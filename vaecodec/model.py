@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ModelConfig", "HyperpriorModel", "SimplifiedGDN", "RDOutput"]
+__all__ = ["ModelConfig", "HyperpriorModel", "CheckerboardModel", "SimplifiedGDN", "RDOutput", "build_model",
+           "checkerboard_anchor_mask"]
 
 DOWNSAMPLING = 64
 """Total stride from pixels to hyper-latents (16 for y, then 4 for z)."""
@@ -51,21 +52,48 @@ class ModelConfig:
     """Everything needed to rebuild the module tree; stored with the weights.
 
     Attributes:
-      channels: N, width of the (hyper-)transforms.
+      kind: ``"hyperprior"`` (mean-scale hyperprior, vaecodec 0.1) or
+        ``"checkerboard"`` (the same plus a two-pass checkerboard context model,
+        He et al. 2021, which keeps decoding parallel).
+      channels: N, width of the transforms at 1/2 and 1/4 resolution (where
+        the MACs per pixel are spent).
       latent_channels: M, channels of y.
       hyper_channels: channels of z.
       lambdas: the anchor λ values (distortion weight of 255²·MSE, per bpp),
         increasing; one gain vector is trained per anchor.
+      bottleneck_channels: width at 1/8 and 1/16 resolution and of the hyper
+        networks (0: same as ``channels``). Width there is cheap per pixel
+        (a layer at 1/8 resolution costs 1/16 of one at 1/2), and it is what
+        lifts the capacity ceiling at high fidelity.
+      context_channels: output width of the checkerboard context network.
+      hyper_hidden: width of the hyper-synthesis' last hidden layer (0: 3M/2).
+      num_scales: entries of the scale table (std 2^((j − 19)/6), j < num_scales);
+        models reaching high fidelity need larger stds than 0.1's 64 entries.
     """
 
     channels: int = 64
     latent_channels: int = 128
     hyper_channels: int = 64
     lambdas: tuple[float, ...] = (0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048)
+    kind: str = "hyperprior"
+    bottleneck_channels: int = 0
+    context_channels: int = 0
+    hyper_hidden: int = 0
+    num_scales: int = 64
+
+    @property
+    def wide(self) -> int:
+        """Width at 1/8 and 1/16 resolution and of the hyper networks."""
+        return self.bottleneck_channels or self.channels
 
     def to_dict(self) -> dict:
+        """JSON-able fields. Fields added after 0.1 are left out at their defaults, so a
+        0.1 model's dict (which its weight hash covers) is unchanged."""
         d = asdict(self)
         d["lambdas"] = list(self.lambdas)
+        for name, default in _LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -73,6 +101,10 @@ class ModelConfig:
         d = dict(d)
         d["lambdas"] = tuple(float(v) for v in d["lambdas"])
         return cls(**d)
+
+
+_LATER_FIELDS = {"kind": "hyperprior", "bottleneck_channels": 0, "context_channels": 0, "hyper_hidden": 0,
+                 "num_scales": 64}
 
 
 class SimplifiedGDN(nn.Module):
@@ -150,6 +182,11 @@ class FactorizedDensity(nn.Module):
         return lik.reshape(c, b, hgt, wid).permute(1, 0, 2, 3)
 
 
+def _proxy(v: torch.Tensor, hard: bool) -> torch.Tensor:
+    """What the rate model sees: v + U(−½, ½) in training, round(v) for estimates."""
+    return torch.round(v) if hard else v + torch.empty_like(v).uniform_(-0.5, 0.5)
+
+
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
@@ -203,28 +240,37 @@ class HyperpriorModel(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
-        n, m, h = config.channels, config.latent_channels, config.hyper_channels
+        n, m, h, w = config.channels, config.latent_channels, config.hyper_channels, config.wide
         self.analysis = nn.Sequential(
             _conv(3, n), SimplifiedGDN(n), _conv(n, n), SimplifiedGDN(n),
-            _conv(n, n), SimplifiedGDN(n), _conv(n, m),
+            _conv(n, w), SimplifiedGDN(w), _conv(w, m),
         )
         self.synthesis = nn.Sequential(
-            _deconv(m, n), SimplifiedGDN(n, inverse=True), _deconv(n, n), SimplifiedGDN(n, inverse=True),
+            _deconv(m, w), SimplifiedGDN(w, inverse=True), _deconv(w, n), SimplifiedGDN(n, inverse=True),
             _deconv(n, n), SimplifiedGDN(n, inverse=True), _deconv(n, 3),
         )
         self.hyper_analysis = nn.Sequential(
-            _conv(m, n, 3, 1), nn.LeakyReLU(inplace=True), _conv(n, n), nn.LeakyReLU(inplace=True), _conv(n, h),
+            _conv(m, w, 3, 1), nn.LeakyReLU(inplace=True), _conv(w, w), nn.LeakyReLU(inplace=True), _conv(w, h),
         )
-        # ReLU (not leaky) so the fixed-point program needs no multiply by a non-power-of-two slope.
-        self.hyper_synthesis = nn.Sequential(
-            _deconv(h, n), nn.ReLU(inplace=True), _deconv(n, m * 3 // 2), nn.ReLU(inplace=True),
-            _conv(m * 3 // 2, 2 * m, 3, 1),
-        )
+        self.hyper_synthesis = self._build_hyper_synthesis()
         self.hyper_prior = FactorizedDensity(h)
         lam = torch.tensor(config.lambdas, dtype=torch.float64)
         # sqrt(λ) scaling of step size is the high-rate optimum for MSE; a good start.
         init = 0.5 * torch.log(lam / lam[len(lam) // 2])
         self.log_gains = nn.Parameter(init.float()[:, None].repeat(1, m))
+
+    def _build_hyper_synthesis(self) -> nn.Sequential:
+        m, h, w = self.config.latent_channels, self.config.hyper_channels, self.config.wide
+        hidden = self.config.hyper_hidden or m * 3 // 2
+        # ReLU (not leaky) so the fixed-point program needs no multiply by a non-power-of-two slope.
+        return nn.Sequential(
+            _deconv(h, w), nn.ReLU(inplace=True), _deconv(w, hidden), nn.ReLU(inplace=True),
+            _conv(hidden, 2 * m, 3, 1),
+        )
+
+    def latent_params(self, y: torch.Tensor, hyper: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log2 σ) of every latent in training; the hyperprior's are the hyper-synthesis output."""
+        return hyper.chunk(2, dim=1)
 
     def log_gain(self, lmbda: torch.Tensor) -> torch.Tensor:
         """Per-channel ln g for each λ in (B,): log-linear interpolation between anchors."""
@@ -232,17 +278,21 @@ class HyperpriorModel(nn.Module):
         pos = (torch.log(lmbda) - anchors[0]) / (anchors[-1] - anchors[0]) * (len(anchors) - 1)
         return interpolate_rows(self.log_gains, pos)
 
-    def forward(self, x: torch.Tensor, lmbda: torch.Tensor) -> RDOutput:
-        """x: (B, 3, H, W) in [0, 1], H and W multiples of 64; lmbda: (B,)."""
+    def forward(self, x: torch.Tensor, lmbda: torch.Tensor, hard: bool = False) -> RDOutput:
+        """x: (B, 3, H, W) in [0, 1], H and W multiples of 64; lmbda: (B,).
+
+        ``hard``: rates of the rounded latents instead of the noisy proxy
+        (for estimates; the coder's real rate differs only by table precision).
+        """
         y = self.analysis(x)
         z = self.hyper_analysis(y)
-        bits_z = -torch.log2(self.hyper_prior.likelihood(z + torch.empty_like(z).uniform_(-0.5, 0.5)).clamp_min(1e-9))
-        mu, log2_scale = self.hyper_synthesis(_ste_round(z)).chunk(2, dim=1)
+        bits_z = -torch.log2(self.hyper_prior.likelihood(_proxy(z, hard)).clamp_min(1e-9))
         log_g = self.log_gain(lmbda)[:, :, None, None]
         g = torch.exp(log_g)
+        mu, log2_scale = self.latent_params(y, self.hyper_synthesis(_ste_round(z)), g)
         r = (y - mu) * g
         scale = _LowerBound.apply(torch.exp2(log2_scale + log_g / LN2), SCALE_MIN)
-        r_noisy = r + torch.empty_like(r).uniform_(-0.5, 0.5)
+        r_noisy = _proxy(r, hard)
         bits_y = -torch.log2(gaussian_bin_likelihood(r_noisy, scale).clamp_min(1e-9))
         y_hat = _ste_round(r) / g + mu
         x_hat = self.synthesis(y_hat)
@@ -263,3 +313,77 @@ def interpolate_rows(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     i = pos.floor().clamp(0, k - 2).long()
     f = (pos - i.to(pos.dtype))[:, None].to(table.dtype)
     return table[i] * (1 - f) + table[i + 1] * f
+
+
+def checkerboard_anchor_mask(height: int, width: int, device=None) -> torch.Tensor:
+    """(1, 1, H, W) float mask, 1 at the anchors: latents with (row + column) even.
+
+    Anchors are coded first with the hyperprior alone; every non-anchor's four
+    nearest neighbours are anchors, which the context network reads.
+    """
+    rows = torch.arange(height, device=device)[:, None]
+    cols = torch.arange(width, device=device)[None, :]
+    return ((rows + cols) % 2 == 0).float()[None, None]
+
+
+class CheckerboardModel(HyperpriorModel):
+    """Mean-scale hyperprior with a two-pass checkerboard context (He et al. 2021).
+
+    Decoding stays parallel: pass 1 codes the anchors (half the latents) with
+    parameters from the hyperprior and a zero context; pass 2 codes the rest
+    with parameters that also see the decoded anchors::
+
+        ẑ ─hyper_synthesis─▶ p = (μ, log2 σ)                   as in the hyperprior
+        (p, 0)            ─entropy_parameters─▶ Δ;  p + Δ      for the anchors
+        ŷ_anchors ─context─▶ c
+        (p, c)            ─entropy_parameters─▶ Δ;  p + Δ      for the non-anchors
+
+    The correction Δ is residual, and its last layer starts at zero, so a new
+    model codes exactly as its hyperprior until the context has learned
+    something (and a trained hyperprior can be widened into one, see
+    :mod:`vaecodec.training.warm_start`). Every network here is a plain stack
+    of convolutions and ReLUs, so the decoder runs them as exact integer programs.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        m, c = config.latent_channels, config.context_channels or config.wide
+        self.context = nn.Sequential(_conv(m, c, 5, 1))
+        e = m
+        self.entropy_parameters = nn.Sequential(
+            _conv(2 * m + c, e, 1, 1), nn.ReLU(inplace=True), _conv(e, e, 1, 1), nn.ReLU(inplace=True),
+            _conv(e, 2 * m, 1, 1),
+        )
+        nn.init.zeros_(self.entropy_parameters[-1].weight)
+        nn.init.zeros_(self.entropy_parameters[-1].bias)
+
+    @property
+    def context_width(self) -> int:
+        return self.context[0].out_channels
+
+    def params_from(self, hyper: torch.Tensor, ctx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log2 σ) from the hyper's parameters and context features (None: the anchors' zero context)."""
+        if ctx is None:
+            ctx = hyper.new_zeros(hyper.shape[0], self.context_width, *hyper.shape[2:])
+        return (hyper + self.entropy_parameters(torch.cat([hyper, ctx], 1))).chunk(2, dim=1)
+
+    def latent_params(self, y: torch.Tensor, hyper: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both passes at once in training: the anchors' ŷ (straight-through rounded) is
+        masked and fed to the context network, as in He et al.; each latent takes the
+        parameters of its own pass."""
+        anchor = checkerboard_anchor_mask(y.shape[2], y.shape[3], y.device)
+        mu_a, log2_scale_a = self.params_from(hyper, None)
+        y_hat_a = _ste_round((y - mu_a) * gain) / gain + mu_a
+        mu_n, log2_scale_n = self.params_from(hyper, self.context(y_hat_a * anchor))
+        return mu_a * anchor + mu_n * (1 - anchor), log2_scale_a * anchor + log2_scale_n * (1 - anchor)
+
+
+MODEL_KINDS = {"hyperprior": HyperpriorModel, "checkerboard": CheckerboardModel}
+
+
+def build_model(config: ModelConfig) -> HyperpriorModel:
+    """The training module for a config, by its ``kind``."""
+    try:
+        return MODEL_KINDS[config.kind](config)
+    except KeyError:
+        raise ValueError(f"unknown model kind {config.kind!r}") from None

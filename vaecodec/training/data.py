@@ -1,0 +1,67 @@
+"""Training data: a pool of random crops held in memory, and batches drawn from it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["CropPool", "IMAGE_SUFFIXES", "image_files"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+"""File suffixes read as images by training, evaluation and benchmarks."""
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The images directly in ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class CropPool:
+    """Random crops of a folder of images, held in memory as uint8.
+
+    Each image is downscaled by a random factor (bicubic; downscaling removes
+    camera noise and JPEG artefacts, as is usual for learned-codec training),
+    then cropped at random. Batches take random sub-crops with random flips.
+    Give each distributed rank its own ``seed`` so ranks see different crops.
+    """
+
+    def __init__(self, folder: str | Path, crop: int = 256, crops_per_image: int = 20, seed: int = 0):
+        rng = random.Random(seed)
+        files = image_files(folder)
+        if not files:
+            raise ValueError(f"no images in {folder}")
+        crops = []
+        for path in files:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                for _ in range(crops_per_image):
+                    short = min(im.size)
+                    if short < crop:
+                        continue
+                    f = rng.uniform(max(0.5, crop / short), 1.0)
+                    size = (max(crop, round(im.size[0] * f)), max(crop, round(im.size[1] * f)))
+                    small = im.resize(size, Image.BICUBIC) if f < 1 else im
+                    x0 = rng.randrange(small.size[0] - crop + 1)
+                    y0 = rng.randrange(small.size[1] - crop + 1)
+                    crops.append(np.asarray(small.crop((x0, y0, x0 + crop, y0 + crop))))
+        if not crops:
+            raise ValueError(f"no image in {folder} is at least {crop}×{crop}")
+        self.crops = np.stack(crops)  # (n, crop, crop, 3) uint8
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int, patch: int) -> torch.Tensor:
+        """(size, 3, patch, patch) float32 in [0, 1]."""
+        n, c = self.crops.shape[0], self.crops.shape[1]
+        patch = min(patch, c)
+        idx = self.rng.integers(0, n, size)
+        ox = self.rng.integers(0, c - patch + 1, size)
+        oy = self.rng.integers(0, c - patch + 1, size)
+        out = np.empty((size, patch, patch, 3), np.uint8)
+        for k in range(size):
+            tile = self.crops[idx[k], oy[k]:oy[k] + patch, ox[k]:ox[k] + patch]
+            out[k] = tile[:, ::-1] if self.rng.random() < 0.5 else tile
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)

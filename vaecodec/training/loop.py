@@ -1,0 +1,440 @@
+"""The resumable training loop: stable runs that accumulate, anneals that export.
+
+Compute is the scarcest resource of this project, so training is built to
+accumulate across sessions and machines:
+
+* **stable phase** (:func:`train`): Adam at a constant learning rate after a
+  short warm-up, for as long as anyone lets it run; the checkpoint is saved
+  atomically every few minutes and any later run continues it at full
+  learning rate;
+* **anneal** (:func:`anneal`): a copy of a stable checkpoint, decayed
+  (cosine to 5 %) over a few thousand steps with larger patches, written to a
+  *separate* file. Only annealed checkpoints are exported; the stable one is
+  never touched by a decay, so training can always go on.
+
+The same code runs on one CPU thread in the background, under ``torchrun``
+(DistributedDataParallel: per-rank seeds and crops, summed CPU time, rank 0
+logs and saves), and on CUDA (``device="cuda"``).
+
+Every step costs the same pixels: small patches (128², batch 8) half of the
+time, because progress is limited by steps, and large ones (256², batch 2)
+the other half, so the hyperprior learns from hyper-latent maps of realistic
+size (training-notes §6: without them z collapsed to 0.007 bpp).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..model import HyperpriorModel, ModelConfig, build_model
+from .data import CropPool
+from .evaluate import evaluate_estimate
+from .loss import rd_loss, sample_lambdas
+
+__all__ = ["TrainOptions", "TrainState", "train", "anneal", "load_checkpoint", "save_checkpoint",
+           "learning_rate"]
+
+CHECKPOINT_FORMAT = "vaecodec-train-state"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train; none of it is stored in the model.
+
+    Attributes:
+      batch_size, patch: the small-patch batches.
+      large_batch, large_patch: the large-patch batches (same pixels per step).
+      large_fraction: share of steps that use large patches.
+      lr: Adam's learning rate in the stable phase.
+      warmup_steps: linear warm-up at the start of a fresh run.
+      threads: CPU threads per process; 0 re-probes 1 vs 2 now and then
+        (two OpenMP threads are several times slower than one when other
+        work shares the CPU).
+      device: ``"cpu"`` or ``"cuda"`` (each rank takes its local GPU).
+      save_every_s, eval_every_s: wall-clock periods.
+      eval_lambdas: λ values of the periodic Kodak estimate (None: five
+        spread over the anchors).
+      seed: base seed; rank r uses seed + r (and the step, on resume).
+      crop, crops_per_image: the crop pool.
+    """
+
+    batch_size: int = 8
+    patch: int = 128
+    large_batch: int = 2
+    large_patch: int = 256
+    large_fraction: float = 0.5
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    threads: int = 1
+    device: str = "cpu"
+    save_every_s: float = 300.0
+    eval_every_s: float = 1800.0
+    eval_lambdas: tuple[float, ...] | None = None
+    seed: int = 0
+    crop: int = 256
+    crops_per_image: int = 20
+
+
+@dataclass
+class TrainState:
+    """Counters and history; saved with the weights as one file.
+
+    ``phase`` is ``"stable"`` or ``"annealed"``; ``cpu_seconds`` is CPU time
+    summed over all ranks, ``gpu_seconds`` wall time × GPUs.
+    """
+
+    config: ModelConfig
+    step: int = 0
+    cpu_seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    phase: str = "stable"
+    history: list = field(default_factory=list)  # evaluation rows (dicts, JSON-able)
+
+
+def learning_rate(step: int, total_steps: int, base: float = 1e-3, warmup: int = 100, decay_fraction: float = 0.3) -> float:
+    """Warm-up, hold, then cosine decay to 5 % over the last ``decay_fraction`` of ``total_steps``.
+
+    ``decay_fraction=0`` holds forever (the stable phase); ``1`` is a pure
+    decay (an anneal, with ``warmup=0``).
+    """
+    if step < warmup:
+        return base * (step + 1) / warmup
+    start = total_steps * (1 - decay_fraction)
+    if step < start or decay_fraction <= 0:
+        return base
+    t = min(1.0, (step - start) / max(1.0, total_steps - start))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def save_checkpoint(path: Path, state: TrainState, model, ema, optimizer) -> None:
+    """Atomic save of what resuming needs, compact enough to commit (~6 bytes a parameter).
+
+    Kept: the weights in float32 and Adam's second moments in bfloat16 (the
+    per-parameter step sizes, slow to re-learn). Dropped from stable
+    checkpoints: Adam's first moments (momentum rebuilds in tens of steps) and
+    the EMA (a 1000-step average, rebuilt from the weights in minutes; an
+    anneal rebuilds it). Annealed checkpoints keep the EMA: it is what ships.
+    """
+    opt = optimizer.state_dict()
+    # state_dict() shares the live per-parameter dicts: build copies, never touch the optimizer's own.
+    opt["state"] = {
+        i: {k: (v.detach().cpu().to(torch.bfloat16) if k == "exp_avg_sq" else v) for k, v in s.items() if k != "exp_avg"}
+        for i, s in opt["state"].items()
+    }
+    blob = {
+        "format": CHECKPOINT_FORMAT, "config": state.config.to_dict(), "step": state.step,
+        "cpu_seconds": state.cpu_seconds, "gpu_seconds": state.gpu_seconds, "phase": state.phase,
+        "history": state.history,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": opt,
+    }
+    if state.phase == "annealed":
+        blob["ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path):
+    """(state, model, ema, optimizer state dict) from a checkpoint file.
+
+    The optimizer state comes back with float32 moments (zero momentum), ready
+    for ``Adam.load_state_dict``; the EMA starts as a copy of the weights.
+    """
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    config = ModelConfig.from_dict(blob["config"])
+    model = build_model(config)
+    model.load_state_dict(blob["model"])
+    ema = build_model(config)
+    ema.load_state_dict(blob.get("ema") or blob["model"])
+    opt = blob["optimizer"]
+    for s in opt["state"].values():
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in s:
+                s[k] = s[k].float()
+        if "exp_avg" not in s and "exp_avg_sq" in s:
+            s["exp_avg"] = torch.zeros_like(s["exp_avg_sq"])
+    state = TrainState(config, blob["step"], blob["cpu_seconds"], blob.get("gpu_seconds", 0.0),
+                       blob.get("phase", "stable"), blob["history"])
+    return state, model, ema, opt
+
+
+# ----- distributed helpers -------------------------------------------------------
+def _world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _all_sum(value: float, device) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _probe_threads(step_fn, steps: int = 6) -> int:
+    times = {}
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        step_fn()  # warm
+        t = time.perf_counter()
+        for _ in range(steps):
+            step_fn()
+        times[n] = (time.perf_counter() - t) / steps
+    best = min(times, key=times.get)
+    torch.set_num_threads(best)
+    return best
+
+
+class _Run:
+    """One process's share of a training run: model, EMA, optimizer, data, clocks."""
+
+    def __init__(self, checkpoint: Path, config: ModelConfig | None, options: TrainOptions, data, log, phase: str,
+                 widen_from: Path | None = None):
+        self.rank, self.world, local = _world()
+        self.owns_group = self.world > 1 and not dist.is_initialized()
+        if self.owns_group:
+            dist.init_process_group("nccl" if options.device == "cuda" else "gloo")
+        self.device = torch.device(f"cuda:{local}" if options.device == "cuda" else "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        self.options = options
+        self.log = log if self.rank == 0 else (lambda *_: None)
+        if checkpoint.exists():
+            self.state, model, ema, opt_state = load_checkpoint(checkpoint)
+            if self.state.phase != phase:
+                raise ValueError(f"{checkpoint} is {self.state.phase}; " + (
+                    "continue training from its stable checkpoint" if phase == "stable" else "anneal a stable one"))
+            self.log(f"resumed {checkpoint} at step {self.state.step} ({self.state.cpu_seconds / 3600:.3f} CPU-h, "
+                     f"{self.state.phase})")
+        else:
+            if config is None:
+                raise ValueError(f"{checkpoint} does not exist; give a model config to start a new run")
+            torch.manual_seed(options.seed)  # identical initial weights on every rank
+            self.state = TrainState(config)
+            if widen_from is not None:
+                from .warm_start import widen
+
+                old_state, _, old_ema, _ = load_checkpoint(widen_from)
+                model = widen(old_ema, config, options.seed)
+                # The compute inherited through the old weights counts: the curve is CPU-hours spent in all.
+                self.state.cpu_seconds, self.state.gpu_seconds = old_state.cpu_seconds, old_state.gpu_seconds
+                self.state.history.append({"widened_from": str(widen_from), "old_step": old_state.step,
+                                           "cpu_hours": old_state.cpu_seconds / 3600})
+                self.log(f"widened {widen_from} (step {old_state.step}, {old_state.cpu_seconds / 3600:.3f} CPU-h)")
+            else:
+                model = build_model(config)
+            ema = copy.deepcopy(model)
+            opt_state = None
+        self.model = model.to(self.device)
+        self.ema = ema.to(self.device).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)  # moves the moments to the parameters' device
+        self.net = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        seed = options.seed + 1000 * self.rank + self.state.step
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.pool = CropPool(data, crop=options.crop, crops_per_image=options.crops_per_image, seed=seed)
+        self.log(f"crop pool: {self.pool.crops.shape[0]} crops of {options.crop}² on rank {self.rank} of {self.world}, "
+                 f"device {self.device}")
+
+    def step(self, lr: float, large: bool) -> dict:
+        o = self.options
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        size, n = (o.large_patch, o.large_batch) if large else (o.patch, o.batch_size)
+        x = self.pool.batch(n, size).to(self.device, non_blocking=True)
+        lam = sample_lambdas(self.state.config, n, self.generator).to(self.device)
+        loss, stats = rd_loss(self.net, self.state.config, x, lam)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        with torch.no_grad():
+            decay = min(0.999, (1 + self.state.step) / (10 + self.state.step))
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        return stats
+
+    def is_large(self) -> bool:
+        # A fixed interleave (not random): every rank agrees, and any stretch of steps has the same mix.
+        f = self.options.large_fraction
+        return f > 0 and math.floor((self.state.step + 1) * f) > math.floor(self.state.step * f)
+
+    def loop(self, checkpoint: Path, lr_at, stop_step: int | None, minutes: float | None, eval_folder) -> TrainState:
+        o, state = self.options, self.state
+        t_start = time.time()
+        t_saved = t_eval = t_start
+        cpu_mark, wall_mark = time.process_time(), time.perf_counter()
+        cpu_local = gpu_local = 0.0
+        threads = o.threads
+        if self.device.type == "cpu":
+            if threads:
+                torch.set_num_threads(threads)
+            else:
+                threads = _probe_threads(lambda: self.step(lr_at(state.step), False))
+        running, window_start, window_steps, reference = None, time.perf_counter(), 0, None
+        eval_lambdas = list(o.eval_lambdas or _spread(state.config.lambdas, 5))
+
+        def flush_clocks():
+            nonlocal cpu_local, gpu_local
+            state.cpu_seconds += _all_sum(cpu_local, self.device)
+            state.gpu_seconds += _all_sum(gpu_local, self.device)
+            cpu_local = gpu_local = 0.0
+
+        stop_requested = []
+        previous = {}
+
+        def request_stop(signum, frame):  # Ctrl-C or kill: finish the step, save, exit
+            stop_requested.append(signum)
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, request_stop)
+        while True:
+            done = (stop_step is not None and state.step >= stop_step) or bool(stop_requested) or \
+                   (minutes is not None and time.time() - t_start > minutes * 60)
+            if self.world > 1:  # every rank stops at the same step
+                done = _all_sum(float(done), self.device) > 0
+            if done:
+                break
+            stats = self.step(lr_at(state.step), self.is_large())
+            state.step += 1
+            running = stats if running is None else {k: 0.98 * running[k] + 0.02 * stats[k] for k in stats}
+            cpu_now, wall_now = time.process_time(), time.perf_counter()
+            cpu_local += cpu_now - cpu_mark
+            if self.device.type == "cuda":
+                gpu_local += wall_now - wall_mark
+            cpu_mark, wall_mark = cpu_now, wall_now
+            if state.step % 100 == 0:
+                self.log(f"step {state.step} cpu_h {(state.cpu_seconds + cpu_local * self.world) / 3600:.3f} "
+                         f"threads {threads} lr {lr_at(state.step - 1):.2e} loss {running['loss']:.4f} "
+                         f"bpp {running['bpp']:.3f} psnr {running['psnr']:.2f}")
+            if self.device.type == "cpu" and not o.threads:
+                window_steps += 1
+                if window_steps == 50:
+                    per_step = (time.perf_counter() - window_start) / window_steps
+                    reference = per_step if reference is None else min(reference, per_step)
+                    if state.step % 1000 < 50 or per_step > 1.5 * reference:
+                        threads = _probe_threads(lambda: self.step(lr_at(state.step), False))
+                        reference = None
+                    window_start, window_steps = time.perf_counter(), 0
+            now = time.time()
+            if eval_folder and now - t_eval > o.eval_every_s:
+                self.evaluate(eval_folder, eval_lambdas, flush_clocks)
+                t_eval = time.time()
+                cpu_mark, wall_mark = time.process_time(), time.perf_counter()  # evaluation is not training time
+            if now - t_saved > o.save_every_s:
+                flush_clocks()
+                if self.rank == 0:
+                    save_checkpoint(checkpoint, state, self.model, self.ema, self.optimizer)
+                t_saved = now
+        flush_clocks()
+        if self.rank == 0:
+            save_checkpoint(checkpoint, state, self.model, self.ema, self.optimizer)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stop_requested:
+            self.log(f"stopped by signal {stop_requested[0]}; saved at step {state.step}")
+        if self.owns_group:
+            dist.barrier()
+            dist.destroy_process_group()  # a rank that exits with the group alive aborts
+        return state
+
+    def evaluate(self, folder, lambdas, flush_clocks) -> None:
+        flush_clocks()
+        if self.rank == 0:
+            rows = evaluate_estimate(self.ema, folder, lambdas)
+            self.state.history.append({"step": self.state.step, "cpu_hours": self.state.cpu_seconds / 3600,
+                                       "gpu_hours": self.state.gpu_seconds / 3600, "phase": self.state.phase,
+                                       "estimate": rows})
+            self.log("eval " + json.dumps(self.state.history[-1]))
+        if self.world > 1:
+            dist.barrier()
+
+
+def _spread(lambdas: tuple[float, ...], n: int) -> list[float]:
+    """n anchors spread evenly over the anchor list, ends included."""
+    k = len(lambdas)
+    return [lambdas[round(i * (k - 1) / (n - 1))] for i in range(n)]
+
+
+def train(data: str | Path, checkpoint: str | Path, *, config: ModelConfig | None = None,
+          steps: int | None = None, minutes: float | None = None, options: TrainOptions = TrainOptions(),
+          eval_folder: str | Path | None = None, log=print, widen_from: str | Path | None = None) -> TrainState:
+    """The stable phase: start (with ``config``) or continue ``checkpoint`` at a constant learning rate.
+
+    A new run starts from random weights, or from a trained checkpoint
+    ``widen_from`` widened into ``config`` (:mod:`.warm_start`).
+
+    Stops after ``steps`` more steps or ``minutes`` of wall time (whichever
+    first; neither means run until interrupted). Refuses an annealed
+    checkpoint: continue the stable one it came from.
+    """
+    checkpoint = Path(checkpoint)
+    checkpoint_existed = checkpoint.exists()
+    run = _Run(checkpoint, config, options, data, log, "stable", Path(widen_from) if widen_from else None)
+    stop = None if steps is None else run.state.step + steps
+    first = run.state.step
+    fresh = not checkpoint_existed
+
+    def lr_at(step: int) -> float:
+        # Warm up at the start of a fresh run only; a resumed run continues at full rate.
+        return learning_rate(step - first, 0, options.lr, options.warmup_steps if fresh else 0, decay_fraction=0)
+
+    return run.loop(checkpoint, lr_at, stop, minutes, eval_folder)
+
+
+def anneal(data: str | Path, stable: str | Path, annealed: str | Path, steps: int, *,
+           options: TrainOptions = TrainOptions(large_fraction=1.0), eval_folder: str | Path | None = None,
+           log=print) -> TrainState:
+    """Decay a copy of ``stable`` over ``steps`` steps into ``annealed`` (the file to export).
+
+    The stable checkpoint is read, never written. If ``annealed`` exists and
+    is an unfinished anneal of the same run, it is continued.
+    """
+    stable, annealed = Path(stable), Path(annealed)
+    if stable.resolve() == annealed.resolve():
+        raise ValueError("the annealed checkpoint must be a different file from the stable one")
+    if not annealed.exists():
+        state, model, ema, opt = load_checkpoint(stable)
+        if state.phase != "stable":
+            raise ValueError(f"{stable} is not a stable-phase checkpoint")
+        state.phase = "annealed"
+        state.history = state.history + [{"anneal_from_step": state.step, "anneal_steps": steps}]
+        optimizer = torch.optim.Adam(model.parameters())
+        optimizer.load_state_dict(opt)
+        save_checkpoint(annealed, state, model, ema, optimizer)
+    run = _Run(annealed, None, options, data, log, "annealed")
+    start = next(h["anneal_from_step"] for h in reversed(run.state.history) if "anneal_from_step" in h)
+    stop = start + steps
+
+    def lr_at(step: int) -> float:
+        return learning_rate(step - start, max(1, steps - 1), options.lr, warmup=0, decay_fraction=1.0)  # last step at the floor
+
+    return run.loop(annealed, lr_at, stop, None, eval_folder)
+
+
+def ema_model(checkpoint: str | Path) -> tuple[TrainState, HyperpriorModel]:
+    """The EMA weights of a checkpoint (what is exported), with its state."""
+    state, _, ema, _ = load_checkpoint(checkpoint)
+    return state, ema

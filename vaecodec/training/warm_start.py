@@ -1,0 +1,93 @@
+"""Widen a trained model into a larger one that computes exactly the same function at first.
+
+Training CPU-hours are this project's scarcest resource, so a new architecture
+should not start from nothing when an old one has hours in it. Net2Net-style
+(Chen et al. 2016), every tensor of the old model is embedded in the leading
+slice of its counterpart in the new one:
+
+* old output channels ignore the new input channels (those weights are zero),
+  so the old computation runs unchanged inside the new network;
+* new output channels are freshly initialised and feed only new inputs
+  downstream, and the synthesis ignores new latent channels at first;
+* the rate model's (μ, log2 σ) output keeps its two halves apart, the gains
+  are re-sampled at the new λ anchors (log-linear, as the model interpolates),
+  and a checkerboard context starts as a zero correction.
+
+So the widened model codes like the old one (plus the rate of the new,
+near-deterministic channels) and training only adds to it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..model import HyperpriorModel, ModelConfig, SimplifiedGDN, build_model, interpolate_rows
+
+__all__ = ["widen"]
+
+
+def _embed_conv(new: nn.Conv2d | nn.ConvTranspose2d, old: nn.Conv2d | nn.ConvTranspose2d,
+                out_map: torch.Tensor | None = None) -> None:
+    w = new.weight.data
+    transposed = isinstance(new, nn.ConvTranspose2d)
+    o_old = old.weight.shape[1] if transposed else old.weight.shape[0]
+    i_old = old.weight.shape[0] if transposed else old.weight.shape[1]
+    outs = out_map if out_map is not None else torch.arange(o_old)
+    if old.weight.shape[2:] != w.shape[2:]:
+        raise ValueError("kernel sizes differ")
+    if transposed:  # (in, out, k, k)
+        w[:, outs] = 0
+        w[:i_old, outs] = old.weight.data
+    else:  # (out, in, k, k)
+        w[outs] = 0
+        w[outs, :i_old] = old.weight.data
+    new.bias.data[outs] = old.bias.data
+
+
+def _embed_gdn(new: SimplifiedGDN, old: SimplifiedGDN) -> None:
+    c = old.beta.shape[0]
+    new.beta.data[:c] = old.beta.data
+    new.gamma.data[:c] = 0
+    new.gamma.data[:c, :c] = old.gamma.data
+
+
+def _embed_sequential(new: nn.Sequential, old: nn.Sequential, last_out_map: torch.Tensor | None = None) -> None:
+    if len(new) != len(old):
+        raise ValueError("layer stacks differ")
+    for k, (a, b) in enumerate(zip(new, old)):
+        if isinstance(a, (nn.Conv2d, nn.ConvTranspose2d)):
+            _embed_conv(a, b, last_out_map if k == len(new) - 1 else None)
+        elif isinstance(a, SimplifiedGDN):
+            _embed_gdn(a, b)
+
+
+@torch.no_grad()
+def widen(old: HyperpriorModel, config: ModelConfig, seed: int = 0) -> HyperpriorModel:
+    """A model of ``config`` that starts as ``old`` (see the module docstring).
+
+    ``config`` must be at least as wide as ``old.config`` everywhere and use
+    the same hyper-latent channels.
+    """
+    oc = old.config
+    if config.hyper_channels != oc.hyper_channels:
+        raise ValueError("widening keeps the hyper-latent channels")
+    torch.manual_seed(seed)
+    new = build_model(config)
+    _embed_sequential(new.analysis, old.analysis)
+    _embed_sequential(new.synthesis, old.synthesis)
+    # Synthesis: the new latent channels feed nothing at first.
+    first = new.synthesis[0]
+    first.weight.data[oc.latent_channels:] = 0
+    _embed_sequential(new.hyper_analysis, old.hyper_analysis)
+    m_old, m_new = oc.latent_channels, config.latent_channels
+    out_map = torch.cat([torch.arange(m_old), m_new + torch.arange(m_old)])  # (μ | log2 σ) halves kept apart
+    _embed_sequential(new.hyper_synthesis, old.hyper_synthesis, out_map)
+    new.hyper_prior.load_state_dict(old.hyper_prior.state_dict())
+    # Gains: old anchors' log-gains, read off at the new λ anchors (extrapolated along the end segments).
+    old_anchors = torch.log(torch.tensor(oc.lambdas, dtype=torch.float64))
+    pos = (torch.log(torch.tensor(config.lambdas, dtype=torch.float64)) - old_anchors[0]) \
+        / (old_anchors[-1] - old_anchors[0]) * (len(oc.lambdas) - 1)
+    new.log_gains.data[:, :m_old] = interpolate_rows(old.log_gains.data.double(), pos).float()
+    # New channels keep their default init, 0.5·ln(λ/λ_mid) (the high-rate optimum for MSE).
+    return new
