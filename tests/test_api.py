@@ -210,3 +210,34 @@ def test_a_damaged_model_file_is_a_model_file_error(tmp_path):
         Codec(bad)
     with pytest.raises(ModelFileError):
         Codec(tmp_path / "missing.pt")
+
+
+def test_files_of_an_earlier_shipped_model_still_decode(monkeypatch):
+    """When the default model changes, files written by the previous shipped model keep decoding."""
+    from vaecodec import api
+
+    old, new = make_tiny_model(model_id="tiny-old"), make_tiny_model(kind="checkerboard", model_id="tiny-new")
+    monkeypatch.setattr(api, "SHIPPED_MODELS", {"tiny-old": "old.pt", "tiny-new": "new.pt"})
+    monkeypatch.setattr(api, "SHIPPED_MODEL", "new.pt")
+    monkeypatch.setattr(api, "_load_shipped", lambda name: {"old.pt": old, "new.pt": new}[name])
+    img = smooth_image(40, 56)
+    old_file = Codec(old).compress(img, quality=50)
+    shipped = Codec()
+    assert shipped.model is new
+    assert np.array_equal(shipped.decompress_array(old_file), Codec(old).decompress_array(old_file))
+    assert vaecodec.read_header(shipped.compress(img)).model_id == "tiny-new"
+    with pytest.raises(ModelMismatchError):  # an explicitly chosen model stays strict
+        Codec(new).decompress_array(old_file)
+    other = make_tiny_model(seed=5, model_id="tiny-old")  # same id, other weights: refused
+    with pytest.raises(ModelMismatchError):
+        shipped.decompress_array(Codec(other).compress(img, quality=50))
+
+
+def test_sampling_from_the_prior_is_seeded_and_sized(any_tiny_codec):
+    """Decoding random bits is sampling: the right size, deterministic per seed, different across seeds."""
+    a = any_tiny_codec.sample(40, 24, quality=50, seed=1)
+    assert a.size == (40, 24) and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(any_tiny_codec.sample(40, 24, quality=50, seed=1)))
+    assert not np.array_equal(np.asarray(a), np.asarray(any_tiny_codec.sample(40, 24, quality=50, seed=2)))
+    with pytest.raises(ValueError):
+        any_tiny_codec.sample(0, 10)

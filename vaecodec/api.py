@@ -40,11 +40,21 @@ from .container import Header, pack, unpack
 from .errors import FormatError, ModelMismatchError, VaecodecError
 from .image import load_pixels, split_batch, to_model_input, to_output_pixels
 from .latent_codec import Latents, latent_codec
+from .refine import DEFAULT_EFFORT, EFFORTS, rd_cost, refine_latents
 
 __all__ = ["Codec", "Encoded", "compress", "decompress", "default_codec", "DEFAULT_QUALITY", "SHIPPED_MODEL"]
 
 DEFAULT_QUALITY = 75
+SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt"}
+"""Every model the package ships, by model id. Files name the model that wrote them, so a file
+written by an earlier shipped model still decodes after the default changes."""
 SHIPPED_MODEL = "vaecodec-hp64.pt"
+"""The default model: what new files are written with."""
+
+
+def _load_shipped(filename: str) -> CodingModel:
+    with resources.as_file(resources.files("vaecodec") / "weights" / filename) as path:
+        return CodingModel.load(path)
 
 
 @dataclass(frozen=True, repr=False)
@@ -88,9 +98,10 @@ class Codec:
     """
 
     def __init__(self, model: CodingModel | str | Path | None = None):
+        self._shipped = model is None
+        self._earlier: dict[str, Codec] = {}
         if model is None:
-            with resources.as_file(resources.files("vaecodec") / "weights" / SHIPPED_MODEL) as path:
-                model = CodingModel.load(path)
+            model = _load_shipped(SHIPPED_MODEL)
         elif not isinstance(model, CodingModel):
             model = CodingModel.load(model)
         self.model = model
@@ -98,11 +109,13 @@ class Codec:
         self._lock = threading.Lock()
 
     # ----- encoding ---------------------------------------------------------------
-    def compress(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None) -> bytes:
+    def compress(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
+                 effort: int = DEFAULT_EFFORT) -> bytes:
         """Image (path, PIL image, array or tensor) → .vae bytes. See :meth:`encode`."""
-        return self.encode(image, quality, target_bpp).data
+        return self.encode(image, quality, target_bpp, effort).data
 
-    def encode(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None) -> Encoded:
+    def encode(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
+               effort: int = DEFAULT_EFFORT) -> Encoded:
         """Compress, and report the size and the model's information estimate.
 
         Args:
@@ -112,18 +125,22 @@ class Codec:
           quality: 1..100, higher is better and larger.
           target_bpp: if given, ``quality`` is ignored and the highest quality
             whose whole file fits in this many bits per pixel is used.
+          effort: 1..9. Above 1 the latents of this image are refined at
+            encode time (:mod:`vaecodec.refine`): smaller or better files for
+            more encoder CPU; decoding is unchanged. Never worse than effort 1.
         """
         pixels = load_pixels(image)
         if target_bpp is None:
             _check_quality(quality)
+        _check_effort(effort)
         with self._lock, torch.no_grad():
             analysed = self._analyze(pixels)
             if target_bpp is None:
-                return self._encode_at(analysed, int(quality))
-            return self._encode_to_target(analysed, float(target_bpp))
+                return self._encode_at(analysed, int(quality), int(effort))
+            return self._encode_to_target(analysed, float(target_bpp), int(effort))
 
     def encode_batch(self, images, quality: int = DEFAULT_QUALITY,
-                     target_bpp: float | None = None) -> list[Encoded]:
+                     target_bpp: float | None = None, effort: int = DEFAULT_EFFORT) -> list[Encoded]:
         """Compress several images with this one loaded model; one :class:`Encoded` each, in order.
 
         Args:
@@ -139,27 +156,66 @@ class Codec:
         pixels = [load_pixels(image) for image in split_batch(images)]
         if target_bpp is None:
             _check_quality(quality)
-        return [self.encode(p, quality, target_bpp) for p in pixels]
+        _check_effort(effort)
+        return [self.encode(p, quality, target_bpp, effort) for p in pixels]
 
     def _analyze(self, pixels: np.ndarray) -> "_Analysed":
         h, w = pixels.shape[:2]
-        latents = self.latents.analyze(to_model_input(pixels, DOWNSAMPLING))
-        return _Analysed(h, w, "L" if pixels.ndim == 2 else "RGB", latents)
+        x = to_model_input(pixels, DOWNSAMPLING)
+        return _Analysed(h, w, "L" if pixels.ndim == 2 else "RGB", self.latents.analyze(x), x, pixels)
 
-    def _encode_at(self, analysed: "_Analysed", quality: int) -> Encoded:
+    def _code(self, analysed: "_Analysed", latents: Latents, quality: int) -> tuple[Encoded, torch.Tensor]:
+        """The file for these latents, and the decoder's exact ŷ."""
         m = self.model
         header = Header(analysed.width, analysed.height, analysed.mode, quality, m.model_id, m.weight_hash)
         coder = entropy.new_coder()
         entropy.push_check(coder, _header_check(header))
-        code = self.latents.push(coder, analysed.latents, quality)
+        code = self.latents.push(coder, latents, quality)
         words = coder.get_compressed()
         header = replace(header, num_words=int(words.size))
         data = pack(header, words)
-        return Encoded(data, replace(header, num_bytes=len(data)), code.information_bits + entropy.CHECK_BITS)
+        encoded = Encoded(data, replace(header, num_bytes=len(data)), code.information_bits + entropy.CHECK_BITS)
+        return encoded, code.y_hat
 
-    def _encode_to_target(self, analysed, target_bpp: float) -> Encoded:
+    def _encode_at(self, analysed: "_Analysed", quality: int, effort: int = DEFAULT_EFFORT) -> Encoded:
+        base, base_y_hat = self._code(analysed, analysed.latents, quality)
+        refined = refine_latents(self.model, analysed.x, analysed.latents, quality, effort, analysed.height, analysed.width)
+        if refined is None:
+            return base
+        candidate, y_hat = self._code(analysed, refined, quality)
+        # Keep the refined file only if its real RD cost (file bytes, exactly decoded pixels) is lower.
+        lam = self.model.quality_lambda(quality)
+        costs = [rd_cost(e.num_bytes, self._mse(analysed, yh), lam, analysed.height * analysed.width)
+                 for e, yh in ((base, base_y_hat), (candidate, y_hat))]
+        return candidate if costs[1] < costs[0] else base
+
+    def _mse(self, analysed: "_Analysed", y_hat: torch.Tensor) -> float:
+        out = to_output_pixels(self.model.synthesize(y_hat), analysed.height, analysed.width, analysed.mode)
+        return float(np.mean((out.astype(np.float64) - analysed.pixels.astype(np.float64)) ** 2))
+
+    def _encode_to_target(self, analysed, target_bpp: float, effort: int = DEFAULT_EFFORT) -> Encoded:
         if not target_bpp > 0:
             raise ValueError(f"target bpp must be positive, not {target_bpp}")
+        best = self._bisect_quality(analysed, target_bpp)
+        if effort == DEFAULT_EFFORT:
+            return best
+        # Refinement lowers the rate, so a higher quality may fit once refined: refine at the unrefined
+        # fit, predict from the saving which quality should fit, and try that one.
+        q0 = best.header.quality
+        refined = self._encode_at(analysed, q0, effort)
+        if refined.bpp <= target_bpp:
+            best = refined
+        ratio = min(1.0, best.bpp / max(self._encode_at(analysed, q0).bpp, 1e-9))
+        q1 = q0
+        while q1 < NUM_QUALITIES and self._encode_at(analysed, q1 + 1).bpp * ratio <= target_bpp:
+            q1 += 1
+        if q1 > q0:
+            trial = self._encode_at(analysed, q1, effort)
+            if trial.bpp <= target_bpp:
+                best = trial
+        return best
+
+    def _bisect_quality(self, analysed, target_bpp: float) -> Encoded:
         # File size grows with quality, so bisect for the largest quality that fits.
         lo, hi = 1, NUM_QUALITIES
         best = self._encode_at(analysed, lo)
@@ -188,6 +244,9 @@ class Codec:
         header, words = unpack(_read_vae(data))
         m = self.model
         if header.model_id != m.model_id or header.weight_hash != m.weight_hash:
+            earlier = self._earlier_shipped(header)
+            if earlier is not None:
+                return earlier.decompress_array(data)
             raise ModelMismatchError(
                 f"file was written by model {header.model_id} ({header.weight_hash.hex()}), "
                 f"loaded model is {m.model_id} ({m.weight_hash.hex()})")
@@ -198,6 +257,42 @@ class Codec:
                 raise FormatError("payload does not match its header (corrupted or truncated data)")
             rgb = m.synthesize(y_hat)
         return to_output_pixels(rgb, header.height, header.width, header.mode)
+
+    # ----- the generative side ----------------------------------------------------
+    def sample(self, width: int, height: int, quality: int = DEFAULT_QUALITY, seed: int = 0) -> Image.Image:
+        """An image drawn from the model's prior: the decoder run on random bits.
+
+        Decoding ANS from uniformly random words draws every symbol from the
+        distribution it would have been coded with, so popping the latents
+        off a random stack *is* sampling ẑ from the hyperprior's density and ŷ
+        from p(ŷ | ẑ) (and the context, for checkerboard models), and the
+        synthesis turns that into pixels: the receiver's half of the VAE with
+        no sender. Compression models spend their capacity on the rate of
+        real images, not on a good prior, so expect textures, not photos.
+        """
+        _check_quality(quality)
+        if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer))
+                and 1 <= width <= 4096 and 1 <= height <= 4096):
+            raise ValueError(f"sample size must be integers in 1..4096, not {width!r}×{height!r}")
+        y_shape, z_shape = self.model.latent_shapes(height, width)
+        # 64 random bits per symbol is far more than any table or escape can draw.
+        words = np.random.default_rng(seed).integers(1, 2**32, size=2 * (int(np.prod(y_shape)) + int(np.prod(z_shape))),
+                                                     dtype=np.uint32)
+        with self._lock, torch.no_grad():
+            y_hat = self.latents.pop(entropy.new_coder(words), height, width, quality)
+            rgb = self.model.synthesize(y_hat)
+        return Image.fromarray(to_output_pixels(rgb, height, width, "RGB"), mode="RGB")
+
+    def _earlier_shipped(self, header: Header) -> "Codec | None":
+        """The shipped codec that wrote this file, when this codec is the shipped default (loaded once)."""
+        filename = SHIPPED_MODELS.get(header.model_id)
+        if not self._shipped or filename is None or filename == SHIPPED_MODEL:
+            return None
+        with self._lock:
+            if filename not in self._earlier:
+                self._earlier[filename] = Codec(_load_shipped(filename))
+        codec = self._earlier[filename]
+        return codec if codec.model.weight_hash == header.weight_hash else None
 
     def decode_batch(self, files) -> list[np.ndarray]:
         """Several .vae files (bytes or paths) → one uint8 array each, in order. See :meth:`decompress_array`."""
@@ -214,11 +309,18 @@ class _Analysed:
     width: int
     mode: str
     latents: Latents
+    x: torch.Tensor  # the padded model input
+    pixels: np.ndarray  # the original uint8 pixels
 
 
 def _check_quality(quality) -> None:
     if not (isinstance(quality, (int, np.integer)) and 1 <= quality <= NUM_QUALITIES):
         raise ValueError(f"quality must be an integer in 1..{NUM_QUALITIES}, not {quality!r}")
+
+
+def _check_effort(effort) -> None:
+    if not (isinstance(effort, (int, np.integer)) and int(effort) in EFFORTS):
+        raise ValueError(f"effort must be an integer in {min(EFFORTS)}..{max(EFFORTS)}, not {effort!r}")
 
 
 def _read_vae(data: bytes | bytearray | memoryview | str | os.PathLike) -> bytes:
@@ -246,9 +348,10 @@ def default_codec() -> Codec:
         return _default
 
 
-def compress(image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None) -> bytes:
+def compress(image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
+             effort: int = DEFAULT_EFFORT) -> bytes:
     """Compress with the shipped model. See :meth:`Codec.encode`."""
-    return default_codec().compress(image, quality, target_bpp)
+    return default_codec().compress(image, quality, target_bpp, effort)
 
 
 def decompress(data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:

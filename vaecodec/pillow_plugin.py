@@ -13,7 +13,7 @@ the model are loaded by the first ``load()`` or ``save()``, through
 :mod:`vaecodec.api`. Errors follow Pillow's conventions: a damaged header makes
 ``Image.open`` raise ``UnidentifiedImageError``; damaged data makes ``load()``
 raise ``OSError`` (its ``__cause__`` is vaecodec's :class:`FormatError`).
-Saving takes only ``quality`` and ``target_bpp``, and refuses any other
+Saving takes only ``quality``, ``target_bpp`` and ``effort``, and refuses any other
 parameter rather than ignoring it.
 """
 
@@ -33,7 +33,7 @@ __all__ = ["FORMAT", "MIME_TYPE", "SAVE_PARAMETERS", "VaecodecImageFile"]
 FORMAT = "VAECODEC"
 EXTENSION = ".vae"
 MIME_TYPE = "image/x-vaecodec"
-SAVE_PARAMETERS = ("quality", "target_bpp")
+SAVE_PARAMETERS = ("quality", "target_bpp", "effort")
 _DECODER = "vaecodec"
 _ID_LENGTH_AT = 7  # byte 7 holds the model id's length
 _AFTER_MODEL_ID = 8 + 12  # weight hash, width, height, number of words
@@ -88,13 +88,15 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     params = im.encoderinfo
     unsupported = sorted(set(params) - set(SAVE_PARAMETERS))
     if unsupported:
-        # Checked before any work: a silently ignored option (lossless=True, effort=9) gives a file
+        # Checked before any work: a silently ignored option (lossless=True, say) gives a file
         # other than the one asked for.
         raise ValueError(f"vaecodec cannot save with {', '.join(unsupported)}: "
                          f"the parameters it takes are {', '.join(SAVE_PARAMETERS)}")
     from .api import DEFAULT_QUALITY, default_codec
+    from .refine import DEFAULT_EFFORT
 
-    fp.write(default_codec().compress(im, params.get("quality", DEFAULT_QUALITY), params.get("target_bpp")))
+    fp.write(default_codec().compress(im, params.get("quality", DEFAULT_QUALITY), params.get("target_bpp"),
+                                      params.get("effort", DEFAULT_EFFORT)))
 
 
 Image.register_open(FORMAT, VaecodecImageFile, accept)
