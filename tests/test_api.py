@@ -102,7 +102,7 @@ def test_bad_quality_is_a_value_error(tiny_codec, rgb_image, quality):
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "CMYK", "I;16", "I", "F", "YCbCr"])
 def test_lossy_conversions_are_refused(tiny_codec, mode):
-    im = Image.new(mode, (8, 8))
+    im = Image.new(mode, (8, 8))  # RGBA and LA: alpha 0, truly transparent
     with pytest.raises(ImageError):
         tiny_codec.compress(im)
 
@@ -113,7 +113,7 @@ def test_palette_and_bilevel_images_convert_without_loss(tiny_codec):
     assert tiny_codec.decompress(tiny_codec.compress(pal)).mode == "RGB"
     bw = Image.fromarray(smooth_image(16, 16, channels=1)).convert("1")
     assert tiny_codec.decompress(tiny_codec.compress(bw)).mode == "L"
-    pal.info["transparency"] = 0
+    pal.info["transparency"] = int(np.asarray(pal)[0, 0])  # an index the image uses: real transparency
     with pytest.raises(ImageError, match="transparency"):
         tiny_codec.compress(pal)
 
@@ -189,11 +189,45 @@ def test_16_bit_pngs_are_refused_not_truncated(tiny_codec, tmp_path, channels):
         tiny_codec.compress(_png16(tmp_path / "deep.png", channels))
 
 
-def test_colour_key_transparency_is_refused(tiny_codec):
-    im = Image.fromarray(smooth_image(8, 8))
-    im.info["transparency"] = (0, 0, 0)
+def test_colour_key_transparency_is_refused_when_a_pixel_uses_it(tiny_codec):
+    px = smooth_image(8, 8)
+    im = Image.fromarray(px)
+    im.info["transparency"] = tuple(int(v) for v in px[3, 4])
     with pytest.raises(ImageError, match="transparency"):
         tiny_codec.compress(im)
+    im.info["transparency"] = (1, 2, 3) if not (px == (1, 2, 3)).all(axis=2).any() else (4, 5, 6)
+    assert tiny_codec.compress(im) == tiny_codec.compress(px)  # the key colour is unused: opaque
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGBa", "PA"])
+def test_opaque_alpha_is_coded_as_rgb_or_gray_and_real_alpha_refused(tiny_codec, mode):
+    gray = mode in ("LA",)
+    px = smooth_image(12, 20, channels=1 if gray else 3)
+    base = Image.fromarray(px)
+    opaque = base.convert("RGBA" if not gray else "LA")
+    if mode in ("RGBa", "PA"):
+        opaque = opaque.convert(mode)
+        px = np.asarray(opaque.convert("RGB"))
+    assert tiny_codec.compress(opaque) == tiny_codec.compress(px)
+    assert tiny_codec.decompress(tiny_codec.compress(opaque)).mode == ("L" if gray else "RGB")
+    holes = np.array(opaque.convert("LA" if gray else "RGBA"))
+    holes[0, 0, -1] = 254
+    with pytest.raises(ImageError, match="alpha"):
+        tiny_codec.compress(Image.fromarray(holes, mode="LA" if gray else "RGBA"))
+
+
+def test_multi_frame_inputs_need_a_chosen_frame(tiny_codec, tmp_path):
+    frames = [Image.fromarray(smooth_image(16, 16, seed=s)).convert("P") for s in range(3)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50)
+    with pytest.raises(ImageError, match="3 frames"):
+        tiny_codec.compress(gif)
+    with Image.open(gif) as im:
+        im.seek(2)
+        second = np.asarray(im.convert("RGB"))
+    assert tiny_codec.compress(gif, frame=2) == tiny_codec.compress(second)
+    with pytest.raises(ImageError, match="does not exist"):
+        tiny_codec.compress(gif, frame=3)
 
 
 def test_oversized_images_are_refused_before_any_work(tiny_codec):
@@ -241,3 +275,18 @@ def test_sampling_from_the_prior_is_seeded_and_sized(any_tiny_codec):
     assert not np.array_equal(np.asarray(a), np.asarray(any_tiny_codec.sample(40, 24, quality=50, seed=2)))
     with pytest.raises(ValueError):
         any_tiny_codec.sample(0, 10)
+
+
+@pytest.mark.parametrize("size", [(8192, 8192), (65535, 1024)])
+def test_a_tiny_file_declaring_a_huge_image_is_refused_at_once(any_tiny_codec, size):
+    """A decompression bomb: valid header and CRC, one word of payload, 67 Mpixel declared."""
+    import time
+    from dataclasses import replace
+
+    header, _ = unpack(any_tiny_codec.compress(smooth_image(16, 16), quality=50))
+    words = np.array([0x9E3779B9], np.uint32)
+    forged = pack(replace(header, width=size[0], height=size[1], num_words=1), words)
+    t = time.perf_counter()
+    with pytest.raises(FormatError, match="too short|does not match"):
+        any_tiny_codec.decompress_array(forged)
+    assert time.perf_counter() - t < 5, "refused, but only after running the decoder"

@@ -442,3 +442,15 @@ def test_an_input_that_names_no_file_is_a_one_line_error(run, tmp_path):
     assert_one_line_error(r)
     assert r.stderr.strip() == "vaecodec: error: /: not a file name"
     assert_one_line_error(run("compress", tmp_path))  # a folder: "Is a directory", not a traceback
+
+
+def test_animated_input_is_refused_without_frame_and_coded_with_one(run, tmp_path):
+    frames = [Image.fromarray(smooth_image(16, 16, seed=s)).convert("P") for s in range(2)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50)
+    r = run("compress", gif)
+    assert_one_line_error(r)
+    assert "2 frames" in r.output and "--frame" in r.output and not gif.with_suffix(".vae").exists()
+    r = run("compress", gif, "--frame", "1")
+    assert r.exit_code == 0, r.output
+    assert gif.with_suffix(".vae").exists()

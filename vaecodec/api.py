@@ -110,12 +110,12 @@ class Codec:
 
     # ----- encoding ---------------------------------------------------------------
     def compress(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-                 effort: int = DEFAULT_EFFORT) -> bytes:
+                 effort: int = DEFAULT_EFFORT, frame: int | None = None) -> bytes:
         """Image (path, PIL image, array or tensor) → .vae bytes. See :meth:`encode`."""
-        return self.encode(image, quality, target_bpp, effort).data
+        return self.encode(image, quality, target_bpp, effort, frame).data
 
     def encode(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-               effort: int = DEFAULT_EFFORT) -> Encoded:
+               effort: int = DEFAULT_EFFORT, frame: int | None = None) -> Encoded:
         """Compress, and report the size and the model's information estimate.
 
         Args:
@@ -128,8 +128,10 @@ class Codec:
           effort: 1..9. Above 1 the latents of this image are refined at
             encode time (:mod:`vaecodec.refine`): smaller or better files for
             more encoder CPU; decoding is unchanged. Never worse than effort 1.
+          frame: the frame of a multi-frame file (animation, multi-page
+            TIFF) to code; such files are refused without one.
         """
-        pixels = load_pixels(image)
+        pixels = load_pixels(image, frame)
         if target_bpp is None:
             _check_quality(quality)
         _check_effort(effort)
@@ -349,9 +351,9 @@ def default_codec() -> Codec:
 
 
 def compress(image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-             effort: int = DEFAULT_EFFORT) -> bytes:
+             effort: int = DEFAULT_EFFORT, frame: int | None = None) -> bytes:
     """Compress with the shipped model. See :meth:`Codec.encode`."""
-    return default_codec().compress(image, quality, target_bpp, effort)
+    return default_codec().compress(image, quality, target_bpp, effort, frame)
 
 
 def decompress(data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:

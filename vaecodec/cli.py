@@ -327,6 +327,8 @@ def cli():
 @click.option("-e", "--effort", type=click.IntRange(1, 9), default=1, show_default=True,
               help="Encoder effort: above 1 the latents of each image are refined at encode time (smaller or "
                    "better files, same decoder; 9 takes tens of seconds of CPU per megapixel).")
+@click.option("--frame", type=click.IntRange(0), help="Frame to code from a multi-frame input (animation, "
+                                                      "multi-page TIFF); such inputs are refused without it.")
 @force_option
 @model_option
 @verbose_option
@@ -334,7 +336,7 @@ def cli():
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @json_option
 @_interruptible
-def compress(inputs, output, quality, target_bpp, effort, force, model, verbose, quiet, as_json):
+def compress(inputs, output, quality, target_bpp, effort, frame, force, model, verbose, quiet, as_json):
     """Compress images (PNG, JPEG, ...; '-' for stdin) to .vae files.
 
     Every input is attempted; a failed one is reported and the others are still
@@ -352,7 +354,7 @@ def compress(inputs, output, quality, target_bpp, effort, force, model, verbose,
     def convert(source: str, target: str) -> _Done:
         raw = _read_input(source)
         try:
-            encoded = codec.encode(raw, quality=quality, target_bpp=target_bpp, effort=effort)
+            encoded = codec.encode(raw, quality=quality, target_bpp=target_bpp, effort=effort, frame=frame)
         except (VaecodecError, ValueError) as e:
             raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
         _write_output(target, encoded.data, force)

@@ -3,8 +3,11 @@
 Accepted, coded as RGB: 8-bit RGB; palette images without transparency
 (expanded to RGB, which loses nothing). Coded as L (grayscale, decoded as
 grayscale): 8-bit L and 1-bit images (expanded to 0/255, which loses nothing).
+Alpha (RGBA, LA, PA, palette or gray with transparency) that is opaque
+everywhere is coded as RGB or L, which loses nothing. Multi-frame files
+(animations, multi-page TIFFs) need a chosen ``frame``.
 Refused with an :class:`ImageError` that says what to do, never silently
-converted with loss: alpha (RGBA, LA, PA, palette with transparency), 16- and
+converted with loss: real transparency (any pixel not opaque), 16- and
 32-bit and float PIL images (modes I;16, I, F), CMYK, YCbCr, LAB, HSV.
 
 Array input, what ML code holds:
@@ -43,14 +46,22 @@ __all__ = ["load_pixels", "split_batch", "to_model_input", "to_output_pixels"]
 
 _BATCH_HINT = "use Codec.encode_batch for a batch"
 
+_ALPHA = ("has transparency (pixels that are not opaque); vaecodec does not keep an alpha channel yet: "
+          "flatten it or drop alpha first")
+_ALPHA_MODES = {"RGBA": "RGB", "LA": "L", "PA": "RGB", "RGBa": "RGB", "La": "L"}
 _LOSSY_CONVERSIONS = {
-    "RGBA": "has an alpha channel; vaecodec codes RGB or grayscale only: flatten it or drop alpha first",
-    "LA": "has an alpha channel; vaecodec codes RGB or grayscale only: flatten it or drop alpha first",
-    "PA": "has an alpha channel; vaecodec codes RGB or grayscale only: flatten it or drop alpha first",
-    "RGBa": "has an alpha channel; vaecodec codes RGB or grayscale only: flatten it or drop alpha first",
-    "La": "has an alpha channel; vaecodec codes RGB or grayscale only: flatten it or drop alpha first",
     "CMYK": "is CMYK; convert it to RGB first (that conversion is lossy, so vaecodec will not do it silently)",
 }
+
+
+def _drop_opaque_alpha(im: Image.Image) -> Image.Image:
+    """An image with an alpha channel (or a transparent palette colour) that is opaque everywhere
+    loses nothing as RGB or L, so it is coded so; a real alpha channel is refused."""
+    base = _ALPHA_MODES.get(im.mode, "L" if im.mode in ("L", "1", "I;16") else "RGB")
+    with_alpha = im.convert("LA" if base == "L" else "RGBA")
+    if with_alpha.getchannel("A").getextrema()[0] != 255:
+        raise ImageError(f"image {_ALPHA}")
+    return with_alpha.convert(base)
 
 
 def _check_size(width: int, height: int) -> None:
@@ -60,13 +71,29 @@ def _check_size(width: int, height: int) -> None:
         raise ImageError(f"image of {width}x{height} is too large (at most {MAX_SIDE} per side and {MAX_PIXELS} pixels)")
 
 
-def _from_pil(im: Image.Image) -> np.ndarray:
+def _select_frame(im: Image.Image, frame: int | None) -> None:
+    """Multi-frame inputs (animations, multi-page TIFFs) need a chosen frame: never a silent first one."""
+    frames = getattr(im, "n_frames", 1)
+    if frame is None:
+        if frames > 1:
+            raise ImageError(f"image has {frames} frames (animated or multi-page); choose one with --frame N "
+                             f"(0..{frames - 1}; frame= in the API)")
+        return
+    if not (isinstance(frame, (int, np.integer)) and 0 <= frame < frames):
+        raise ImageError(f"frame {frame!r} does not exist: the image has {frames} frame{'s' * (frames > 1)} "
+                         f"(0..{frames - 1})")
+    im.seek(int(frame))
+
+
+def _from_pil(im: Image.Image, frame: int | None = None) -> np.ndarray:
+    _select_frame(im, frame)
     mode = im.mode
     _check_size(*im.size)
     if mode in _LOSSY_CONVERSIONS:
         raise ImageError(f"image mode {mode} {_LOSSY_CONVERSIONS[mode]}")
-    if "transparency" in im.info:
-        raise ImageError("image has transparency; vaecodec codes opaque RGB or grayscale only: flatten it first")
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        im = _drop_opaque_alpha(im)
+        mode = im.mode
     if mode == "P":
         im = im.convert("RGB")
     elif mode == "1":
@@ -78,8 +105,12 @@ def _from_pil(im: Image.Image) -> np.ndarray:
     return np.asarray(im)
 
 
-def load_pixels(image) -> np.ndarray:
-    """A path, bytes, PIL image, array or tensor → uint8 array (H, W, 3) or (H, W)."""
+def load_pixels(image, frame: int | None = None) -> np.ndarray:
+    """A path, bytes, PIL image, array or tensor → uint8 array (H, W, 3) or (H, W).
+
+    ``frame``: which frame of a multi-frame file (animated GIF/PNG/WebP,
+    multi-page TIFF) to code; such a file without one is refused.
+    """
     if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
         source = image if isinstance(image, (str, os.PathLike)) else io.BytesIO(image)
         try:
@@ -88,15 +119,16 @@ def load_pixels(image) -> np.ndarray:
                 if any(";16" in str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in im.tile):
                     raise ImageError("image has 16 bits per sample; vaecodec codes 8-bit images only")
                 _check_size(*im.size)
+                _select_frame(im, frame)
                 im.load()
-                return _from_pil(im)
+                return _from_pil(im, frame)
         except Image.UnidentifiedImageError:
             # Pillow's own message names the file object (a repr like <_io.BytesIO object at 0x…>).
             raise ImageError("not an image vaecodec can read") from None
         except (OSError, Image.DecompressionBombError, SyntaxError) as e:
             raise ImageError(f"cannot read image: {getattr(e, 'strerror', None) or e}") from None
     if isinstance(image, Image.Image):
-        return _from_pil(image)
+        return _from_pil(image, frame)
     if isinstance(image, np.ndarray):
         return _from_array(image)
     if _is_tensor(image):

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .coding_model import CodingModel, HyperParams
+from .errors import FormatError
 
 __all__ = ["Latents", "LatentCode", "HyperpriorLatentCodec", "CheckerboardLatentCodec", "latent_codec"]
 
@@ -81,7 +82,9 @@ class HyperpriorLatentCodec:
 
     def _pop_z(self, coder, z_shape: tuple[int, ...]) -> torch.Tensor:
         m = self.model
-        return torch.from_numpy(m.z_pmfs.decode(coder, m.hyper_latent_indexes(z_shape)).reshape(z_shape))
+        z = torch.from_numpy(m.z_pmfs.decode(coder, m.hyper_latent_indexes(z_shape)).reshape(z_shape))
+        _require_bits(coder)
+        return z
 
     def _push_y(self, coder, q: torch.Tensor, params: HyperParams, quality: int, where=None) -> float:
         m = self.model
@@ -149,10 +152,23 @@ class CheckerboardLatentCodec(HyperpriorLatentCodec):
         p_a = m.context_params(hyper, None)
         q = torch.zeros(y_shape, dtype=torch.long)
         self._pop_y(coder, p_a, quality, q, anchor)
+        _require_bits(coder)
         y_hat_a = m.dequantize(q, p_a, quality) * anchor
         p_n = m.context_params(hyper, y_hat_a)
         self._pop_y(coder, p_n, quality, q, ~anchor)
         return torch.where(anchor, y_hat_a, m.dequantize(q, p_n, quality))
+
+
+def _require_bits(coder) -> None:
+    """Refuse a stack that ran dry before its end: the check value (32 bits) always lies under the latents.
+
+    ANS pops from an empty stack without complaint, so without this a tiny file
+    declaring a huge image would run the whole decoder on nothing before the
+    check value refused it (a decompression bomb). Checked between passes,
+    before each expensive exact network runs.
+    """
+    if coder.is_empty():
+        raise FormatError("payload too short for the declared image (corrupted, truncated or forged file)")
 
 
 def latent_codec(model: CodingModel) -> HyperpriorLatentCodec:
