@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from vaecodec.coding_model import DOWNSAMPLING, CodingModel  # noqa: E402
 from vaecodec.fixedpoint import to_fixed  # noqa: E402
-from vaecodec.image import load_pixels, to_model_input  # noqa: E402
+from vaecodec.image import load_pixels, to_model_input, to_output_pixels  # noqa: E402
 from vaecodec.metrics import psnr  # noqa: E402
 
 
@@ -52,8 +52,8 @@ def capacity(model: CodingModel, images: list[Path]) -> list[float]:
         px = load_pixels(path)
         h, w = px.shape[:2]
         y, _ = model.analyze(to_model_input(px, DOWNSAMPLING))
-        rgb = model.synthesize(to_fixed(y))[:h, :w]
-        out.append(psnr(px, rgb))
+        rgb = model.synthesize(to_fixed(y))
+        out.append(psnr(px, to_output_pixels(rgb, h, w, "L" if px.ndim == 2 else "RGB")))
     return out
 
 

@@ -287,6 +287,6 @@ def test_a_tiny_file_declaring_a_huge_image_is_refused_at_once(any_tiny_codec, s
     words = np.array([0x9E3779B9], np.uint32)
     forged = pack(replace(header, width=size[0], height=size[1], num_words=1), words)
     t = time.perf_counter()
-    with pytest.raises(FormatError, match="too short|does not match"):
+    with pytest.raises(FormatError, match="too short"):
         any_tiny_codec.decompress_array(forged)
     assert time.perf_counter() - t < 5, "refused, but only after running the decoder"

@@ -59,6 +59,16 @@ def test_anneal_writes_a_separate_file_and_never_touches_the_stable_one(tmp_path
     assert train(data, stable, steps=1, options=FAST, log=lambda *_: None).step == 4
 
 
+def test_an_anneal_continues_only_with_its_own_length_and_widening_only_starts_runs(tmp_path, data):
+    stable, annealed = tmp_path / "stable.pt", tmp_path / "annealed.pt"
+    train(data, stable, config=ModelConfig(**TINY_CB), steps=2, options=FAST, log=lambda *_: None)
+    anneal(data, stable, annealed, 3, options=FAST, log=lambda *_: None)
+    with pytest.raises(ValueError, match="3 steps"):
+        anneal(data, stable, annealed, 5, options=FAST, log=lambda *_: None)
+    with pytest.raises(ValueError, match="widen"):
+        train(data, stable, steps=1, options=FAST, log=lambda *_: None, widen_from=stable)
+
+
 def test_learning_rate_warms_up_holds_and_decays():
     assert learning_rate(0, 1000) < learning_rate(99, 1000) == 1e-3
     assert learning_rate(600, 1000) == 1e-3
@@ -92,12 +102,13 @@ def test_torchrun_two_processes(tmp_path, data):
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "vaecodec", "train", str(ckpt),
-                          "--model", "tiny", "--steps", "3", "--data", str(data), "--batch-size", "4", "--patch", "64",
-                          "--crops-per-image", "2"], capture_output=True, text=True, timeout=300, env=env)
+                          "--model", "tiny", "--steps", "150", "--save-every", "1", "--data", str(data),
+                          "--batch-size", "4", "--patch", "64", "--crops-per-image", "2"],
+                         capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "rank 0 of 2" in run.stderr and "rank 1 of 2" not in run.stderr  # only rank 0 logs
     state, model, ema, _ = load_checkpoint(ckpt)
-    assert state.step == 3
+    assert state.step == 150  # periodic saves (collectives) were taken together: no rank stopped early
 
 
 def test_widening_keeps_the_function_and_training_continues(tmp_path, data):
@@ -112,9 +123,12 @@ def test_widening_keeps_the_function_and_training_continues(tmp_path, data):
     new = widen(old, cfg).eval()
     x = torch.rand(1, 3, 64, 64)
     lam = torch.tensor([old.config.lambdas[3]])
-    a, b = old(x, lam, hard=True), new(x, lam, hard=True)
-    assert torch.allclose(a.x_hat, b.x_hat, atol=1e-5)
-    assert torch.equal(a.bits_z, b.bits_z)
+    for lam_value in old.config.lambdas:
+        lam = torch.tensor([lam_value])
+        a, b = old(x, lam, hard=True), new(x, lam, hard=True)
+        assert torch.allclose(a.x_hat, b.x_hat, atol=1e-5)
+        assert torch.equal(a.bits_z, b.bits_z)
+        assert b.bits_y.item() == pytest.approx(a.bits_y.item(), rel=0.01, abs=1.0)  # the new channels cost ~0
     # Training starts from it (and its CPU time is inherited).
     old_ckpt = tmp_path / "old.pt"
     train(data, old_ckpt, config=ModelConfig(**TINY_CONFIG), steps=2, options=FAST, log=lambda *_: None)

@@ -180,15 +180,20 @@ class Codec:
         return encoded, code.y_hat
 
     def _encode_at(self, analysed: "_Analysed", quality: int, effort: int = DEFAULT_EFFORT) -> Encoded:
-        base, base_y_hat = self._code(analysed, analysed.latents, quality)
+        return self._encode_full(analysed, quality, effort)[0]
+
+    def _encode_full(self, analysed: "_Analysed", quality: int,
+                     effort: int = DEFAULT_EFFORT) -> tuple[Encoded, torch.Tensor]:
+        """The file at ``quality`` and ``effort``, with the decoder's exact ŷ."""
+        base = self._code(analysed, analysed.latents, quality)
         refined = refine_latents(self.model, analysed.x, analysed.latents, quality, effort, analysed.height, analysed.width)
         if refined is None:
             return base
-        candidate, y_hat = self._code(analysed, refined, quality)
+        candidate = self._code(analysed, refined, quality)
         # Keep the refined file only if its real RD cost (file bytes, exactly decoded pixels) is lower.
         lam = self.model.quality_lambda(quality)
         costs = [rd_cost(e.num_bytes, self._mse(analysed, yh), lam, analysed.height * analysed.width)
-                 for e, yh in ((base, base_y_hat), (candidate, y_hat))]
+                 for e, yh in (base, candidate)]
         return candidate if costs[1] < costs[0] else base
 
     def _mse(self, analysed: "_Analysed", y_hat: torch.Tensor) -> float:
@@ -198,39 +203,48 @@ class Codec:
     def _encode_to_target(self, analysed, target_bpp: float, effort: int = DEFAULT_EFFORT) -> Encoded:
         if not target_bpp > 0:
             raise ValueError(f"target bpp must be positive, not {target_bpp}")
-        best = self._bisect_quality(analysed, target_bpp)
-        if effort == DEFAULT_EFFORT:
-            return best
-        # Refinement lowers the rate, so a higher quality may fit once refined: refine at the unrefined
-        # fit, predict from the saving which quality should fit, and try that one.
-        q0 = best.header.quality
-        refined = self._encode_at(analysed, q0, effort)
-        if refined.bpp <= target_bpp:
-            best = refined
-        ratio = min(1.0, best.bpp / max(self._encode_at(analysed, q0).bpp, 1e-9))
-        q1 = q0
-        while q1 < NUM_QUALITIES and self._encode_at(analysed, q1 + 1).bpp * ratio <= target_bpp:
-            q1 += 1
-        if q1 > q0:
-            trial = self._encode_at(analysed, q1, effort)
-            if trial.bpp <= target_bpp:
-                best = trial
-        return best
+        unrefined: dict[int, Encoded] = {}
 
-    def _bisect_quality(self, analysed, target_bpp: float) -> Encoded:
+        def at(quality: int) -> Encoded:
+            if quality not in unrefined:
+                unrefined[quality] = self._encode_at(analysed, quality)
+            return unrefined[quality]
+
         # File size grows with quality, so bisect for the largest quality that fits.
         lo, hi = 1, NUM_QUALITIES
-        best = self._encode_at(analysed, lo)
-        if best.bpp > target_bpp:
-            raise VaecodecError(f"cannot reach {target_bpp:g} bpp: the smallest file (quality 1) is {best.bpp:.4f} bpp")
+        if at(lo).bpp > target_bpp and effort == DEFAULT_EFFORT:
+            raise VaecodecError(f"cannot reach {target_bpp:g} bpp: the smallest file (quality 1) is {at(lo).bpp:.4f} bpp")
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            trial = self._encode_at(analysed, mid)
-            if trial.bpp <= target_bpp:
-                lo, best = mid, trial
-            else:
-                hi = mid - 1
-        return best
+            lo, hi = (mid, hi) if at(mid).bpp <= target_bpp else (lo, mid - 1)
+        if effort == DEFAULT_EFFORT:
+            return at(lo)
+        # Refinement lowers the rate, so a higher quality may fit once refined: refine at the unrefined
+        # fit, predict from the saving which quality should fit, and try that one too. Of the files that
+        # fit, the one with the least distortion wins.
+        fits = [(at(lo), None)] if at(lo).bpp <= target_bpp else []
+        first = self._encode_full(analysed, lo, effort)
+        if first[0].bpp <= target_bpp:
+            fits.append(first)
+        ratio = min(1.0, first[0].bpp / at(lo).bpp)
+        q = lo
+        while q < NUM_QUALITIES and at(q + 1).bpp * ratio <= target_bpp:
+            q += 1
+        if q > lo:
+            trial = self._encode_full(analysed, q, effort)
+            if trial[0].bpp <= target_bpp:
+                fits.append(trial)
+        if not fits:
+            raise VaecodecError(f"cannot reach {target_bpp:g} bpp: the smallest file (quality 1, effort {effort}) "
+                                f"is {first[0].bpp:.4f} bpp")
+
+        def distortion(item) -> float:
+            encoded, y_hat = item
+            if y_hat is None:
+                y_hat = self._code(analysed, analysed.latents, encoded.header.quality)[1]
+            return self._mse(analysed, y_hat)
+
+        return min(fits, key=distortion)[0]
 
     # ----- decoding ---------------------------------------------------------------
     def decompress(self, data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:
@@ -243,19 +257,21 @@ class Codec:
 
     def decompress_array(self, data: bytes | bytearray | memoryview | str | os.PathLike) -> np.ndarray:
         """.vae bytes, or the path of a .vae file → uint8 array (H, W, 3) or (H, W)."""
-        header, words = unpack(_read_vae(data))
+        raw = _read_vae(data)
+        header, words = unpack(raw)
         m = self.model
         if header.model_id != m.model_id or header.weight_hash != m.weight_hash:
             earlier = self._earlier_shipped(header)
             if earlier is not None:
-                return earlier.decompress_array(data)
+                return earlier.decompress_array(raw)
             raise ModelMismatchError(
                 f"file was written by model {header.model_id} ({header.weight_hash.hex()}), "
                 f"loaded model is {m.model_id} ({m.weight_hash.hex()})")
         with self._lock, torch.no_grad():
             coder = entropy.new_coder(words)
-            y_hat = self.latents.pop(coder, header.height, header.width, header.quality)
-            if entropy.pop_check(coder) != _header_check(header) or not coder.is_empty():
+            check = _header_check(header)
+            y_hat = self.latents.pop(coder, header.height, header.width, header.quality, entropy.state_floor(check))
+            if entropy.pop_check(coder) != check or not coder.is_empty():
                 raise FormatError("payload does not match its header (corrupted or truncated data)")
             rgb = m.synthesize(y_hat)
         return to_output_pixels(rgb, header.height, header.width, header.mode)

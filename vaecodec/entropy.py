@@ -32,7 +32,8 @@ import numpy as np
 
 import constriction
 
-__all__ = ["PROBABILITY_BITS", "CHECK_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "push_check", "pop_check"]
+__all__ = ["PROBABILITY_BITS", "CHECK_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "push_check", "pop_check",
+           "state_floor", "holds_check"]
 
 PROBABILITY_BITS = 24
 _TOTAL = 1 << PROBABILITY_BITS
@@ -59,6 +60,26 @@ def push_check(coder, value: int) -> None:
     to garbage silently.
     """
     coder.encode_reverse(np.array([value >> 16, value & 0xFFFF], np.int32), _HALF_WORD)
+
+
+def state_floor(check_value: int) -> int:
+    """The smallest state a valid stack holds while its check value is still on it.
+
+    Pushing never lowers an ANS stack's state unless a word moves to the
+    bulk, so until the check is popped a valid stream has either words in its
+    bulk or a state at least the one the check value alone leaves. A stream
+    that ran dry (a forged or truncated file) falls below it: see
+    :func:`holds_check`.
+    """
+    coder = new_coder()
+    push_check(coder, check_value)
+    return int(coder.pos()[1])
+
+
+def holds_check(coder, floor: int) -> bool:
+    """False when the stack can no longer hold the check value (see :func:`state_floor`)."""
+    position, state = coder.pos()
+    return position > 0 or int(state) >= floor
 
 
 def pop_check(coder) -> int:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import entropy
 from .coding_model import CodingModel, HyperParams
 from .errors import FormatError
 
@@ -80,10 +81,10 @@ class HyperpriorLatentCodec:
         m.z_pmfs.encode(coder, z_symbols.numpy(), z_idx)
         return m.z_pmfs.information_bits(z_symbols.numpy(), z_idx)
 
-    def _pop_z(self, coder, z_shape: tuple[int, ...]) -> torch.Tensor:
+    def _pop_z(self, coder, z_shape: tuple[int, ...], floor: int) -> torch.Tensor:
         m = self.model
         z = torch.from_numpy(m.z_pmfs.decode(coder, m.hyper_latent_indexes(z_shape)).reshape(z_shape))
-        _require_bits(coder)
+        _require_bits(coder, floor)
         return z
 
     def _push_y(self, coder, q: torch.Tensor, params: HyperParams, quality: int, where=None) -> float:
@@ -111,10 +112,13 @@ class HyperpriorLatentCodec:
         return LatentCode(m.dequantize(q, p, quality), bits)
 
     @torch.no_grad()
-    def pop(self, coder, height: int, width: int, quality: int) -> torch.Tensor:
+    def pop(self, coder, height: int, width: int, quality: int, floor: int = 0) -> torch.Tensor:
+        """Exact ŷ of a ``height`` × ``width`` image; ``floor``: :func:`entropy.state_floor` of the
+        check value under the latents (0: no early check), so a stack that runs dry is refused
+        before the next expensive pass."""
         m = self.model
         y_shape, z_shape = m.latent_shapes(height, width)
-        p = m.hyper_decode(self._pop_z(coder, z_shape))
+        p = m.hyper_decode(self._pop_z(coder, z_shape, floor))
         q = torch.empty(y_shape, dtype=torch.long)
         self._pop_y(coder, p, quality, q)
         return m.dequantize(q, p, quality)
@@ -144,30 +148,31 @@ class CheckerboardLatentCodec(HyperpriorLatentCodec):
         return LatentCode(y_hat, bits)
 
     @torch.no_grad()
-    def pop(self, coder, height: int, width: int, quality: int) -> torch.Tensor:
+    def pop(self, coder, height: int, width: int, quality: int, floor: int = 0) -> torch.Tensor:
         m = self.model
         y_shape, z_shape = m.latent_shapes(height, width)
         anchor = m.anchor_mask(y_shape)
-        hyper = m.hyper_decode(self._pop_z(coder, z_shape))
+        hyper = m.hyper_decode(self._pop_z(coder, z_shape, floor))
         p_a = m.context_params(hyper, None)
         q = torch.zeros(y_shape, dtype=torch.long)
         self._pop_y(coder, p_a, quality, q, anchor)
-        _require_bits(coder)
+        _require_bits(coder, floor)
         y_hat_a = m.dequantize(q, p_a, quality) * anchor
         p_n = m.context_params(hyper, y_hat_a)
         self._pop_y(coder, p_n, quality, q, ~anchor)
         return torch.where(anchor, y_hat_a, m.dequantize(q, p_n, quality))
 
 
-def _require_bits(coder) -> None:
-    """Refuse a stack that ran dry before its end: the check value (32 bits) always lies under the latents.
+def _require_bits(coder, floor: int) -> None:
+    """Refuse a stack that ran dry before its end: the check value always lies under the latents.
 
-    ANS pops from an empty stack without complaint, so without this a tiny file
-    declaring a huge image would run the whole decoder on nothing before the
-    check value refused it (a decompression bomb). Checked between passes,
-    before each expensive exact network runs.
+    ANS pops from an exhausted stack without complaint, so without this a tiny
+    forged file declaring a huge image would run the exact networks on
+    nothing before the check value refused it. Checked between passes, before
+    each expensive exact network runs. (A *valid* file of a huge, flat image
+    can itself be tiny; the container's pixel limit bounds that work.)
     """
-    if coder.is_empty():
+    if coder.is_empty() or not entropy.holds_check(coder, floor):
         raise FormatError("payload too short for the declared image (corrupted, truncated or forged file)")
 
 

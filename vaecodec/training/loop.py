@@ -65,7 +65,7 @@ class TrainOptions:
       save_every_s, eval_every_s: wall-clock periods.
       eval_lambdas: λ values of the periodic Kodak estimate (None: five
         spread over the anchors).
-      seed: base seed; rank r uses seed + r (and the step, on resume).
+      seed: base seed; rank r draws its crops and noise from seed + 1000·r + the step it resumes at.
       crop, crops_per_image: the crop pool.
     """
 
@@ -141,7 +141,7 @@ def save_checkpoint(path: Path, state: TrainState, model, ema, optimizer) -> Non
     if state.phase == "annealed":
         blob["ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks creating one anneal never share a tmp file
     torch.save(blob, tmp)
     os.replace(tmp, path)
 
@@ -174,6 +174,15 @@ def load_checkpoint(path: str | Path):
 def _world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) alone."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _any_rank(flags: list[bool], device) -> list[bool]:
+    """Each flag, true if it is true on any rank (the flags themselves when alone)."""
+    if not dist.is_initialized():
+        return flags
+    t = torch.tensor([float(f) for f in flags], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def _all_sum(value: float, device) -> float:
@@ -286,12 +295,14 @@ class _Run:
         t_saved = t_eval = t_start
         cpu_mark, wall_mark = time.process_time(), time.perf_counter()
         cpu_local = gpu_local = 0.0
-        threads = o.threads
+        # Probing 1 vs 2 threads is a local timing decision; ranks of a DDP run must take identical steps,
+        # so they keep a fixed count.
+        probe = self.device.type == "cpu" and not o.threads and self.world == 1
+        threads = o.threads or 1
         if self.device.type == "cpu":
-            if threads:
-                torch.set_num_threads(threads)
-            else:
-                threads = _probe_threads(lambda: self.step(lr_at(state.step), False))
+            torch.set_num_threads(threads)
+            if probe:
+                threads = self.probe_threads(lr_at)
         running, window_start, window_steps, reference = None, time.perf_counter(), 0, None
         eval_lambdas = list(o.eval_lambdas or _spread(state.config.lambdas, 5))
 
@@ -311,12 +322,26 @@ class _Run:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, request_stop)
         while True:
-            done = (stop_step is not None and state.step >= stop_step) or bool(stop_requested) or \
-                   (minutes is not None and time.time() - t_start > minutes * 60)
-            if self.world > 1:  # every rank stops at the same step
-                done = _all_sum(float(done), self.device) > 0
+            now = time.time()
+            # Decided together: every rank stops, saves and evaluates at the same step (each of these
+            # runs collectives), whatever its own clock says.
+            done, want_eval, want_save = _any_rank([
+                (stop_step is not None and state.step >= stop_step) or bool(stop_requested)
+                or (minutes is not None and now - t_start > minutes * 60),
+                bool(eval_folder) and now - t_eval > o.eval_every_s,
+                now - t_saved > o.save_every_s,
+            ], self.device)
             if done:
                 break
+            if want_eval:
+                self.evaluate(eval_folder, eval_lambdas, flush_clocks)
+                t_eval = time.time()
+                cpu_mark, wall_mark = time.process_time(), time.perf_counter()  # evaluation is not training time
+            if want_save:
+                flush_clocks()
+                if self.rank == 0:
+                    save_checkpoint(checkpoint, state, self.model, self.ema, self.optimizer)
+                t_saved = time.time()
             stats = self.step(lr_at(state.step), self.is_large())
             state.step += 1
             running = stats if running is None else {k: 0.98 * running[k] + 0.02 * stats[k] for k in stats}
@@ -329,25 +354,15 @@ class _Run:
                 self.log(f"step {state.step} cpu_h {(state.cpu_seconds + cpu_local * self.world) / 3600:.3f} "
                          f"threads {threads} lr {lr_at(state.step - 1):.2e} loss {running['loss']:.4f} "
                          f"bpp {running['bpp']:.3f} psnr {running['psnr']:.2f}")
-            if self.device.type == "cpu" and not o.threads:
+            if probe:
                 window_steps += 1
                 if window_steps == 50:
                     per_step = (time.perf_counter() - window_start) / window_steps
                     reference = per_step if reference is None else min(reference, per_step)
                     if state.step % 1000 < 50 or per_step > 1.5 * reference:
-                        threads = _probe_threads(lambda: self.step(lr_at(state.step), False))
+                        threads = self.probe_threads(lr_at)
                         reference = None
                     window_start, window_steps = time.perf_counter(), 0
-            now = time.time()
-            if eval_folder and now - t_eval > o.eval_every_s:
-                self.evaluate(eval_folder, eval_lambdas, flush_clocks)
-                t_eval = time.time()
-                cpu_mark, wall_mark = time.process_time(), time.perf_counter()  # evaluation is not training time
-            if now - t_saved > o.save_every_s:
-                flush_clocks()
-                if self.rank == 0:
-                    save_checkpoint(checkpoint, state, self.model, self.ema, self.optimizer)
-                t_saved = now
         flush_clocks()
         if self.rank == 0:
             save_checkpoint(checkpoint, state, self.model, self.ema, self.optimizer)
@@ -359,6 +374,13 @@ class _Run:
             dist.barrier()
             dist.destroy_process_group()  # a rank that exits with the group alive aborts
         return state
+
+    def probe_threads(self, lr_at) -> int:
+        """Time real training steps at 1 and 2 threads and keep the faster; the steps count as training."""
+        def step():
+            self.step(lr_at(self.state.step), False)
+            self.state.step += 1
+        return _probe_threads(step)
 
     def evaluate(self, folder, lambdas, flush_clocks) -> None:
         flush_clocks()
@@ -392,6 +414,8 @@ def train(data: str | Path, checkpoint: str | Path, *, config: ModelConfig | Non
     """
     checkpoint = Path(checkpoint)
     checkpoint_existed = checkpoint.exists()
+    if widen_from is not None and checkpoint_existed:
+        raise ValueError(f"{checkpoint} exists: --widen-from starts a new run (continue it without --widen-from)")
     run = _Run(checkpoint, config, options, data, log, "stable", Path(widen_from) if widen_from else None)
     stop = None if steps is None else run.state.step + steps
     first = run.state.step
@@ -409,8 +433,8 @@ def anneal(data: str | Path, stable: str | Path, annealed: str | Path, steps: in
            log=print) -> TrainState:
     """Decay a copy of ``stable`` over ``steps`` steps into ``annealed`` (the file to export).
 
-    The stable checkpoint is read, never written. If ``annealed`` exists and
-    is an unfinished anneal of the same run, it is continued.
+    The stable checkpoint is read, never written. If ``annealed`` exists (an
+    unfinished anneal of the same length), it is continued.
     """
     stable, annealed = Path(stable), Path(annealed)
     if stable.resolve() == annealed.resolve():
@@ -424,6 +448,12 @@ def anneal(data: str | Path, stable: str | Path, annealed: str | Path, steps: in
         optimizer = torch.optim.Adam(model.parameters())
         optimizer.load_state_dict(opt)
         save_checkpoint(annealed, state, model, ema, optimizer)
+    else:
+        state = load_checkpoint(annealed)[0]
+        planned = next((h for h in reversed(state.history) if "anneal_from_step" in h), {})
+        if planned.get("anneal_steps") != steps:
+            raise ValueError(f"{annealed} is an anneal of {planned.get('anneal_steps')} steps, not {steps}: "
+                             "continue it with the same --steps, or anneal into a new file")
     run = _Run(annealed, None, options, data, log, "annealed")
     start = next(h["anneal_from_step"] for h in reversed(run.state.history) if "anneal_from_step" in h)
     stop = start + steps
