@@ -155,3 +155,20 @@ def test_sigterm_saves_before_exit(tmp_path, data):
     assert proc.returncode == 0, err
     assert "stopped by signal" in err
     assert load_checkpoint(ckpt)[0].step > 0
+
+
+def test_a_checkerboard_model_widens_at_full_resolution():
+    from vaecodec.training.warm_start import widen
+    from vaecodec.model import build_model
+
+    torch.manual_seed(1)
+    old = build_model(ModelConfig(**TINY_CB)).eval()
+    with torch.no_grad():
+        old.entropy_parameters[-1].weight.normal_(0, 0.1)  # a live context
+    new = widen(old, ModelConfig(**dict(TINY_CB, channels=12))).eval()
+    x = torch.rand(1, 3, 64, 64)
+    for lam in old.config.lambdas:
+        a, b = old(x, torch.tensor([lam]), hard=True), new(x, torch.tensor([lam]), hard=True)
+        assert torch.allclose(a.x_hat, b.x_hat, atol=1e-5) and torch.allclose(a.bits_y, b.bits_y, rtol=1e-4)
+    with pytest.raises(ValueError, match="full resolution"):
+        widen(old, ModelConfig(**dict(TINY_CB, latent_channels=16)))

@@ -13,12 +13,17 @@ Where the bits are made (``Codec.encode``), one ANS stack per image::
     push  check = CRC-32 of the header fields (bottom of the stack, popped last)
     push  the latents: the model's latent codec owns their order
           (:mod:`vaecodec.latent_codec`: y then ẑ, or y non-anchors, anchors, ẑ)
-    Header + words ─container.pack─▶ bytes (rate = len(bytes), header included)
+    Header + metadata + words ─container.pack─▶ bytes (rate = len(bytes), header and metadata included)
 
 Decoding mirrors it: the latent codec pops ŷ exactly, then pop and compare the
 check value, require an empty stack, synthesize exactly, crop.
 The check catches what the file's CRC cannot: a payload put under another
 header (size, mode, quality) or cut short and re-CRC'd.
+
+The image's ICC profile, EXIF and XMP (``metadata=True``, the default) travel
+in the container beside the payload, never through the model: the words are
+the same with or without them. ``decompress`` gives them back in the image's
+``info``, as Pillow's own readers do.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from PIL import Image
 
 from . import entropy
 from .coding_model import DOWNSAMPLING, NUM_QUALITIES, CodingModel
-from .container import Header, pack, unpack
+from .container import NO_METADATA, Header, Metadata, pack, unpack
 from .errors import FormatError, ModelMismatchError, VaecodecError
-from .image import load_pixels, split_batch, to_model_input, to_output_pixels
+from .image import load_image, metadata_info, split_batch, to_model_input, to_output_pixels
 from .latent_codec import Latents, latent_codec
 from .refine import DEFAULT_EFFORT, EFFORTS, rd_cost, refine_latents
 
@@ -110,12 +115,12 @@ class Codec:
 
     # ----- encoding ---------------------------------------------------------------
     def compress(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-                 effort: int = DEFAULT_EFFORT, frame: int | None = None) -> bytes:
+                 effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True) -> bytes:
         """Image (path, PIL image, array or tensor) → .vae bytes. See :meth:`encode`."""
-        return self.encode(image, quality, target_bpp, effort, frame).data
+        return self.encode(image, quality, target_bpp, effort, frame, metadata).data
 
     def encode(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-               effort: int = DEFAULT_EFFORT, frame: int | None = None) -> Encoded:
+               effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True) -> Encoded:
         """Compress, and report the size and the model's information estimate.
 
         Args:
@@ -130,46 +135,56 @@ class Codec:
             more encoder CPU; decoding is unchanged. Never worse than effort 1.
           frame: the frame of a multi-frame file (animation, multi-page
             TIFF) to code; such files are refused without one.
+          metadata: keep the image's ICC profile, EXIF and XMP (a file or
+            PIL image's; arrays have none) in the file, as stored: pixels are
+            never rotated, the EXIF orientation stays in the EXIF. They count
+            in the file's size (and so against ``target_bpp``). False drops them.
+            See :func:`vaecodec.image.read_metadata`.
         """
-        pixels = load_pixels(image, frame)
+        pixels, kept = load_image(image, frame, metadata)
+        return self._encode_loaded(pixels, kept, quality, target_bpp, effort)
+
+    def _encode_loaded(self, pixels: np.ndarray, metadata: Metadata, quality: int, target_bpp: float | None,
+                       effort: int) -> Encoded:
         if target_bpp is None:
             _check_quality(quality)
         _check_effort(effort)
         with self._lock, torch.no_grad():
-            analysed = self._analyze(pixels)
+            analysed = self._analyze(pixels, metadata)
             if target_bpp is None:
                 return self._encode_at(analysed, int(quality), int(effort))
             return self._encode_to_target(analysed, float(target_bpp), int(effort))
 
-    def encode_batch(self, images, quality: int = DEFAULT_QUALITY,
-                     target_bpp: float | None = None, effort: int = DEFAULT_EFFORT) -> list[Encoded]:
+    def encode_batch(self, images, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
+                     effort: int = DEFAULT_EFFORT, metadata: bool = True) -> list[Encoded]:
         """Compress several images with this one loaded model; one :class:`Encoded` each, in order.
 
         Args:
           images: a list of anything :meth:`encode` takes (sizes and modes may
             differ), or one 4-D batch: an N×C×H×W tensor or an N×H×W×C array.
-          quality, target_bpp: as in :meth:`encode`, the same for every image.
+          quality, target_bpp, effort, metadata: as in :meth:`encode`, the same for every image.
 
         Every image is checked before any is coded, so a bad one fails the
         batch at once. Each result is exactly ``encode(image)``: images are
         analysed one at a time, because the float analysis transform does not
         give bit-identical latents when run on a stacked batch.
         """
-        pixels = [load_pixels(image) for image in split_batch(images)]
+        loaded = [load_image(image, None, metadata) for image in split_batch(images)]
         if target_bpp is None:
             _check_quality(quality)
         _check_effort(effort)
-        return [self.encode(p, quality, target_bpp, effort) for p in pixels]
+        return [self._encode_loaded(p, m, quality, target_bpp, effort) for p, m in loaded]
 
-    def _analyze(self, pixels: np.ndarray) -> "_Analysed":
+    def _analyze(self, pixels: np.ndarray, metadata: Metadata = NO_METADATA) -> "_Analysed":
         h, w = pixels.shape[:2]
         x = to_model_input(pixels, DOWNSAMPLING)
-        return _Analysed(h, w, "L" if pixels.ndim == 2 else "RGB", self.latents.analyze(x), x, pixels)
+        return _Analysed(h, w, "L" if pixels.ndim == 2 else "RGB", self.latents.analyze(x), x, pixels, metadata)
 
     def _code(self, analysed: "_Analysed", latents: Latents, quality: int) -> tuple[Encoded, torch.Tensor]:
         """The file for these latents, and the decoder's exact ŷ."""
         m = self.model
-        header = Header(analysed.width, analysed.height, analysed.mode, quality, m.model_id, m.weight_hash)
+        header = Header(analysed.width, analysed.height, analysed.mode, quality, m.model_id, m.weight_hash,
+                        metadata=analysed.metadata)
         coder = entropy.new_coder()
         entropy.push_check(coder, _header_check(header))
         code = self.latents.push(coder, latents, quality)
@@ -250,20 +265,31 @@ class Codec:
     def decompress(self, data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:
         """.vae bytes, or the path of a .vae file → PIL image ("RGB" or "L").
 
-        Raises FormatError on any defect of the data (OSError if a path cannot be read).
+        The file's metadata is in the image's ``info`` as Pillow's readers put
+        it: ``icc_profile``, ``exif`` (with its ``Exif\\0\\0``), ``xmp``; only
+        those present. Pass them to ``save`` to keep them (the ``vaecodec
+        decompress`` command does). Raises FormatError on any defect of the
+        data (OSError if a path cannot be read).
         """
-        pixels = self.decompress_array(data)
-        return Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+        header, pixels = self._decode(_read_vae(data))
+        image = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+        image.info.update(metadata_info(header.metadata))
+        return image
 
     def decompress_array(self, data: bytes | bytearray | memoryview | str | os.PathLike) -> np.ndarray:
-        """.vae bytes, or the path of a .vae file → uint8 array (H, W, 3) or (H, W)."""
-        raw = _read_vae(data)
+        """.vae bytes, or the path of a .vae file → uint8 array (H, W, 3) or (H, W); pixels only.
+
+        The metadata, without decoding: ``vaecodec.read_header(data).metadata``.
+        """
+        return self._decode(_read_vae(data))[1]
+
+    def _decode(self, raw: bytes) -> tuple[Header, np.ndarray]:
         header, words = unpack(raw)
         m = self.model
         if header.model_id != m.model_id or header.weight_hash != m.weight_hash:
             earlier = self._earlier_shipped(header)
             if earlier is not None:
-                return earlier.decompress_array(raw)
+                return earlier._decode(raw)
             raise ModelMismatchError(
                 f"file was written by model {header.model_id} ({header.weight_hash.hex()}), "
                 f"loaded model is {m.model_id} ({m.weight_hash.hex()})")
@@ -274,7 +300,7 @@ class Codec:
             if entropy.pop_check(coder) != check or not coder.is_empty():
                 raise FormatError("payload does not match its header (corrupted or truncated data)")
             rgb = m.synthesize(y_hat)
-        return to_output_pixels(rgb, header.height, header.width, header.mode)
+        return header, to_output_pixels(rgb, header.height, header.width, header.mode)
 
     # ----- the generative side ----------------------------------------------------
     def sample(self, width: int, height: int, quality: int = DEFAULT_QUALITY, seed: int = 0) -> Image.Image:
@@ -329,6 +355,7 @@ class _Analysed:
     latents: Latents
     x: torch.Tensor  # the padded model input
     pixels: np.ndarray  # the original uint8 pixels
+    metadata: Metadata  # what the file keeps beside the pixels
 
 
 def _check_quality(quality) -> None:
@@ -367,9 +394,9 @@ def default_codec() -> Codec:
 
 
 def compress(image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-             effort: int = DEFAULT_EFFORT, frame: int | None = None) -> bytes:
+             effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True) -> bytes:
     """Compress with the shipped model. See :meth:`Codec.encode`."""
-    return default_codec().compress(image, quality, target_bpp, effort, frame)
+    return default_codec().compress(image, quality, target_bpp, effort, frame, metadata)
 
 
 def decompress(data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:

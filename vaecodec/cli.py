@@ -5,7 +5,10 @@ Rules every command keeps: errors are one line on stderr with a non-zero exit
 interrupted); outputs are written to a temporary file and renamed into place,
 so a failure never leaves a partial file; an existing file is never overwritten
 without ``--force``. A batch attempts every file and exits 1 at the end if any
-failed. ``info`` reads only the header and never imports torch.
+failed. ``info`` reads only the header and never imports torch. An image's ICC
+profile, EXIF and XMP go into the .vae file (unless ``--strip``) and back into
+the decompressed image where its format holds them; what it cannot hold is
+dropped with a one-line warning.
 """
 
 from __future__ import annotations
@@ -329,6 +332,7 @@ def cli():
                    "better files, same decoder; 9 takes tens of seconds of CPU per megapixel).")
 @click.option("--frame", type=click.IntRange(0), help="Frame to code from a multi-frame input (animation, "
                                                       "multi-page TIFF); such inputs are refused without it.")
+@click.option("--strip", is_flag=True, help="Leave out the inputs' ICC profile, EXIF and XMP (kept by default).")
 @force_option
 @model_option
 @verbose_option
@@ -336,7 +340,7 @@ def cli():
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @json_option
 @_interruptible
-def compress(inputs, output, quality, target_bpp, effort, frame, force, model, verbose, quiet, as_json):
+def compress(inputs, output, quality, target_bpp, effort, frame, strip, force, model, verbose, quiet, as_json):
     """Compress images (PNG, JPEG, ...; '-' for stdin) to .vae files.
 
     Every input is attempted; a failed one is reported and the others are still
@@ -354,7 +358,8 @@ def compress(inputs, output, quality, target_bpp, effort, frame, force, model, v
     def convert(source: str, target: str) -> _Done:
         raw = _read_input(source)
         try:
-            encoded = codec.encode(raw, quality=quality, target_bpp=target_bpp, effort=effort, frame=frame)
+            encoded = codec.encode(raw, quality=quality, target_bpp=target_bpp, effort=effort, frame=frame,
+                                   metadata=not strip)
         except (VaecodecError, ValueError) as e:
             raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
         _write_output(target, encoded.data, force)
@@ -384,7 +389,9 @@ def decompress(inputs, output, force, model, verbose, quiet, as_json):
     """Decompress .vae files ('-' for stdin) to images.
 
     Every input is attempted; a failed one is reported and the others are still
-    written (exit code 1 if any failed).
+    written (exit code 1 if any failed). A file's ICC profile, EXIF and XMP are
+    written into PNG, JPEG and WebP outputs (TIFF: ICC and EXIF); what the
+    output format cannot hold is dropped with a warning.
     """
     targets, new_folder = _outputs(inputs, output, ".png")
     _refuse_bad_reporting(targets, verbose, quiet, as_json)
@@ -406,9 +413,15 @@ def decompress(inputs, output, force, model, verbose, quiet, as_json):
             raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
         buf = io.BytesIO()
         fmt = "PNG" if target == STDIO else _pil_format(target)
+        # Taken out of info so that only what _metadata_options chose is written (PNG would take the ICC by itself).
+        kept = {key: image.info.pop(key) for key in _METADATA_LABELS if key in image.info}
+        options, dropped = _metadata_options(kept, fmt)
+        if dropped and not quiet:
+            click.echo(f"vaecodec: warning: {_shown(target, 'stdout')}: {'; '.join(dropped)}; not written", err=True)
         try:
             # WebP is written losslessly; JPEG output is lossy by nature (quality 95).
-            image.save(buf, format=fmt, **{"WEBP": {"lossless": True}, "JPEG": {"quality": 95}}.get(fmt, {}))
+            options.update({"WEBP": {"lossless": True}, "JPEG": {"quality": 95}}.get(fmt, {}))
+            image.save(buf, format=fmt, **options)
         except (OSError, ValueError) as e:
             raise _Failure(f"{target}: {e}") from None
         data = buf.getvalue()
@@ -431,12 +444,51 @@ def _pil_format(path: str) -> str:
     return Image.EXTENSION[Path(path).suffix.lower()]
 
 
+_METADATA_LABELS = {"icc_profile": "ICC profile", "exif": "EXIF", "xmp": "XMP"}
+# What each output format holds, through Pillow's save options; the others (BMP, PPM) hold none.
+_HOLDS = {"PNG": ("icc_profile", "exif", "xmp"), "JPEG": ("icc_profile", "exif", "xmp"),
+          "WEBP": ("icc_profile", "exif", "xmp"), "TIFF": ("icc_profile", "exif")}
+_JPEG_XMP_BYTES = 65504  # one APP1 segment, less its "http://ns.adobe.com/xap/1.0/\0"
+
+
+def _metadata_options(kept: dict, fmt: str) -> tuple[dict, list[str]]:
+    """Pillow save options that write ``kept`` (a decoded image's ``info`` metadata) in format ``fmt``,
+    and a phrase for each part that cannot be written there."""
+    import PIL
+    from PIL import PngImagePlugin
+
+    options: dict = {}
+    dropped: list[str] = []
+    cannot = [key for key in kept if key not in _HOLDS.get(fmt, ())]
+    if cannot:
+        labels = [_METADATA_LABELS[key] for key in cannot]
+        dropped.append(f"{fmt} cannot hold the {', '.join(labels[:-1]) + ' and ' * (len(labels) > 1) + labels[-1]}")
+    for key, value in kept.items():
+        if key in cannot:
+            continue
+        if key == "xmp" and fmt == "JPEG" and len(value) > _JPEG_XMP_BYTES:
+            dropped.append(f"the XMP ({len(value)} bytes) is more than a JPEG holds ({_JPEG_XMP_BYTES})")
+        elif key == "xmp" and fmt == "JPEG" and int(PIL.__version__.split(".")[0]) < 11:
+            dropped.append("writing XMP to JPEG needs Pillow 11 or later")
+        elif key == "xmp" and fmt == "PNG":
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                dropped.append("the XMP is not UTF-8 text, which PNG requires")
+                continue
+            options["pnginfo"] = PngImagePlugin.PngInfo()
+            options["pnginfo"].add_itxt("XML:com.adobe.xmp", text)
+        else:
+            options[key] = value
+    return options, dropped
+
+
 @cli.command()
 @click.argument("file")
 @click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
 @_interruptible
 def info(file, as_json):
-    """Print the header of a .vae file (checks length and CRC; needs no model)."""
+    """Print the header of a .vae file and the metadata it keeps (checks length and CRC; needs no model)."""
     try:
         header = read_header(_read_input(file))
     except VaecodecError as e:
@@ -445,8 +497,9 @@ def info(file, as_json):
     if as_json:
         text = json.dumps(d, indent=2)
     else:
-        width = max(map(len, d))
-        text = "\n".join(f"{k:<{width}}  {v}" for k, v in d.items())
+        shown = dict(d, metadata=", ".join(f"{k} {n} bytes" for k, n in d["metadata"].items()) or "none")
+        width = max(map(len, shown))
+        text = "\n".join(f"{k:<{width}}  {v}" for k, v in shown.items())
     _write_stdout((text + "\n").encode())
 
 
@@ -520,6 +573,10 @@ MODEL_PRESETS = {
     "hp64": dict(kind="hyperprior"),
     # vaecodec 0.2: wide bottleneck (cheap per pixel), M=256, checkerboard context, λ up to high fidelity.
     "cb64-w128-m256": dict(kind="checkerboard", channels=64, bottleneck_channels=128, latent_channels=256,
+                           context_channels=128, hyper_hidden=192, num_scales=72,
+                           lambdas=tuple(0.0008 * 2**k for k in range(11))),
+    # The same with N = 96 at 1/2 and 1/4 resolution, where fidelity is decided (benchmarks/ceiling.py).
+    "cb96-w128-m256": dict(kind="checkerboard", channels=96, bottleneck_channels=128, latent_channels=256,
                            context_channels=128, hyper_hidden=192, num_scales=72,
                            lambdas=tuple(0.0008 * 2**k for k in range(11))),
     # For tests and smoke runs only.

@@ -23,26 +23,34 @@ little outside [0, 1], as networks output, are clamped like
 A 4-D batch is refused by :func:`load_pixels` (``Codec.encode_batch`` takes it:
 :func:`split_batch`).
 
+Metadata (:func:`read_metadata`, :func:`load_image`): the ICC profile, EXIF and
+XMP of a file or PIL image are kept as the raw bytes they were stored as, and
+the pixels are coded as stored, never rotated: the EXIF orientation stays in
+the EXIF (as cjxl does), so a viewer shows the decoded image the right way up.
+Arrays and tensors have none.
+
 torch is imported only for a tensor (and by :func:`to_model_input`), so this
 module's other inputs work without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from PIL import Image
 
-from .container import MAX_PIXELS, MAX_SIDE
-from .errors import ImageError
+from .container import MAX_PIXELS, MAX_SIDE, NO_METADATA, Metadata, check_metadata
+from .errors import FormatError, ImageError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["load_pixels", "split_batch", "to_model_input", "to_output_pixels"]
+__all__ = ["load_pixels", "load_image", "read_metadata", "metadata_info", "split_batch", "to_model_input",
+           "to_output_pixels"]
 
 _BATCH_HINT = "use Codec.encode_batch for a batch"
 
@@ -111,29 +119,118 @@ def load_pixels(image, frame: int | None = None) -> np.ndarray:
     ``frame``: which frame of a multi-frame file (animated GIF/PNG/WebP,
     multi-page TIFF) to code; such a file without one is refused.
     """
-    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        source = image if isinstance(image, (str, os.PathLike)) else io.BytesIO(image)
-        try:
-            with Image.open(source) as im:
-                # Pillow opens 16-bit RGB PNGs as 8-bit "RGB"; only the undecoded tile still says so.
-                if any(";16" in str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in im.tile):
-                    raise ImageError("image has 16 bits per sample; vaecodec codes 8-bit images only")
-                _check_size(*im.size)
-                _select_frame(im, frame)
-                im.load()
-                return _from_pil(im, frame)
-        except Image.UnidentifiedImageError:
-            # Pillow's own message names the file object (a repr like <_io.BytesIO object at 0x…>).
-            raise ImageError("not an image vaecodec can read") from None
-        except (OSError, Image.DecompressionBombError, SyntaxError) as e:
-            raise ImageError(f"cannot read image: {getattr(e, 'strerror', None) or e}") from None
+    return load_image(image, frame, metadata=False)[0]
+
+
+def load_image(image, frame: int | None = None, metadata: bool = True) -> tuple[np.ndarray, Metadata]:
+    """:func:`load_pixels`, and with ``metadata`` the image's ICC profile, EXIF and XMP (:func:`read_metadata`).
+
+    A file is opened once for both.
+    """
+    if isinstance(image, _FILE_TYPES):
+        with _opened(image) as im:
+            # Pillow opens 16-bit RGB PNGs as 8-bit "RGB"; only the undecoded tile still says so.
+            if any(";16" in str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in im.tile):
+                raise ImageError("image has 16 bits per sample; vaecodec codes 8-bit images only")
+            _check_size(*im.size)
+            _select_frame(im, frame)
+            im.load()
+            pixels = _from_pil(im, frame)
+            return pixels, _metadata_of(im) if metadata else NO_METADATA
     if isinstance(image, Image.Image):
-        return _from_pil(image, frame)
+        pixels = _from_pil(image, frame)
+        return pixels, _metadata_of(image) if metadata else NO_METADATA
     if isinstance(image, np.ndarray):
-        return _from_array(image)
+        return _from_array(image), NO_METADATA
     if _is_tensor(image):
-        return _from_tensor(image)
+        return _from_tensor(image), NO_METADATA
     raise ImageError(f"cannot code an object of type {type(image).__name__}")
+
+
+def read_metadata(image) -> Metadata:
+    """The ICC profile, EXIF and XMP of an image file (path or bytes) or PIL image, as stored.
+
+    Read from what Pillow's readers put in ``info``: ``icc_profile``;
+    ``exif`` (else, but for TIFF, ``getexif()``: an Exif that Pillow parsed
+    from elsewhere, or one built in memory); ``xmp`` (else PNG's
+    ``XML:com.adobe.xmp`` text). EXIF is kept in TIFF layout, without JPEG's
+    ``Exif\\0\\0``. Arrays and tensors have none. A section over vaecodec's
+    limits (:data:`vaecodec.container.METADATA_LIMITS`) or malformed is
+    refused with an :class:`ImageError`, not dropped.
+    """
+    if isinstance(image, Image.Image):
+        return _metadata_of(image)
+    if isinstance(image, _FILE_TYPES):
+        with _opened(image) as im:
+            return _metadata_of(im)
+    return NO_METADATA
+
+
+_FILE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview)
+
+
+@contextlib.contextmanager
+def _opened(image) -> Iterator[Image.Image]:
+    """``Image.open`` of a path or an encoded image's bytes; Pillow's failures, then or while the
+    image is read inside the block, become one-line ImageErrors."""
+    source = image if isinstance(image, (str, os.PathLike)) else io.BytesIO(image)
+    try:
+        with Image.open(source) as im:
+            yield im
+    except Image.UnidentifiedImageError:
+        # Pillow's own message names the file object (a repr like <_io.BytesIO object at 0x…>).
+        raise ImageError("not an image vaecodec can read") from None
+    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ImageError(f"cannot read image: {getattr(e, 'strerror', None) or e}") from None
+
+
+_EXIF_PREFIX = b"Exif\0\0"
+_ORIENTATION = 0x0112
+
+
+def _metadata_of(im: Image.Image) -> Metadata:
+    icc = im.info.get("icc_profile") or b""
+    exif = im.info.get("exif") or b""
+    if isinstance(exif, Image.Exif):
+        exif = exif.tobytes()
+    if not exif and im.format != "TIFF":
+        # A TIFF's getexif() is its own image directory (strip offsets and all), not an Exif block to carry.
+        exif = _exif_from_pillow(im)
+    if isinstance(exif, (bytes, bytearray)) and exif.startswith(_EXIF_PREFIX):
+        exif = exif[len(_EXIF_PREFIX):]
+    xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp") or b""
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    try:
+        metadata = Metadata(icc_profile=icc, exif=exif, xmp=xmp)
+        check_metadata(metadata)
+    except (FormatError, TypeError) as e:
+        raise ImageError(f"image metadata: {e}; drop it with --strip (metadata=False in the API)") from None
+    return metadata
+
+
+def _exif_from_pillow(im: Image.Image) -> bytes:
+    """EXIF that Pillow knows without a raw block in ``info``: parsed from a PNG's text chunks, or built in memory."""
+    try:
+        exif = im.getexif()
+    except Exception:  # noqa: BLE001 - Pillow's Exif parser raises many kinds on damaged data: nothing to keep then
+        return b""
+    if not len(exif) or (set(exif) == {_ORIENTATION} and ("xmp" in im.info or "XML:com.adobe.xmp" in im.info)):
+        # An orientation alone next to XMP is Pillow's copy of the XMP's tiff:Orientation: the XMP keeps it.
+        return b""
+    return exif.tobytes()
+
+
+def metadata_info(metadata: Metadata) -> dict:
+    """A file's metadata as Pillow's readers put it in ``Image.info`` (EXIF with its ``Exif\\0\\0``)."""
+    info: dict = {}
+    if metadata.icc_profile:
+        info["icc_profile"] = metadata.icc_profile
+    if metadata.exif:
+        info["exif"] = _EXIF_PREFIX + metadata.exif
+    if metadata.xmp:
+        info["xmp"] = metadata.xmp
+    return info
 
 
 def split_batch(images) -> list:

@@ -15,6 +15,11 @@ the model are loaded by the first ``load()`` or ``save()``, through
 raise ``OSError`` (its ``__cause__`` is vaecodec's :class:`FormatError`).
 Saving takes only ``quality``, ``target_bpp`` and ``effort``, and refuses any other
 parameter rather than ignoring it.
+
+Metadata goes both ways as in Pillow's own formats: ``Image.open`` puts the
+file's ICC profile, EXIF and XMP in ``im.info`` (``icc_profile``, ``exif``,
+``xmp``), and ``save`` keeps those of the image saved (``vaecodec.compress``'s
+default).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from typing import IO
 
 from PIL import Image, ImageFile
 
-from .container import Header, accept, read_header
+from .container import Header, accept, read_header_from
 from .errors import FormatError
+from .image import metadata_info
 
 __all__ = ["FORMAT", "MIME_TYPE", "SAVE_PARAMETERS", "VaecodecImageFile"]
 
@@ -35,8 +41,6 @@ EXTENSION = ".vae"
 MIME_TYPE = "image/x-vaecodec"
 SAVE_PARAMETERS = ("quality", "target_bpp", "effort")
 _DECODER = "vaecodec"
-_ID_LENGTH_AT = 7  # byte 7 holds the model id's length
-_AFTER_MODEL_ID = 8 + 12  # weight hash, width, height, number of words
 
 
 class VaecodecImageFile(ImageFile.ImageFile):
@@ -48,13 +52,12 @@ class VaecodecImageFile(ImageFile.ImageFile):
 
     def _open(self) -> None:
         assert self.fp is not None
-        head = self.fp.read(_ID_LENGTH_AT + 1)
-        if not accept(head):
+        if not accept(self.fp.read(4)):
             raise SyntaxError("not a vaecodec file")
-        if len(head) > _ID_LENGTH_AT:
-            head += self.fp.read(head[_ID_LENGTH_AT] + _AFTER_MODEL_ID)
+        self.fp.seek(0)
         try:
-            header = read_header(head, verify=False)
+            # Reads the header and its metadata sections only, each length checked before it is read.
+            header = read_header_from(self.fp.read)
         except FormatError as e:
             raise SyntaxError(f"broken vaecodec header: {e}") from e
         # The header alone does not say the file's length; the container's checks at load() do.
@@ -62,6 +65,7 @@ class VaecodecImageFile(ImageFile.ImageFile):
         self.header = replace(header, num_bytes=self.fp.tell())
         self._mode = header.mode
         self._size = (header.width, header.height)
+        self.info.update(metadata_info(header.metadata))
         # One tile, the whole file from byte 0: the decoder needs the header and the CRC too.
         # (A plain tuple, as Pillow < 11 has no ImageFile._Tile; newer Pillow unpacks it alike.)
         self.tile = [(_DECODER, (0, 0, header.width, header.height), 0, None)]

@@ -79,9 +79,12 @@ def widen(old: HyperpriorModel, config: ModelConfig, seed: int = 0) -> Hyperprio
         raise ValueError("widening keeps the hyper-latent channels")
     torch.manual_seed(seed)
     new = build_model(config)
-    if oc.kind != "hyperprior":
-        raise ValueError("only a hyperprior can be widened (a context model would be dropped)")
     m_old, m_new = oc.latent_channels, config.latent_channels
+    if oc.kind == "checkerboard":
+        same = ("latent_channels", "bottleneck_channels", "context_channels", "hyper_hidden", "lambdas")
+        if config.kind != "checkerboard" or any(getattr(oc, f) != getattr(config, f) for f in same):
+            raise ValueError("a checkerboard model widens only at full resolution (channels): its context and "
+                             "entropy-parameter networks are copied as they are")
     _embed_sequential(new.analysis, old.analysis)
     _embed_sequential(new.synthesis, old.synthesis)
     # New latent channels start at exactly 0 (zero analysis rows) and cost no rate (a mean of 0 and the
@@ -100,6 +103,9 @@ def widen(old: HyperpriorModel, config: ModelConfig, seed: int = 0) -> Hyperprio
     head.weight.data[fresh] = 0
     head.bias.data[fresh] = 0
     new.hyper_prior.load_state_dict(old.hyper_prior.state_dict())
+    if oc.kind == "checkerboard":
+        new.context.load_state_dict(old.context.state_dict())
+        new.entropy_parameters.load_state_dict(old.entropy_parameters.state_dict())
     # Gains: old anchors' log-gains, read off at the new λ anchors (extrapolated along the end segments).
     old_anchors = torch.log(torch.tensor(oc.lambdas, dtype=torch.float64))
     pos = (torch.log(torch.tensor(config.lambdas, dtype=torch.float64)) - old_anchors[0]) \
@@ -107,6 +113,7 @@ def widen(old: HyperpriorModel, config: ModelConfig, seed: int = 0) -> Hyperprio
     new.log_gains.data[:, :m_old] = interpolate_rows(old.log_gains.data.double(), pos).float()
     # New channels keep their default gains, 0.5·ln(λ/λ_mid) (the high-rate optimum for MSE), and a
     # log2 σ bias that puts them at the smallest scale at every λ: rate ≈ 0 for a latent at 0.
-    top = float(new.log_gains.data[:, m_old:].max()) / math.log(2)
-    head.bias.data[m_new + m_old:] = math.log2(SCALE_MIN) - top - 1.0
+    if m_new > m_old:
+        top = float(new.log_gains.data[:, m_old:].max()) / math.log(2)
+        head.bias.data[m_new + m_old:] = math.log2(SCALE_MIN) - top - 1.0
     return new
