@@ -290,3 +290,20 @@ def test_a_tiny_file_declaring_a_huge_image_is_refused_at_once(any_tiny_codec, s
     with pytest.raises(FormatError, match="too short"):
         any_tiny_codec.decompress_array(forged)
     assert time.perf_counter() - t < 5, "refused, but only after running the decoder"
+
+
+def test_a_codec_goes_to_worker_processes(any_tiny_codec, tmp_path):
+    """The README's process-pool example: a pickled codec gives the same files as the original."""
+    import concurrent.futures
+    import multiprocessing
+    import pickle
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(smooth_image(20 + i, 30, seed=i)).save(paths[-1])
+    clone = pickle.loads(pickle.dumps(any_tiny_codec))
+    assert clone.model.weight_hash == any_tiny_codec.model.weight_hash
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        files = list(pool.map(any_tiny_codec.compress, paths))
+    assert files == [any_tiny_codec.compress(p) for p in paths]

@@ -99,7 +99,11 @@ class Codec:
       model: a :class:`CodingModel`, a path to a model file, or None for the
         shipped model.
 
-    Instances are safe to share between threads (coding is serialized).
+    Instances are safe to share between threads (coding is serialized), and
+    pickle as their model, so they can be handed to process pools::
+
+        with concurrent.futures.ProcessPoolExecutor() as pool:
+            files = list(pool.map(codec.compress, paths))
     """
 
     def __init__(self, model: CodingModel | str | Path | None = None):
@@ -111,6 +115,16 @@ class Codec:
             model = CodingModel.load(model)
         self.model = model
         self.latents = latent_codec(model)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        """A codec pickles as its model, so it can be handed to process pools (the lock stays behind)."""
+        return {"model": self.model, "shipped": self._shipped}
+
+    def __setstate__(self, state: dict) -> None:
+        self.model, self._shipped = state["model"], state["shipped"]
+        self.latents = latent_codec(self.model)
+        self._earlier = {}
         self._lock = threading.Lock()
 
     # ----- encoding ---------------------------------------------------------------

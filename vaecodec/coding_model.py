@@ -179,6 +179,11 @@ class CodingModel:
         self.weight_hash = self._hash()
         self.synthesis_tile = SYNTHESIS_TILE
 
+    def __reduce__(self):
+        # Pickled as what a model file holds (weights and tables); the programs are rebuilt on arrival,
+        # so a model can be sent to worker processes (concurrent.futures, Dask, Ray, Spark).
+        return CodingModel, (self.config, self.weights, self.tables, self.model_id)
+
     # ----- construction and files -------------------------------------------------
     @classmethod
     def from_training_model(cls, net: HyperpriorModel, model_id: str,

@@ -126,6 +126,10 @@ class IndexedPmfs:
         self._models = [_model.Categorical(row.astype(np.float64), perfect=True) for row in self.pmfs]
         self._log2_pmfs = np.log2(self.pmfs.astype(np.float64) / _TOTAL)
 
+    def __reduce__(self):
+        # constriction's models do not pickle; the integer tables are the whole state.
+        return IndexedPmfs, (self.pmfs, self.radius)
+
     @property
     def num_tables(self) -> int:
         return self.pmfs.shape[0]
