@@ -454,3 +454,23 @@ def test_animated_input_is_refused_without_frame_and_coded_with_one(run, tmp_pat
     r = run("compress", gif, "--frame", "1")
     assert r.exit_code == 0, r.output
     assert gif.with_suffix(".vae").exists()
+
+
+def test_jobs_run_files_in_worker_processes(run, tmp_path):
+    """-j 2: the same files as one process, failures still reported per file, exit 1 at the end."""
+    pngs = []
+    for i in range(3):
+        pngs.append(tmp_path / f"p{i}.png")
+        Image.fromarray(smooth_image(20, 24 + i, seed=i)).save(pngs[-1])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    one, many = tmp_path / "one", tmp_path / "many"
+    assert run("compress", *pngs, "-o", one).exit_code == 0
+    r = run("compress", *pngs, bad, "-o", many, "-j", "2")
+    assert r.exit_code == 1 and "bad.png: not an image" in r.output
+    for p in pngs:
+        assert (one / f"{p.stem}.vae").read_bytes() == (many / f"{p.stem}.vae").read_bytes()
+    out = tmp_path / "decoded"
+    r = run("decompress", *sorted(many.glob("*.vae")), "-o", out, "-j", "2")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png"]

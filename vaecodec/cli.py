@@ -190,9 +190,15 @@ def _make_folder(folder: Path | None) -> None:
 
 
 def _progress(items, label: str, show: bool):
+    """A progress bar over the items on a terminal (advanced with :func:`_advance`), else nothing."""
     if show and len(items) > 1 and sys.stderr.isatty():
-        return click.progressbar(items, label=label, file=sys.stderr)
-    return contextlib.nullcontext(items)
+        return click.progressbar(length=len(items), label=label, file=sys.stderr)
+    return contextlib.nullcontext(None)
+
+
+def _advance(bar) -> None:
+    if bar is not None:
+        bar.update(1)
 
 
 def _codec(model: str | None):
@@ -261,21 +267,67 @@ class _Tally:
         return line
 
 
-def _run_batch(pairs: list[tuple[str, str]], convert: Callable[[str, str], _Done], *, label: str, verb: str,
-               verbose: bool, quiet: bool, as_json: bool, announce_single: bool) -> None:
-    """Convert every (input, output) pair; a failed file is one error line and the rest still go.
+_WORKER: tuple = ()
+
+
+def _init_worker(fn, codec, opts) -> None:
+    """A -j worker: one thread, the codec unpickled once (a Codec pickles as its model)."""
+    global _WORKER
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+    _WORKER = (fn, codec, opts)
+
+
+def _work(pair: tuple[str, str]) -> _Done:
+    fn, codec, opts = _WORKER
+    return fn(codec, opts, *pair)
+
+
+def _results(pairs, fn, codec, opts, jobs: int):
+    """(pair, outcome) in input order; the outcome is a _Done or the _Failure it raised."""
+    if jobs > 1 and len(pairs) > 1 and STDIO not in (t for _, t in pairs):
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(pairs)), mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_init_worker, initargs=(fn, codec, opts)) as pool:
+            futures = [pool.submit(_work, pair) for pair in pairs]
+            for pair, future in zip(pairs, futures):
+                try:
+                    yield pair, future.result()
+                except _Failure as e:
+                    yield pair, e
+        return
+    for pair in pairs:
+        try:
+            yield pair, fn(codec, opts, *pair)
+        except _StdoutFailure:
+            raise
+        except _Failure as e:
+            yield pair, e
+
+
+def _run_batch(pairs: list[tuple[str, str]], fn: Callable[..., _Done], codec, opts: dict, jobs: int, *, label: str,
+               verb: str, verbose: bool, quiet: bool, as_json: bool, announce_single: bool) -> None:
+    """Convert every (input, output) pair with ``fn(codec, opts, source, target)``, in ``jobs`` processes;
+    a failed file is one error line and the rest still go.
 
     Exits 1 at the end if any file failed. A failure of stdout itself ends the
     batch at once: the reader is gone or the disk is full, so nothing after it
-    could be delivered.
+    could be delivered. (-j does not apply when stdout is an output.)
     """
     tally = _Tally()
-    with warnings.catch_warnings(), _progress(pairs, label, show=not (verbose or quiet)) as items:
+    with warnings.catch_warnings(), _progress(pairs, label, show=not (verbose or quiet)) as bar:
         # Pillow warns about damaged metadata of hostile files; the file's own error line is what counts.
         warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
-        for source, target in items:
+        for (source, target), outcome in _results(pairs, fn, codec, opts, jobs):
+            _advance(bar)
             try:
-                done = convert(source, target)
+                if isinstance(outcome, _Failure):
+                    raise outcome
+                done = outcome
             except _StdoutFailure:
                 raise
             except _Failure as e:
@@ -304,6 +356,8 @@ model_option = click.option("--model", type=click.Path(dir_okay=False), envvar="
                             help="Model file to use instead of the shipped one [env: VAECODEC_MODEL].")
 force_option = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Print a line per file (sizes, bpp) on stderr.")
+jobs_option = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
+                           help="Worker processes for several files (one model load and one thread each).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file written on stdout.")
 
 
@@ -339,8 +393,9 @@ def cli():
 # -q is --quality here (as it has always been), so quiet has only its long name.
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @json_option
+@jobs_option
 @_interruptible
-def compress(inputs, output, quality, target_bpp, effort, frame, strip, force, model, verbose, quiet, as_json):
+def compress(inputs, output, quality, target_bpp, effort, frame, strip, force, model, verbose, quiet, as_json, jobs):
     """Compress images (PNG, JPEG, ...; '-' for stdin) to .vae files.
 
     Every input is attempted; a failed one is reported and the others are still
@@ -355,22 +410,8 @@ def compress(inputs, output, quality, target_bpp, effort, frame, strip, force, m
     codec = _codec(model)
     _make_folder(new_folder)
 
-    def convert(source: str, target: str) -> _Done:
-        raw = _read_input(source)
-        try:
-            encoded = codec.encode(raw, quality=quality, target_bpp=target_bpp, effort=effort, frame=frame,
-                                   metadata=not strip)
-        except (VaecodecError, ValueError) as e:
-            raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
-        _write_output(target, encoded.data, force)
-        h = encoded.header
-        record = dict(input=source, output=target, bytes=encoded.num_bytes, bpp=encoded.bpp,
-                      width=h.width, height=h.height, quality=h.quality)
-        line = (f"{_shown(source, 'stdin')} -> {_shown(target, 'stdout')}: {h.width}x{h.height} {h.mode}, "
-                f"quality {h.quality}, {encoded.num_bytes} bytes, {encoded.bpp:.4f} bpp")
-        return _Done(record, line, len(raw), encoded.num_bytes, encoded.bpp)
-
-    _run_batch(list(zip(inputs, targets)), convert, label="compressing", verb="compressed",
+    opts = dict(quality=quality, target_bpp=target_bpp, effort=effort, frame=frame, strip=strip, force=force)
+    _run_batch(list(zip(inputs, targets)), _compress_file, codec, opts, jobs, label="compressing", verb="compressed",
                verbose=verbose, quiet=quiet, as_json=as_json, announce_single=True)
 
 
@@ -384,8 +425,9 @@ def compress(inputs, output, quality, target_bpp, effort, frame, strip, force, m
 @verbose_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @json_option
+@jobs_option
 @_interruptible
-def decompress(inputs, output, force, model, verbose, quiet, as_json):
+def decompress(inputs, output, force, model, verbose, quiet, as_json, jobs):
     """Decompress .vae files ('-' for stdin) to images.
 
     Every input is attempted; a failed one is reported and the others are still
@@ -403,38 +445,56 @@ def decompress(inputs, output, force, model, verbose, quiet, as_json):
             raise _Failure(f"{t} exists (use --force to overwrite)")
     codec = _codec(model)
     _make_folder(new_folder)
+    opts = dict(force=force, quiet=quiet)
+    _run_batch(list(zip(inputs, targets)), _decompress_file, codec, opts, jobs, label="decompressing",
+               verb="decompressed", verbose=verbose, quiet=quiet, as_json=as_json, announce_single=False)
+
+
+def _compress_file(codec, opts: dict, source: str, target: str) -> _Done:
+    raw = _read_input(source)
+    try:
+        encoded = codec.encode(raw, quality=opts["quality"], target_bpp=opts["target_bpp"], effort=opts["effort"],
+                               frame=opts["frame"], metadata=not opts["strip"])
+    except (VaecodecError, ValueError) as e:
+        raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
+    _write_output(target, encoded.data, opts["force"])
+    h = encoded.header
+    record = dict(input=source, output=target, bytes=encoded.num_bytes, bpp=encoded.bpp,
+                  width=h.width, height=h.height, quality=h.quality)
+    line = (f"{_shown(source, 'stdin')} -> {_shown(target, 'stdout')}: {h.width}x{h.height} {h.mode}, "
+            f"quality {h.quality}, {encoded.num_bytes} bytes, {encoded.bpp:.4f} bpp")
+    return _Done(record, line, len(raw), encoded.num_bytes, encoded.bpp)
+
+
+def _decompress_file(codec, opts: dict, source: str, target: str) -> _Done:
     import io
 
-    def convert(source: str, target: str) -> _Done:
-        raw = _read_input(source)
-        try:
-            image = codec.decompress(raw)
-        except VaecodecError as e:
-            raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
-        buf = io.BytesIO()
-        fmt = "PNG" if target == STDIO else _pil_format(target)
-        # Taken out of info so that only what _metadata_options chose is written (PNG would take the ICC by itself).
-        kept = {key: image.info.pop(key) for key in _METADATA_LABELS if key in image.info}
-        options, dropped = _metadata_options(kept, fmt)
-        if dropped and not quiet:
-            click.echo(f"vaecodec: warning: {_shown(target, 'stdout')}: {'; '.join(dropped)}; not written", err=True)
-        try:
-            # WebP is written losslessly; JPEG output is lossy by nature (quality 95).
-            options.update({"WEBP": {"lossless": True}, "JPEG": {"quality": 95}}.get(fmt, {}))
-            image.save(buf, format=fmt, **options)
-        except (OSError, ValueError) as e:
-            raise _Failure(f"{target}: {e}") from None
-        data = buf.getvalue()
-        _write_output(target, data, force)
-        width, height = image.size
-        bpp = 8 * len(raw) / (width * height)
-        record = dict(input=source, output=target, width=width, height=height)
-        line = (f"{_shown(source, 'stdin')} ({len(raw)} bytes, {bpp:.4f} bpp) -> {_shown(target, 'stdout')}: "
-                f"{width}x{height} {image.mode}, {len(data)} bytes")
-        return _Done(record, line, len(raw), len(data))
-
-    _run_batch(list(zip(inputs, targets)), convert, label="decompressing", verb="decompressed",
-               verbose=verbose, quiet=quiet, as_json=as_json, announce_single=False)
+    raw = _read_input(source)
+    try:
+        image = codec.decompress(raw)
+    except VaecodecError as e:
+        raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
+    buf = io.BytesIO()
+    fmt = "PNG" if target == STDIO else _pil_format(target)
+    # Taken out of info so that only what _metadata_options chose is written (PNG would take the ICC by itself).
+    kept = {key: image.info.pop(key) for key in _METADATA_LABELS if key in image.info}
+    options, dropped = _metadata_options(kept, fmt)
+    if dropped and not opts["quiet"]:
+        click.echo(f"vaecodec: warning: {_shown(target, 'stdout')}: {'; '.join(dropped)}; not written", err=True)
+    try:
+        # WebP is written losslessly; JPEG output is lossy by nature (quality 95).
+        options.update({"WEBP": {"lossless": True}, "JPEG": {"quality": 95}}.get(fmt, {}))
+        image.save(buf, format=fmt, **options)
+    except (OSError, ValueError) as e:
+        raise _Failure(f"{target}: {e}") from None
+    data = buf.getvalue()
+    _write_output(target, data, opts["force"])
+    width, height = image.size
+    bpp = 8 * len(raw) / (width * height)
+    record = dict(input=source, output=target, width=width, height=height)
+    line = (f"{_shown(source, 'stdin')} ({len(raw)} bytes, {bpp:.4f} bpp) -> {_shown(target, 'stdout')}: "
+            f"{width}x{height} {image.mode}, {len(data)} bytes")
+    return _Done(record, line, len(raw), len(data))
 
 
 def _pil_format(path: str) -> str:
