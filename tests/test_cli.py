@@ -474,3 +474,17 @@ def test_jobs_run_files_in_worker_processes(run, tmp_path):
     r = run("decompress", *sorted(many.glob("*.vae")), "-o", out, "-j", "2")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["compress", "--help"], ["train", "--help"]])
+def test_help_and_version_import_no_torch(args):
+    """Start-up: what needs no model needs no torch (importing it costs seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy; sys.argv = ['vaecodec'] + %r\n"
+            "try:\n    runpy.run_module('vaecodec', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n" % (args,))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -122,9 +122,16 @@ class IndexedPmfs:
             raise ValueError("each pmf row must be ≥ 1 everywhere and sum to 2^24")
         self.pmfs = pmfs.astype(np.int32)
         self.radius = int(radius)
-        # perfect=True reproduces the integer tables exactly, so information_bits() is the coder's model.
-        self._models = [_model.Categorical(row.astype(np.float64), perfect=True) for row in self.pmfs]
+        # Built on first use (about 3 ms each): loading a model stays fast, and an image pays only for
+        # the tables its symbols use.
+        self._models: list = [None] * self.pmfs.shape[0]
         self._log2_pmfs = np.log2(self.pmfs.astype(np.float64) / _TOTAL)
+
+    def _table(self, j: int):
+        """Table j as a constriction model; perfect=True reproduces the integer table exactly."""
+        if self._models[j] is None:
+            self._models[j] = _model.Categorical(self.pmfs[j].astype(np.float64), perfect=True)
+        return self._models[j]
 
     def __reduce__(self):
         # constriction's models do not pickle; the integer tables are the whole state.
@@ -165,7 +172,7 @@ class IndexedPmfs:
         order, cuts = self._groups(indexes)
         for j in reversed(range(self.num_tables)):
             if cuts[j + 1] > cuts[j]:
-                coder.encode_reverse(main[order[cuts[j]:cuts[j + 1]]], self._models[j])
+                coder.encode_reverse(main[order[cuts[j]:cuts[j + 1]]], self._table(j))
 
     def decode(self, coder, indexes: np.ndarray) -> np.ndarray:
         """Pop as many symbols as ``indexes`` has; returns int64, flat, in index order."""
@@ -174,7 +181,7 @@ class IndexedPmfs:
         for j in range(self.num_tables):
             n = int(cuts[j + 1] - cuts[j])
             if n:
-                main[order[cuts[j]:cuts[j + 1]]] = coder.decode(self._models[j], n)
+                main[order[cuts[j]:cuts[j + 1]]] = coder.decode(self._table(j), n)
         s = main - self.radius
         edge = np.flatnonzero(np.abs(s) >= self.radius)
         if edge.size:
