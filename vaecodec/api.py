@@ -232,12 +232,12 @@ class Codec:
     def _encode_to_target(self, analysed, target_bpp: float, effort: int = DEFAULT_EFFORT) -> Encoded:
         if not target_bpp > 0:
             raise ValueError(f"target bpp must be positive, not {target_bpp}")
-        unrefined: dict[int, Encoded] = {}
+        unrefined: dict[int, tuple[Encoded, torch.Tensor]] = {}  # quality → (file, decoder's ŷ), coded once
 
         def at(quality: int) -> Encoded:
             if quality not in unrefined:
-                unrefined[quality] = self._encode_at(analysed, quality)
-            return unrefined[quality]
+                unrefined[quality] = self._code(analysed, analysed.latents, quality)
+            return unrefined[quality][0]
 
         # File size grows with quality, so bisect for the largest quality that fits.
         lo, hi = 1, NUM_QUALITIES
@@ -251,7 +251,7 @@ class Codec:
         # Refinement lowers the rate, so a higher quality may fit once refined: refine at the unrefined
         # fit, predict from the saving which quality should fit, and try that one too. Of the files that
         # fit, the one with the least distortion wins.
-        fits = [(at(lo), None)] if at(lo).bpp <= target_bpp else []
+        fits = [unrefined[lo]] if at(lo).bpp <= target_bpp else []
         first = self._encode_full(analysed, lo, effort)
         if first[0].bpp <= target_bpp:
             fits.append(first)
@@ -267,13 +267,7 @@ class Codec:
             raise VaecodecError(f"cannot reach {target_bpp:g} bpp: the smallest file (quality 1, effort {effort}) "
                                 f"is {first[0].bpp:.4f} bpp")
 
-        def distortion(item) -> float:
-            encoded, y_hat = item
-            if y_hat is None:
-                y_hat = self._code(analysed, analysed.latents, encoded.header.quality)[1]
-            return self._mse(analysed, y_hat)
-
-        return min(fits, key=distortion)[0]
+        return min(fits, key=lambda item: self._mse(analysed, item[1]))[0]
 
     # ----- decoding ---------------------------------------------------------------
     def decompress(self, data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:
