@@ -25,16 +25,38 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
     return CodingModel.from_training_model(net, model_id)
 
 
+def make_tiny_pixel_model(seed: int = 0, model_id: str = "px-tiny-test", hidden: int = 8):
+    """A seeded, untrained pixel model: random weights, but a sensible mean (the ref) and scale (~3 levels)."""
+    from vaecodec.pixel_model import PixelModel, context_size
+
+    rng = np.random.default_rng(seed)
+    nets = {}
+    for channels in (1, 3):
+        nets[channels] = []
+        for k in range(channels):
+            n = context_size(channels, k)
+            out_w = rng.normal(0, 0.05, (hidden, 2))
+            nets[channels].append([(rng.normal(0, 0.3, (n, hidden)), rng.normal(0, 0.1, hidden)),
+                                   (rng.normal(0, 0.3, (hidden, hidden)), rng.normal(0, 0.1, hidden)),
+                                   (out_w, np.array([0.0, 1.1]))])
+    return PixelModel.from_float(nets, model_id)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_model():
+    return make_tiny_pixel_model()
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     return make_tiny_model()
 
 
 @pytest.fixture(scope="session")
-def tiny_codec(tiny_model):
+def tiny_codec(tiny_model, tiny_pixel_model):
     from vaecodec.api import Codec
 
-    return Codec(tiny_model)
+    return Codec(tiny_model, tiny_pixel_model)
 
 
 @pytest.fixture(scope="session", params=["hyperprior", "checkerboard"])

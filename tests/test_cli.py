@@ -117,11 +117,11 @@ def test_bad_vae_files_give_one_line_errors_and_no_output(run, tmp_path, content
 
 
 def test_bad_images_give_one_line_errors(run, tmp_path):
-    rgba = tmp_path / "alpha.png"
-    Image.new("RGBA", (4, 4)).save(rgba)
-    r = run("compress", rgba)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (4, 4)).save(cmyk)
+    r = run("compress", cmyk)
     assert_one_line_error(r)
-    assert "alpha" in r.output and not rgba.with_suffix(".vae").exists()
+    assert "CMYK" in r.output and not cmyk.with_suffix(".vae").exists()
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     assert_one_line_error(run("compress", text))
@@ -313,7 +313,7 @@ def test_json_prints_one_object_per_file_on_stdout(run, tmp_path):
         vae = out / (d["input"].rsplit("/", 1)[-1][:-4] + ".vae")
         assert d == {"input": d["input"], "output": str(vae), "bytes": vae.stat().st_size,
                      "bpp": pytest.approx(8 * vae.stat().st_size / (16 * width)),
-                     "width": width, "height": 16, "quality": 40}
+                     "width": width, "height": 16, "quality": 40, "coding": "lossy"}
     r = run("decompress", out / "a.vae", "-o", tmp_path / "a-dec.png", "--json")
     assert r.exit_code == 0
     assert json.loads(r.stdout) == {"input": str(out / "a.vae"), "output": str(tmp_path / "a-dec.png"),
@@ -488,3 +488,16 @@ def test_help_and_version_import_no_torch(args):
             "assert 'torch' not in sys.modules, 'torch imported'\n" % (args,))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_alpha_round_trips_exactly_and_is_not_dropped_silently(run, tmp_path):
+    rgba = np.dstack([smooth_image(16, 24), np.tile(np.arange(0, 240, 10, dtype=np.uint8), (16, 1))])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    assert run("compress", tmp_path / "a.png", "-q", "60").exit_code == 0
+    r = run("decompress", tmp_path / "a.vae", "-o", tmp_path / "b.png")
+    assert r.exit_code == 0, r.output
+    out = np.asarray(Image.open(tmp_path / "b.png"))
+    assert out.shape == (16, 24, 4) and np.array_equal(out[:, :, 3], rgba[:, :, 3])
+    r = run("decompress", tmp_path / "a.vae", "-o", tmp_path / "b.jpg")
+    assert_one_line_error(r)
+    assert "alpha" in r.output and not (tmp_path / "b.jpg").exists()

@@ -70,7 +70,7 @@ def _refresh_crc(body: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("offset,value,message", [
-    (4, 2, "version"), (5, 0x20, "flags"), (5, 0x80, "flags"), (5, 3, "flags"), (6, 0, "quality"),
+    (4, 2, "version"), (5, 0x20, "flags"), (5, 0x80, "flags"), (5, 0x0C, "flags"), (6, 0, "quality"),
     (6, 101, "quality"), (7, 0, "model id"), (7, 65, "model id"), (8, ord(" "), "model id"),
     (5, 0x11, "metadata sections"),  # bit 4 (metadata follows) on a file without: its first word is no section list
 ])

@@ -17,6 +17,16 @@ Where the bits are made (``Codec.encode``), one ANS stack per image::
 
 Decoding mirrors it: the latent codec pops ŷ exactly, then pop and compare the
 check value, require an empty stack, synthesize exactly, crop.
+
+Lossless files (``lossless=True``) put the pixels themselves on the stack,
+above the same check value, under the autoregressive pixel model
+(:mod:`vaecodec.lossless_codec`, :mod:`vaecodec.pixel_model`), tile by tile.
+
+Images with a real alpha channel (modes RGBA and LA) keep it exactly, lossy or
+lossless: the alpha plane goes on the stack above the check value and under the
+colour, coded like a lossless grey image::
+
+    bottom  check value · alpha plane (RGBA/LA only) · colour (latents or pixels)  top
 The check catches what the file's CRC cannot: a payload put under another
 header (size, mode, quality) or cut short and re-CRC'd.
 
@@ -43,8 +53,11 @@ from . import entropy
 from .coding_model import DOWNSAMPLING, NUM_QUALITIES, CodingModel
 from .container import NO_METADATA, Header, Metadata, pack, unpack
 from .errors import FormatError, ModelMismatchError, VaecodecError
-from .image import load_image, metadata_info, split_batch, to_model_input, to_output_pixels
+from .image import (load_image, metadata_info, mode_of, split_alpha, split_batch, to_model_input, to_output_pixels,
+                    with_alpha)
 from .latent_codec import Latents, latent_codec
+from .lossless_codec import PixelCodec, pop_image, prepare_image, push_image, required_bits
+from .pixel_model import PixelModel
 from .refine import DEFAULT_EFFORT, EFFORTS, rd_cost, refine_latents
 
 __all__ = ["Codec", "Encoded", "compress", "decompress", "default_codec", "DEFAULT_QUALITY", "SHIPPED_MODEL"]
@@ -55,11 +68,22 @@ SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt"}
 written by an earlier shipped model still decodes after the default changes."""
 SHIPPED_MODEL = "vaecodec-hp64.pt"
 """The default model: what new files are written with."""
+SHIPPED_PIXEL_MODEL = "vaecodec-px12-h64.npz"
+"""Lossless mode's pixel model."""
 
 
 def _load_shipped(filename: str) -> CodingModel:
     with resources.as_file(resources.files("vaecodec") / "weights" / filename) as path:
         return CodingModel.load(path)
+
+
+def _load_pixel_model(model: PixelModel | str | Path | None) -> PixelModel:
+    if isinstance(model, PixelModel):
+        return model
+    if model is not None:
+        return PixelModel.load(model)
+    with resources.as_file(resources.files("vaecodec") / "weights" / SHIPPED_PIXEL_MODEL) as path:
+        return PixelModel.load(path)
 
 
 @dataclass(frozen=True, repr=False)
@@ -98,6 +122,8 @@ class Codec:
     Args:
       model: a :class:`CodingModel`, a path to a model file, or None for the
         shipped model.
+      pixel_model: lossless mode's :class:`PixelModel`, a path to one, or
+        None for the shipped one (loaded on first lossless use).
 
     Instances are safe to share between threads (coding is serialized), and
     pickle as their model, so they can be handed to process pools::
@@ -106,7 +132,10 @@ class Codec:
             files = list(pool.map(codec.compress, paths))
     """
 
-    def __init__(self, model: CodingModel | str | Path | None = None):
+    def __init__(self, model: CodingModel | str | Path | None = None,
+                 pixel_model: PixelModel | str | Path | None = None):
+        self._pixel_source = pixel_model
+        self._pixel_model: PixelModel | None = pixel_model if isinstance(pixel_model, PixelModel) else None
         self._shipped = model is None
         self._earlier: dict[str, Codec] = {}
         if model is None:
@@ -119,22 +148,33 @@ class Codec:
 
     def __getstate__(self) -> dict:
         """A codec pickles as its model, so it can be handed to process pools (the lock stays behind)."""
-        return {"model": self.model, "shipped": self._shipped}
+        return {"model": self.model, "shipped": self._shipped, "pixel_model": self._pixel_model or self._pixel_source}
 
     def __setstate__(self, state: dict) -> None:
         self.model, self._shipped = state["model"], state["shipped"]
+        self._pixel_source = state["pixel_model"]
+        self._pixel_model = self._pixel_source if isinstance(self._pixel_source, PixelModel) else None
         self.latents = latent_codec(self.model)
         self._earlier = {}
         self._lock = threading.Lock()
 
+    @property
+    def pixel_model(self) -> PixelModel:
+        """Lossless mode's pixel model, loaded on first use."""
+        if self._pixel_model is None:
+            self._pixel_model = _load_pixel_model(self._pixel_source)
+        return self._pixel_model
+
     # ----- encoding ---------------------------------------------------------------
     def compress(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-                 effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True) -> bytes:
+                 effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True,
+                 lossless: bool = False) -> bytes:
         """Image (path, PIL image, array or tensor) → .vae bytes. See :meth:`encode`."""
-        return self.encode(image, quality, target_bpp, effort, frame, metadata).data
+        return self.encode(image, quality, target_bpp, effort, frame, metadata, lossless).data
 
     def encode(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-               effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True) -> Encoded:
+               effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True,
+               lossless: bool = False) -> Encoded:
         """Compress, and report the size and the model's information estimate.
 
         Args:
@@ -154,12 +194,18 @@ class Codec:
             never rotated, the EXIF orientation stays in the EXIF. They count
             in the file's size (and so against ``target_bpp``). False drops them.
             See :func:`vaecodec.image.read_metadata`.
+          lossless: code every pixel exactly (``quality`` and ``effort`` do
+            not apply; ``target_bpp`` cannot be met and is refused). Float
+            inputs are rounded to 8 bits first, as for lossy coding.
         """
+        _check_lossless(lossless, target_bpp)
         pixels, kept = load_image(image, frame, metadata)
-        return self._encode_loaded(pixels, kept, quality, target_bpp, effort)
+        return self._encode_loaded(pixels, kept, quality, target_bpp, effort, lossless)
 
     def _encode_loaded(self, pixels: np.ndarray, metadata: Metadata, quality: int, target_bpp: float | None,
-                       effort: int) -> Encoded:
+                       effort: int, lossless: bool = False) -> Encoded:
+        if lossless:
+            return self._encode_lossless(pixels, metadata)
         if target_bpp is None:
             _check_quality(quality)
         _check_effort(effort)
@@ -170,29 +216,70 @@ class Codec:
             return self._encode_to_target(analysed, float(target_bpp), int(effort))
 
     def encode_batch(self, images, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-                     effort: int = DEFAULT_EFFORT, metadata: bool = True) -> list[Encoded]:
+                     effort: int = DEFAULT_EFFORT, metadata: bool = True, lossless: bool = False) -> list[Encoded]:
         """Compress several images with this one loaded model; one :class:`Encoded` each, in order.
 
         Args:
           images: a list of anything :meth:`encode` takes (sizes and modes may
             differ), or one 4-D batch: an N×C×H×W tensor or an N×H×W×C array.
-          quality, target_bpp, effort, metadata: as in :meth:`encode`, the same for every image.
+          quality, target_bpp, effort, metadata, lossless: as in :meth:`encode`, the same for every image.
 
         Every image is checked before any is coded, so a bad one fails the
         batch at once. Each result is exactly ``encode(image)``: images are
         analysed one at a time, because the float analysis transform does not
         give bit-identical latents when run on a stacked batch.
         """
+        _check_lossless(lossless, target_bpp)
         loaded = [load_image(image, None, metadata) for image in split_batch(images)]
         if target_bpp is None:
             _check_quality(quality)
         _check_effort(effort)
-        return [self._encode_loaded(p, m, quality, target_bpp, effort) for p, m in loaded]
+        return [self._encode_loaded(p, m, quality, target_bpp, effort, lossless) for p, m in loaded]
+
+    def _encode_lossless(self, pixels: np.ndarray, metadata: Metadata) -> Encoded:
+        """[Alpha,] check value, then the tiles' sub-pixels under the pixel model (:mod:`vaecodec.lossless_codec`)."""
+        pm = self.pixel_model
+        height, width = pixels.shape[:2]
+        header = Header(width, height, mode_of(pixels), 100, pm.model_id, pm.weight_hash,
+                        coding="lossless", metadata=metadata)
+        colour, alpha = split_alpha(pixels)
+        codec = PixelCodec(pm)
+        with self._lock:
+            coder = entropy.new_coder()
+            entropy.push_check(coder, _header_check(header))
+            alpha_bits = self._push_alpha(coder, self._prepare_alpha(alpha))
+            push_image(coder, colour.reshape(height, width, -1), codec)
+            words = coder.get_compressed()
+        data = pack(header, words)
+        return Encoded(data, replace(header, num_words=int(words.size), num_bytes=len(data)),
+                       codec.information_bits + alpha_bits + entropy.CHECK_BITS)
+
+    def _prepare_alpha(self, alpha: np.ndarray | None) -> list | None:
+        """The alpha plane's tiles ready to push (once per image, however many files are tried)."""
+        return None if alpha is None else prepare_image(alpha[:, :, None], PixelCodec(self.pixel_model))
+
+    def _push_alpha(self, coder, prepared: list | None) -> float:
+        """Push a prepared alpha plane (if any); its information bits."""
+        if prepared is None:
+            return 0.0
+        codec = PixelCodec(self.pixel_model)
+        push_image(coder, prepared, codec)
+        return codec.information_bits
+
+    def _pop_alpha(self, coder, header: Header, floor: int) -> np.ndarray | None:
+        """Pop an RGBA/LA file's alpha plane (after its colour, before its check value)."""
+        if header.mode not in ("RGBA", "LA"):
+            return None
+        if coder.num_valid_bits() < required_bits(header.height, header.width, 1):
+            raise FormatError("payload too short for the declared alpha plane (corrupted, truncated or forged file)")
+        return pop_image(coder, header.height, header.width, 1, PixelCodec(self.pixel_model), floor=floor)[:, :, 0]
 
     def _analyze(self, pixels: np.ndarray, metadata: Metadata = NO_METADATA) -> "_Analysed":
         h, w = pixels.shape[:2]
-        x = to_model_input(pixels, DOWNSAMPLING)
-        return _Analysed(h, w, "L" if pixels.ndim == 2 else "RGB", self.latents.analyze(x), x, pixels, metadata)
+        colour, alpha = split_alpha(pixels)
+        x = to_model_input(colour, DOWNSAMPLING)
+        return _Analysed(h, w, mode_of(pixels), self.latents.analyze(x), x, colour, metadata,
+                         self._prepare_alpha(alpha))
 
     def _code(self, analysed: "_Analysed", latents: Latents, quality: int) -> tuple[Encoded, torch.Tensor]:
         """The file for these latents, and the decoder's exact ŷ."""
@@ -201,11 +288,13 @@ class Codec:
                         metadata=analysed.metadata)
         coder = entropy.new_coder()
         entropy.push_check(coder, _header_check(header))
+        alpha_bits = self._push_alpha(coder, analysed.alpha)
         code = self.latents.push(coder, latents, quality)
         words = coder.get_compressed()
         header = replace(header, num_words=int(words.size))
         data = pack(header, words)
-        encoded = Encoded(data, replace(header, num_bytes=len(data)), code.information_bits + entropy.CHECK_BITS)
+        encoded = Encoded(data, replace(header, num_bytes=len(data)),
+                          code.information_bits + alpha_bits + entropy.CHECK_BITS)
         return encoded, code.y_hat
 
     def _encode_at(self, analysed: "_Analysed", quality: int, effort: int = DEFAULT_EFFORT) -> Encoded:
@@ -280,7 +369,7 @@ class Codec:
         data (OSError if a path cannot be read).
         """
         header, pixels = self._decode(_read_vae(data))
-        image = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+        image = Image.fromarray(pixels, mode=mode_of(pixels))
         image.info.update(metadata_info(header.metadata))
         return image
 
@@ -293,6 +382,8 @@ class Codec:
 
     def _decode(self, raw: bytes) -> tuple[Header, np.ndarray]:
         header, words = unpack(raw)
+        if header.coding == "lossless":
+            return header, self._decode_lossless(header, words)
         m = self.model
         if header.model_id != m.model_id or header.weight_hash != m.weight_hash:
             earlier = self._earlier_shipped(header)
@@ -304,11 +395,33 @@ class Codec:
         with self._lock, torch.no_grad():
             coder = entropy.new_coder(words)
             check = _header_check(header)
-            y_hat = self.latents.pop(coder, header.height, header.width, header.quality, entropy.state_floor(check))
+            floor = entropy.state_floor(check)
+            y_hat = self.latents.pop(coder, header.height, header.width, header.quality, floor)
+            alpha = self._pop_alpha(coder, header, floor)
             if entropy.pop_check(coder) != check or not coder.is_empty():
                 raise FormatError("payload does not match its header (corrupted or truncated data)")
             rgb = m.synthesize(y_hat)
-        return header, to_output_pixels(rgb, header.height, header.width, header.mode)
+        return header, with_alpha(to_output_pixels(rgb, header.height, header.width, header.mode), alpha)
+
+    def _decode_lossless(self, header: Header, words: np.ndarray) -> np.ndarray:
+        pm = self.pixel_model
+        if header.model_id != pm.model_id or header.weight_hash != pm.weight_hash:
+            raise ModelMismatchError(
+                f"lossless file was written by pixel model {header.model_id} ({header.weight_hash.hex()}), "
+                f"loaded pixel model is {pm.model_id} ({pm.weight_hash.hex()})")
+        channels = 1 if header.mode in ("L", "LA") else 3
+        planes = channels + (header.mode in ("LA", "RGBA"))
+        if 32 * words.size < required_bits(header.height, header.width, planes):
+            raise FormatError("payload too short for the declared image (corrupted, truncated or forged file)")
+        check = _header_check(header)
+        with self._lock:
+            coder = entropy.new_coder(words)
+            floor = entropy.state_floor(check)
+            pixels = pop_image(coder, header.height, header.width, channels, PixelCodec(pm), floor=floor)
+            alpha = self._pop_alpha(coder, header, floor)
+            if entropy.pop_check(coder) != check or not coder.is_empty():
+                raise FormatError("payload does not match its header (corrupted or truncated data)")
+        return with_alpha(pixels[:, :, 0] if channels == 1 else pixels, alpha)
 
     # ----- the generative side ----------------------------------------------------
     def sample(self, width: int, height: int, quality: int = DEFAULT_QUALITY, seed: int = 0) -> Image.Image:
@@ -362,13 +475,21 @@ class _Analysed:
     mode: str
     latents: Latents
     x: torch.Tensor  # the padded model input
-    pixels: np.ndarray  # the original uint8 pixels
+    pixels: np.ndarray  # the original uint8 colour pixels (no alpha)
     metadata: Metadata  # what the file keeps beside the pixels
+    alpha: list | None  # the alpha plane's tiles, prepared once for every file tried
 
 
 def _check_quality(quality) -> None:
     if not (isinstance(quality, (int, np.integer)) and 1 <= quality <= NUM_QUALITIES):
         raise ValueError(f"quality must be an integer in 1..{NUM_QUALITIES}, not {quality!r}")
+
+
+def _check_lossless(lossless, target_bpp) -> None:
+    if not isinstance(lossless, (bool, np.bool_)):
+        raise TypeError(f"lossless must be True or False, not {lossless!r}")
+    if lossless and target_bpp is not None:
+        raise ValueError("a target size cannot be met losslessly: give lossless or target_bpp, not both")
 
 
 def _check_effort(effort) -> None:
@@ -402,9 +523,10 @@ def default_codec() -> Codec:
 
 
 def compress(image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
-             effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True) -> bytes:
+             effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True,
+             lossless: bool = False) -> bytes:
     """Compress with the shipped model. See :meth:`Codec.encode`."""
-    return default_codec().compress(image, quality, target_bpp, effort, frame, metadata)
+    return default_codec().compress(image, quality, target_bpp, effort, frame, metadata, lossless)
 
 
 def decompress(data: bytes | bytearray | memoryview | str | os.PathLike) -> Image.Image:

@@ -220,10 +220,12 @@ def environment() -> dict:
             env["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
         pass
+    from importlib import metadata
+
     for mod in ("torch", "constriction", "imagecodecs"):
         try:
-            env[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
+            env[mod] = metadata.version(mod)
+        except metadata.PackageNotFoundError:
             pass
     return env
 

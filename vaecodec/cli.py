@@ -387,6 +387,7 @@ def cli():
 @click.option("--frame", type=click.IntRange(0), help="Frame to code from a multi-frame input (animation, "
                                                       "multi-page TIFF); such inputs are refused without it.")
 @click.option("--strip", is_flag=True, help="Leave out the inputs' ICC profile, EXIF and XMP (kept by default).")
+@click.option("--lossless", is_flag=True, help="Keep every pixel exactly (--quality and --effort do not apply).")
 @force_option
 @model_option
 @verbose_option
@@ -395,12 +396,15 @@ def cli():
 @json_option
 @jobs_option
 @_interruptible
-def compress(inputs, output, quality, target_bpp, effort, frame, strip, force, model, verbose, quiet, as_json, jobs):
+def compress(inputs, output, quality, target_bpp, effort, frame, strip, lossless, force, model, verbose, quiet, as_json,
+             jobs):
     """Compress images (PNG, JPEG, ...; '-' for stdin) to .vae files.
 
     Every input is attempted; a failed one is reported and the others are still
     written (exit code 1 if any failed).
     """
+    if lossless and target_bpp is not None:
+        raise _Failure("--lossless and --target-bpp exclude each other (a lossless file's size is what it is)")
     targets, new_folder = _outputs(inputs, output, ".vae")
     _refuse_bad_reporting(targets, verbose, quiet, as_json)
     for t in targets:
@@ -410,7 +414,8 @@ def compress(inputs, output, quality, target_bpp, effort, frame, strip, force, m
     codec = _codec(model)
     _make_folder(new_folder)
 
-    opts = dict(quality=quality, target_bpp=target_bpp, effort=effort, frame=frame, strip=strip, force=force)
+    opts = dict(quality=quality, target_bpp=target_bpp, effort=effort, frame=frame, strip=strip, force=force,
+                lossless=lossless)
     _run_batch(list(zip(inputs, targets)), _compress_file, codec, opts, jobs, label="compressing", verb="compressed",
                verbose=verbose, quiet=quiet, as_json=as_json, announce_single=True)
 
@@ -454,15 +459,16 @@ def _compress_file(codec, opts: dict, source: str, target: str) -> _Done:
     raw = _read_input(source)
     try:
         encoded = codec.encode(raw, quality=opts["quality"], target_bpp=opts["target_bpp"], effort=opts["effort"],
-                               frame=opts["frame"], metadata=not opts["strip"])
+                               frame=opts["frame"], metadata=not opts["strip"], lossless=opts["lossless"])
     except (VaecodecError, ValueError) as e:
         raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
     _write_output(target, encoded.data, opts["force"])
     h = encoded.header
     record = dict(input=source, output=target, bytes=encoded.num_bytes, bpp=encoded.bpp,
-                  width=h.width, height=h.height, quality=h.quality)
+                  width=h.width, height=h.height, quality=h.quality, coding=h.coding)
+    setting = "lossless" if h.coding == "lossless" else f"quality {h.quality}"
     line = (f"{_shown(source, 'stdin')} -> {_shown(target, 'stdout')}: {h.width}x{h.height} {h.mode}, "
-            f"quality {h.quality}, {encoded.num_bytes} bytes, {encoded.bpp:.4f} bpp")
+            f"{setting}, {encoded.num_bytes} bytes, {encoded.bpp:.4f} bpp")
     return _Done(record, line, len(raw), encoded.num_bytes, encoded.bpp)
 
 
@@ -476,6 +482,9 @@ def _decompress_file(codec, opts: dict, source: str, target: str) -> _Done:
         raise _Failure(f"{_shown(source, 'stdin')}: {e}") from None
     buf = io.BytesIO()
     fmt = "PNG" if target == STDIO else _pil_format(target)
+    if image.mode in ("RGBA", "LA") and fmt in ("JPEG", "PPM"):
+        raise _Failure(f"{_shown(source, 'stdin')}: has an alpha channel, which {fmt} cannot hold; "
+                       "write .png, .webp or .tif")
     # Taken out of info so that only what _metadata_options chose is written (PNG would take the ICC by itself).
     kept = {key: image.info.pop(key) for key in _METADATA_LABELS if key in image.info}
     options, dropped = _metadata_options(kept, fmt)
@@ -565,8 +574,9 @@ def info(file, as_json):
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--codecs", default="vaecodec,jpeg,webp,avif,avif-psnr,jxl,jpeg2000", show_default=True,
-              help="Comma-separated codecs to measure.")
+@click.option("--codecs", help="Comma-separated codecs to measure [default: vaecodec,jpeg,webp,avif,avif-psnr,jxl,"
+                                "jpeg2000; with --lossless: vaecodec,png,webp,jxl-e7,jxl-e9,jpeg2000].")
+@click.option("--lossless", is_flag=True, help="Benchmark the lossless codecs: bits per sub-pixel, CPU time, exactness.")
 @click.option("--reference", default="jpeg", show_default=True, help="Codec the BD-rates are relative to.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write every measurement and the summary as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write PSNR and MS-SSIM curves as a PNG.")
@@ -578,14 +588,20 @@ def info(file, as_json):
 @force_option
 @model_option
 @_interruptible
-def bench(images, codecs, reference, output, plot, markdown, jobs, published, force, model):
+def bench(images, codecs, lossless, reference, output, plot, markdown, jobs, published, force, model):
     """Rate–distortion benchmark of vaecodec and classical codecs on IMAGES (files or folders).
 
     \b
     Rate is measured from the bytes each codec writes; PSNR and MS-SSIM on the
     decoded pixels. Prints per-setting tables, BD-rates against --reference and
-    PSNR at 0.25/0.5/0.75/1.0 bpp.
+    PSNR at 0.25/0.5/0.75/1.0 bpp. With --lossless: bits per sub-pixel and
+    encode/decode CPU seconds of each lossless codec, each checked exact.
     """
+    if lossless:
+        if plot:
+            raise _Failure("--plot applies to the lossy benchmark only")
+        return _bench_lossless(images, codecs, output, markdown, jobs, force)
+    codecs = codecs or "vaecodec,jpeg,webp,avif,avif-psnr,jxl,jpeg2000"
     if plot:
         # Checked first: a missing optional dependency must not surface after minutes of measuring.
         try:
@@ -606,19 +622,8 @@ def bench(images, codecs, reference, output, plot, markdown, jobs, published, fo
         paths = collect_images(images)
     except FileNotFoundError as e:
         raise _Failure(str(e)) from None
-    total = len(paths) * len(names)
-    bar = click.progressbar(length=total, label="benchmarking", file=sys.stderr) if sys.stderr.isatty() else None
-    try:
-        if bar:
-            with bar:
-                report = run_benchmark(paths, names, reference, model, jobs, progress=bar.update, published=published)
-        else:
-            report = run_benchmark(paths, names, reference, model, jobs, published=published)
-    except (VaecodecError, OSError, ValueError) as e:
-        raise _Failure(str(e)) from None
-    report.command = "vaecodec bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else report.command
-    for name, why in report.skipped.items():
-        click.echo(f"vaecodec: skipping {name}: {why}", err=True)
+    report = _measure(len(paths) * len(names), functools.partial(run_benchmark, paths, names, reference, model, jobs,
+                                                                 published=published))
     click.echo(format_table(report))
     if output:
         save_json(report, output)
@@ -626,6 +631,47 @@ def bench(images, codecs, reference, output, plot, markdown, jobs, published, fo
         save_plot(report, plot)
     if markdown:
         save_markdown(report, markdown, plot)
+
+
+def _measure(total: int, run: Callable):
+    """Run a benchmark (a progress bar on a terminal); its errors become one-line failures, its skips warnings."""
+    bar = click.progressbar(length=total, label="benchmarking", file=sys.stderr) if sys.stderr.isatty() else None
+    try:
+        if bar:
+            with bar:
+                report = run(progress=bar.update)
+        else:
+            report = run(progress=None)
+    except (VaecodecError, OSError, ValueError) as e:
+        raise _Failure(str(e)) from None
+    report.command = "vaecodec bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else report.command
+    for name, why in report.skipped.items():
+        click.echo(f"vaecodec: skipping {name}: {why}", err=True)
+    return report
+
+
+def _bench_lossless(images, codecs, output, markdown, jobs, force) -> None:
+    from .bench import collect_images
+    from .bench_lossless import (LOSSLESS_CODECS, format_lossless, run_lossless_benchmark, save_lossless_json,
+                                 save_lossless_markdown)
+
+    names = [c.strip() for c in (codecs or ",".join(LOSSLESS_CODECS)).split(",") if c.strip()]
+    unknown = [c for c in names if c not in LOSSLESS_CODECS]
+    if unknown:
+        raise click.UsageError(f"unknown lossless codec(s): {', '.join(unknown)} (choose from {', '.join(LOSSLESS_CODECS)})")
+    for path in (output, markdown):
+        if path and Path(path).exists() and not force:
+            raise _Failure(f"{path} exists (use --force to overwrite)")
+    try:
+        paths = collect_images(images)
+    except FileNotFoundError as e:
+        raise _Failure(str(e)) from None
+    report = _measure(len(paths) * len(names), functools.partial(run_lossless_benchmark, paths, names, jobs=jobs))
+    click.echo(format_lossless(report))
+    if output:
+        save_lossless_json(report, output)
+    if markdown:
+        save_lossless_markdown(report, markdown)
 
 
 MODEL_PRESETS = {
@@ -741,6 +787,42 @@ def anneal(stable, annealed, data, eval_folder, log_file, steps, **kw):
     except (ValueError, OSError) as e:
         raise _Failure(str(e)) from None
     _train_log(log_file)(f"annealed to step {state.step}, {state.cpu_seconds / 3600:.3f} CPU-h")
+
+
+@cli.command("train-lossless")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of training images.")
+@click.option("--hidden", type=click.IntRange(4, 512), default=64, show_default=True, help="Width of each channel's MLP.")
+@click.option("--steps", type=click.IntRange(1), default=30000, show_default=True)
+@click.option("--samples-per-image", type=click.IntRange(1), default=40000, show_default=True,
+              help="Random contexts drawn from each training image.")
+@click.option("--model-id", default=None, help="Model id written into files (default px12-h<hidden>).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Append the log to this file too.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT.")
+def train_lossless(output, data, hidden, steps, samples_per_image, model_id, seed, log_file, force):
+    """Train lossless mode's pixel model (RGB and greyscale) and write it to OUTPUT (.npz).
+
+    Minutes of one CPU thread, not hours: the model learns from a table of
+    sampled contexts. OUTPUT is the integer-exact model files are coded with.
+    """
+    import torch
+
+    from .training.pixel import PixelTrainOptions, train_pixel_model
+
+    if Path(output).exists() and not force:
+        raise _Failure(f"{output} exists (use --force to overwrite)")
+    torch.set_num_threads(1)
+    options = PixelTrainOptions(hidden=hidden, steps=steps, samples_per_image=samples_per_image, seed=seed,
+                                model_id=model_id or f"px12-h{hidden}")
+    try:
+        model = train_pixel_model(data, options, log=_train_log(log_file))
+        tmp = Path(f"{output}.{os.getpid()}.tmp")
+        model.save(tmp)
+        os.replace(tmp, output)
+    except (ValueError, OSError) as e:
+        raise _Failure(str(e)) from None
+    _train_log(log_file)(f"wrote {output} ({model.model_id})")
 
 
 def main() -> None:

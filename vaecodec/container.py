@@ -8,9 +8,10 @@ Layout, all integers little-endian (format version 1)::
     offset  size  field
     0       4     magic  b"\\x8bVAE"   (high bit set: catches 7-bit transfers)
     4       1     format version (1)
-    5       1     flags: bits 0-1 colour (0 = L, 1 = RGB), bits 2-3 coding (0 = lossy),
-                  bit 4 metadata sections follow the word count; rest 0
-    6       1     quality, 1..100
+    5       1     flags: bits 0-1 colour (0 = L, 1 = RGB, 2 = LA, 3 = RGBA: an alpha plane
+                  coded losslessly at the bottom of the stack), bits 2-3 coding (0 = lossy,
+                  1 = lossless), bit 4 metadata sections follow the word count; rest 0
+    6       1     quality, 1..100 (100 in lossless files)
     7       1     n = length of the model id, 1..64
     8       n     model id, ASCII [A-Za-z0-9._-]
     8+n     8     weight hash (first 8 bytes of the model's SHA-256)
@@ -60,8 +61,8 @@ MAGIC = b"\x8bVAE"
 FORMAT_VERSION = 1
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 26
-COLOR_MODES = ("L", "RGB")
-CODINGS = ("lossy",)
+COLOR_MODES = ("L", "RGB", "LA", "RGBA")
+CODINGS = ("lossy", "lossless")
 _MODEL_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
 _HASH_BYTES = 8
 _METADATA_FLAG = 0x10
@@ -123,7 +124,7 @@ class Header:
 
     width: int
     height: int
-    mode: str  # "L" or "RGB"
+    mode: str  # "L", "RGB", "LA" or "RGBA"
     quality: int
     model_id: str
     weight_hash: bytes
@@ -179,6 +180,8 @@ def _validate(h: Header) -> None:
         raise FormatError(f"unknown coding {h.coding!r}")
     if not 1 <= h.quality <= 100:
         raise FormatError(f"quality {h.quality} out of range 1..100")
+    if h.coding == "lossless" and h.quality != 100:
+        raise FormatError(f"lossless file with quality {h.quality} (must be 100)")
     if not _MODEL_ID.match(h.model_id.encode("ascii", "replace")):
         raise FormatError("bad model id")
     if len(h.weight_hash) != _HASH_BYTES:

@@ -33,7 +33,7 @@ import numpy as np
 import constriction
 
 __all__ = ["PROBABILITY_BITS", "CHECK_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "push_check", "pop_check",
-           "state_floor", "holds_check"]
+           "state_floor", "holds_check", "push_grey_levels", "pop_grey_levels"]
 
 PROBABILITY_BITS = 24
 _TOTAL = 1 << PROBABILITY_BITS
@@ -85,6 +85,25 @@ def holds_check(coder, floor: int) -> bool:
 def pop_check(coder) -> int:
     hi, lo = coder.decode(_HALF_WORD, 2)
     return (int(hi) << 16) | int(lo)
+
+
+_GREY_LEVELS = _model.QuantizedLaplace(0, 255)
+
+
+def push_grey_levels(coder, levels: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Push grey levels 0..255 (int32) each under a discretized Laplace(mean, scale), so pop returns them in order.
+
+    The Laplace's tails beyond 0 and 255 fall on the edge levels. ``mean`` and
+    ``scale`` are float64, computed exactly by the caller on both sides:
+    constriction turns equal floats into equal integer probabilities (pure
+    Rust, no libm), so the model is the same on every machine.
+    """
+    coder.encode_reverse(np.ascontiguousarray(levels, dtype=np.int32), _GREY_LEVELS, mean, scale)
+
+
+def pop_grey_levels(coder, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Pop ``len(mean)`` grey levels pushed by :func:`push_grey_levels` (int32)."""
+    return coder.decode(_GREY_LEVELS, mean, scale)
 
 
 def quantize_pmf(probabilities: np.ndarray) -> np.ndarray:

@@ -3,18 +3,25 @@
 Accepted, coded as RGB: 8-bit RGB; palette images without transparency
 (expanded to RGB, which loses nothing). Coded as L (grayscale, decoded as
 grayscale): 8-bit L and 1-bit images (expanded to 0/255, which loses nothing).
-Alpha (RGBA, LA, PA, palette or gray with transparency) that is opaque
-everywhere is coded as RGB or L, which loses nothing. Multi-frame files
-(animations, multi-page TIFFs) need a chosen ``frame``.
+Alpha (RGBA, LA, PA, RGBa, palette or gray with transparency): opaque
+everywhere, it is coded as RGB or L, which loses nothing; otherwise the image
+is RGBA or LA (straight alpha: premultiplied RGBa is un-premultiplied by
+Pillow first) and the alpha plane is coded losslessly beside the colour.
+Multi-frame files (animations, multi-page TIFFs) need a chosen ``frame``.
 Refused with an :class:`ImageError` that says what to do, never silently
-converted with loss: real transparency (any pixel not opaque), 16- and
-32-bit and float PIL images (modes I;16, I, F), CMYK, YCbCr, LAB, HSV.
+converted with loss: 16- and 32-bit and float PIL images (modes I;16, I, F),
+CMYK, YCbCr, LAB, HSV.
 
 Array input, what ML code holds:
 
-- NumPy: uint8, or float in [0, 1], of shape (H, W), (H, W, 1) or (H, W, 3);
-- torch tensors: uint8, or float in [0, 1], of shape (C, H, W) with C = 1 or 3,
-  or (H, W) for grayscale; on any device, with or without grad.
+- NumPy: uint8, or float in [0, 1], of shape (H, W) or (H, W, C), C = 1, 2
+  (gray + alpha), 3 or 4 (RGB + alpha);
+- torch tensors: uint8, or float in [0, 1], of shape (C, H, W) with C = 1..4
+  as above, or (H, W) for grayscale; on any device, with or without grad.
+
+Loaded images are uint8 (H, W) or (H, W, C) with C = 2, 3 or 4: the last
+channel of 2 and 4 is alpha (never all opaque: that is dropped);
+:func:`split_alpha` separates it.
 
 Floats become ``round(x · 255)`` clamped to 0..255, so ``u / 255`` gives back
 ``u`` exactly for every uint8 ``u`` (in float32, float64 and float16); values a
@@ -49,27 +56,54 @@ from .errors import FormatError, ImageError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["load_pixels", "load_image", "read_metadata", "metadata_info", "split_batch", "to_model_input",
-           "to_output_pixels"]
+__all__ = ["load_pixels", "load_image", "read_metadata", "metadata_info", "split_batch", "split_alpha",
+           "with_alpha", "mode_of", "to_model_input", "to_output_pixels"]
 
 _BATCH_HINT = "use Codec.encode_batch for a batch"
 
-_ALPHA = ("has transparency (pixels that are not opaque); vaecodec does not keep an alpha channel yet: "
-          "flatten it or drop alpha first")
 _ALPHA_MODES = {"RGBA": "RGB", "LA": "L", "PA": "RGB", "RGBa": "RGB", "La": "L"}
 _LOSSY_CONVERSIONS = {
     "CMYK": "is CMYK; convert it to RGB first (that conversion is lossy, so vaecodec will not do it silently)",
 }
 
 
-def _drop_opaque_alpha(im: Image.Image) -> Image.Image:
-    """An image with an alpha channel (or a transparent palette colour) that is opaque everywhere
-    loses nothing as RGB or L, so it is coded so; a real alpha channel is refused."""
+def _alpha_or_opaque(im: Image.Image) -> Image.Image:
+    """An image with an alpha channel (or a transparent palette colour) as RGBA or LA, or as RGB or L
+    when it is opaque everywhere (which loses nothing)."""
     base = _ALPHA_MODES.get(im.mode, "L" if im.mode in ("L", "1", "I;16") else "RGB")
     with_alpha = im.convert("LA" if base == "L" else "RGBA")
     if with_alpha.getchannel("A").getextrema()[0] != 255:
-        raise ImageError(f"image {_ALPHA}")
+        return with_alpha
     return with_alpha.convert(base)
+
+
+def _drop_opaque_alpha_channel(a: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 2 or 4) → the same, or (H, W[, 3]) without its alpha when that is 255 everywhere."""
+    if a.ndim == 3 and a.shape[2] in (2, 4) and a[:, :, -1].min() == 255:
+        a = a[:, :, :-1]
+        return np.ascontiguousarray(a[:, :, 0] if a.shape[2] == 1 else a)
+    return a
+
+
+def split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Loaded pixels → (colour (H, W) or (H, W, 3), alpha (H, W) or None)."""
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        colour = pixels[:, :, :-1]
+        return np.ascontiguousarray(colour[:, :, 0] if colour.shape[2] == 1 else colour), \
+            np.ascontiguousarray(pixels[:, :, -1])
+    return pixels, None
+
+
+def with_alpha(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """The inverse of :func:`split_alpha`."""
+    if alpha is None:
+        return colour
+    return np.concatenate([colour.reshape(*colour.shape[:2], -1), alpha[:, :, None]], axis=2)
+
+
+def mode_of(pixels: np.ndarray) -> str:
+    """The PIL mode of loaded pixels: L, LA, RGB or RGBA."""
+    return "L" if pixels.ndim == 2 else {2: "LA", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
 
 
 def _check_size(width: int, height: int) -> None:
@@ -100,7 +134,7 @@ def _from_pil(im: Image.Image, frame: int | None = None) -> np.ndarray:
     if mode in _LOSSY_CONVERSIONS:
         raise ImageError(f"image mode {mode} {_LOSSY_CONVERSIONS[mode]}")
     if mode in _ALPHA_MODES or "transparency" in im.info:
-        im = _drop_opaque_alpha(im)
+        im = _alpha_or_opaque(im)
         mode = im.mode
     if mode == "P":
         im = im.convert("RGB")
@@ -108,13 +142,13 @@ def _from_pil(im: Image.Image, frame: int | None = None) -> np.ndarray:
         im = im.convert("L")
     elif mode.startswith("I") or mode == "F":
         raise ImageError(f"image mode {mode} is more than 8 bits per sample; vaecodec codes 8-bit images only")
-    elif mode not in ("RGB", "L"):
+    elif mode not in ("RGB", "L", "RGBA", "LA"):
         raise ImageError(f"image mode {mode} is not supported; convert to RGB or L first")
     return np.asarray(im)
 
 
 def load_pixels(image, frame: int | None = None) -> np.ndarray:
-    """A path, bytes, PIL image, array or tensor → uint8 array (H, W, 3) or (H, W).
+    """A path, bytes, PIL image, array or tensor → uint8 array (H, W), (H, W, 2), (H, W, 3) or (H, W, 4).
 
     ``frame``: which frame of a multi-frame file (animated GIF/PNG/WebP,
     multi-page TIFF) to code; such a file without one is refused.
@@ -275,14 +309,14 @@ def _from_array(a: np.ndarray) -> np.ndarray:
         raise ImageError(f"array of shape {a.shape} is a batch; {_BATCH_HINT}")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
-        raise ImageError(f"arrays must be H×W or H×W×3, not shape {a.shape}")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (2, 3, 4))):
+        raise ImageError(f"arrays must be H×W or H×W×C with C = 1..4 (gray, gray+alpha, RGB, RGBA), not shape {a.shape}")
     _check_size(a.shape[1], a.shape[0])
     if a.dtype.kind == "f":
-        return _floats_to_uint8(a)
+        return _drop_opaque_alpha_channel(_floats_to_uint8(a))
     if a.dtype != np.uint8:
         raise ImageError(f"arrays must be uint8, or float in [0, 1], not {a.dtype}")
-    return np.ascontiguousarray(a)
+    return _drop_opaque_alpha_channel(np.ascontiguousarray(a))
 
 
 def _from_tensor(t: torch.Tensor) -> np.ndarray:
@@ -291,20 +325,20 @@ def _from_tensor(t: torch.Tensor) -> np.ndarray:
     if t.ndim == 4:
         raise ImageError(f"tensor of shape {tuple(t.shape)} is a batch; {_BATCH_HINT}")
     if t.ndim == 3:
-        if t.shape[0] not in (1, 3):
-            hint = "; permute an H×W×C tensor with .permute(2, 0, 1)" if t.shape[2] in (1, 3) else ""
-            raise ImageError(f"tensors must be C×H×W with 1 or 3 channels, or H×W, not shape {tuple(t.shape)}{hint}")
+        if t.shape[0] not in (1, 2, 3, 4):
+            hint = "; permute an H×W×C tensor with .permute(2, 0, 1)" if t.shape[2] in (1, 2, 3, 4) else ""
+            raise ImageError(f"tensors must be C×H×W with 1..4 channels, or H×W, not shape {tuple(t.shape)}{hint}")
         t = t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)
     elif t.ndim != 2:
-        raise ImageError(f"tensors must be C×H×W with 1 or 3 channels, or H×W, not shape {tuple(t.shape)}")
+        raise ImageError(f"tensors must be C×H×W with 1..4 channels, or H×W, not shape {tuple(t.shape)}")
     _check_size(t.shape[1], t.shape[0])
     t = t.detach()
     if t.dtype.is_floating_point:
         # float64 holds every float dtype exactly (bfloat16 and float16 have no NumPy twin in common).
-        return _floats_to_uint8(t.to("cpu", torch.float64).numpy())
+        return _drop_opaque_alpha_channel(_floats_to_uint8(t.to("cpu", torch.float64).numpy()))
     if t.dtype != torch.uint8:
         raise ImageError(f"tensors must be uint8, or float in [0, 1], not {t.dtype}")
-    return np.ascontiguousarray(t.cpu().numpy())
+    return _drop_opaque_alpha_channel(np.ascontiguousarray(t.cpu().numpy()))
 
 
 def to_model_input(pixels: np.ndarray, multiple: int) -> torch.Tensor:
@@ -321,12 +355,12 @@ def to_model_input(pixels: np.ndarray, multiple: int) -> torch.Tensor:
 
 
 def to_output_pixels(rgb: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
-    """Padded uint8 RGB from the decoder → cropped (H, W, 3), or (H, W) for grayscale.
+    """Padded uint8 RGB from the decoder → cropped (H, W, 3), or (H, W) for grayscale (mode L or LA).
 
     Grayscale is the rounded mean of the three channels, in integers (exact).
     """
     rgb = rgb[:height, :width]
-    if mode == "L":
+    if mode in ("L", "LA"):
         total = rgb.astype(np.uint16).sum(axis=2)
         return ((total + 1) // 3).astype(np.uint8)
     return np.ascontiguousarray(rgb)

@@ -5,6 +5,7 @@
     >>> im = Image.open("photo.vae")          # header only: size, mode; no torch, no model
     >>> im.load()                              # decodes with vaecodec.default_codec()
     >>> im.save("copy.vae", quality=60)        # exactly the bytes of vaecodec.compress(im, 60)
+    >>> im.save("exact.vae", lossless=True)    # every pixel kept
 
 So programs written against Pillow (viewers, data loaders, thumbnailers) read
 and write .vae like any other format. Opening parses only the header, as
@@ -13,7 +14,7 @@ the model are loaded by the first ``load()`` or ``save()``, through
 :mod:`vaecodec.api`. Errors follow Pillow's conventions: a damaged header makes
 ``Image.open`` raise ``UnidentifiedImageError``; damaged data makes ``load()``
 raise ``OSError`` (its ``__cause__`` is vaecodec's :class:`FormatError`).
-Saving takes only ``quality``, ``target_bpp`` and ``effort``, and refuses any other
+Saving takes only ``quality``, ``target_bpp``, ``effort`` and ``lossless``, and refuses any other
 parameter rather than ignoring it.
 
 Metadata goes both ways as in Pillow's own formats: ``Image.open`` puts the
@@ -39,7 +40,7 @@ __all__ = ["FORMAT", "MIME_TYPE", "SAVE_PARAMETERS", "VaecodecImageFile"]
 FORMAT = "VAECODEC"
 EXTENSION = ".vae"
 MIME_TYPE = "image/x-vaecodec"
-SAVE_PARAMETERS = ("quality", "target_bpp", "effort")
+SAVE_PARAMETERS = ("quality", "target_bpp", "effort", "lossless")
 _DECODER = "vaecodec"
 
 
@@ -100,7 +101,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from .refine import DEFAULT_EFFORT
 
     fp.write(default_codec().compress(im, params.get("quality", DEFAULT_QUALITY), params.get("target_bpp"),
-                                      params.get("effort", DEFAULT_EFFORT)))
+                                      params.get("effort", DEFAULT_EFFORT), lossless=bool(params.get("lossless", False))))
 
 
 Image.register_open(FORMAT, VaecodecImageFile, accept)

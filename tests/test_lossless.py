@@ -1,0 +1,263 @@
+"""Lossless mode: exact round trips, the rate against the model's information, hostile files."""
+
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import kodak_crop, make_tiny_pixel_model, smooth_image
+from vaecodec import FormatError, ModelMismatchError, read_header
+from vaecodec.api import Codec
+from vaecodec.container import pack, unpack
+from vaecodec.entropy import new_coder
+from vaecodec.lossless_codec import TILE, PixelCodec, pop_image, push_image, required_bits
+from vaecodec.pixel_model import gather_context, padded_tile
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 1), (3, 7, 3), (17, 5), (2, 9, 3), (9, 2)])
+def test_round_trip_is_exact_for_odd_sizes_and_modes(tiny_codec, shape):
+    rng = np.random.default_rng(sum(shape))
+    img = rng.integers(0, 256, shape, dtype=np.uint8)
+    data = tiny_codec.compress(img, lossless=True)
+    h = read_header(data)
+    assert (h.coding, h.quality, h.mode, h.width, h.height) == ("lossless", 100, "L" if len(shape) == 2 else "RGB",
+                                                                  shape[1], shape[0])
+    assert np.array_equal(tiny_codec.decompress_array(data), img)
+
+
+@pytest.mark.parametrize("shape", [(TILE + 3, 2, 3), (2, TILE + 5), (TILE + 1, TILE + 2, 1)])
+def test_round_trip_is_exact_across_tiles(tiny_codec, shape):
+    img = smooth_image(shape[0], shape[1], seed=3, channels=shape[2] if len(shape) == 3 else 1)
+    data = tiny_codec.compress(img, lossless=True)
+    assert np.array_equal(tiny_codec.decompress_array(data), img)
+
+
+def test_saturated_and_flat_images_round_trip(tiny_codec):
+    for value in (0, 255, 77):
+        img = np.full((6, 11, 3), value, np.uint8)
+        assert np.array_equal(tiny_codec.decompress_array(tiny_codec.compress(img, lossless=True)), img)
+
+
+def test_file_size_is_the_information_plus_documented_overheads(tiny_codec):
+    img = smooth_image(48, 40, seed=5)
+    enc = tiny_codec.encode(img, lossless=True)
+    header, words = unpack(enc.data)
+    header_bytes = enc.num_bytes - 4 * words.size
+    payload_bits = 32 * words.size
+    # ANS: at most 64 bits of state plus a partly used word over Σ −log2 p (check value included).
+    assert enc.information_bits - 32 <= payload_bits <= enc.information_bits + 96
+    assert header_bytes == enc.num_bytes - 4 * header.num_words
+
+
+def test_encoder_and_decoder_compute_the_same_parameters_whatever_the_batch(tiny_pixel_model):
+    """The coder's premise: a sub-pixel's (mean, scale) do not depend on which others are computed with it."""
+    img = smooth_image(9, 13, seed=2).astype(np.int32)
+    buf = padded_tile(img, 9, 13, 3)
+    rows, cols = np.divmod(np.arange(9 * 13), 13)
+    for k in range(3):
+        ctx, ref = gather_context(buf, rows, cols, k)
+        mean, scale = tiny_pixel_model.params(ctx, ref, 3, k)
+        for i in (0, 5, 60, 116):
+            m1, s1 = tiny_pixel_model.params(ctx[i:i + 1], ref[i:i + 1], 3, k)
+            assert m1[0] == mean[i] and s1[0] == scale[i]
+
+
+def test_push_pop_codec_leaves_the_stack_as_it_found_it(tiny_pixel_model):
+    codec = PixelCodec(tiny_pixel_model)
+    coder = new_coder()
+    coder.encode_reverse(np.array([1, 2, 3], np.int32), __import__("constriction").stream.model.Uniform(8))
+    below = coder.get_compressed()
+    img = smooth_image(20, 30, seed=4)
+    push_image(coder, img, codec)
+    out = pop_image(coder, 20, 30, 3, codec)
+    assert np.array_equal(out, img) and np.array_equal(coder.get_compressed(), below)
+
+
+def test_corrupted_payload_is_refused(tiny_codec):
+    data = bytearray(tiny_codec.compress(smooth_image(30, 30, seed=6), lossless=True))
+    header, words = unpack(bytes(data))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        w = words.copy()
+        w[rng.integers(0, w.size - 1)] ^= np.uint32(1 << int(rng.integers(0, 32)))
+        if w[-1] == 0:
+            continue
+        with pytest.raises(FormatError):
+            tiny_codec.decompress(pack(header, w))
+
+
+def test_truncated_file_is_refused(tiny_codec):
+    data = tiny_codec.compress(smooth_image(30, 30, seed=7), lossless=True)
+    for cut in (1, 5, len(data) // 2):
+        with pytest.raises(FormatError):
+            tiny_codec.decompress(data[:-cut])
+    header, words = unpack(data)
+    with pytest.raises(FormatError):  # re-CRC'd, cut to half its words
+        tiny_codec.decompress(pack(header, words[words.size // 2:]))
+
+
+def test_forged_tiny_file_declaring_a_huge_image_is_refused_at_once(tiny_codec):
+    data = tiny_codec.compress(np.zeros((4, 4, 3), np.uint8), lossless=True)
+    header = unpack(data)[0]
+    words = np.random.default_rng(0).integers(1, 2**32, 8, dtype=np.uint32)
+    for w, h in ((8192, 8192), (65535, 1024), (1024, 65535), (300, 300)):
+        from dataclasses import replace
+        forged = pack(replace(header, width=w, height=h), words)
+        assert len(forged) < 80
+        start = time.process_time()
+        with pytest.raises(FormatError, match="too short"):
+            tiny_codec.decompress(forged)
+        assert time.process_time() - start < 1.0
+
+
+def test_payload_under_another_header_is_refused(tiny_codec):
+    from dataclasses import replace
+    data = tiny_codec.compress(smooth_image(12, 16, seed=8), lossless=True)
+    header, words = unpack(data)
+    with pytest.raises(FormatError):
+        tiny_codec.decompress(pack(replace(header, width=12, height=16), words))
+
+
+def test_file_of_another_pixel_model_is_refused(tiny_codec, tiny_model):
+    data = tiny_codec.compress(smooth_image(8, 8, seed=9), lossless=True)
+    other = Codec(tiny_model, make_tiny_pixel_model(seed=1, model_id="px-other"))
+    with pytest.raises(ModelMismatchError, match="pixel model"):
+        other.decompress(data)
+
+
+def test_lossless_with_a_target_size_is_refused(tiny_codec):
+    with pytest.raises(ValueError, match="lossless"):
+        tiny_codec.compress(smooth_image(8, 8), lossless=True, target_bpp=2.0)
+
+
+def test_lossless_header_must_say_quality_100(tiny_codec):
+    data = bytearray(tiny_codec.compress(smooth_image(8, 8), lossless=True))
+    data[6] = 50
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    with pytest.raises(FormatError, match="lossless"):
+        read_header(bytes(data))
+
+
+def test_metadata_rides_beside_lossless_pixels(tiny_codec):
+    img = Image.fromarray(smooth_image(10, 12, seed=10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.info["exif"] = exif.tobytes()
+    buf = __import__("io").BytesIO()
+    img.save(buf, "PNG", exif=img.info["exif"])
+    out = tiny_codec.decompress(tiny_codec.compress(buf.getvalue(), lossless=True))
+    assert np.array_equal(np.asarray(out), np.asarray(img))
+    assert Image.Exif().load(out.info["exif"]) if False else out.getexif()[0x0112] == 6
+
+
+def test_codec_with_pixel_model_pickles(tiny_codec):
+    import pickle
+    img = smooth_image(8, 9, seed=11)
+    again = pickle.loads(pickle.dumps(tiny_codec))
+    assert again.compress(img, lossless=True) == tiny_codec.compress(img, lossless=True)
+
+
+def test_required_bits_bound_holds_for_a_flat_image(tiny_codec):
+    img = np.zeros((64, 64, 3), np.uint8)
+    enc = tiny_codec.encode(img, lossless=True)
+    assert 32 * unpack(enc.data)[1].size >= required_bits(64, 64, 3)
+
+
+def test_shipped_pixel_model_beats_png_on_a_photo(shipped_codec):
+    """The real behaviour: a crop of a Kodak photo, exactly back, in fewer bytes than PNG's best."""
+    img = kodak_crop(200, 150, 96, 80)
+    data = shipped_codec.compress(img, lossless=True)
+    assert np.array_equal(shipped_codec.decompress_array(data), img)
+    buf = __import__("io").BytesIO()
+    Image.fromarray(img).save(buf, "PNG", optimize=True)
+    assert len(data) < 0.85 * len(buf.getvalue())
+
+
+def test_cli_round_trip_is_exact(tmp_path):
+    from click.testing import CliRunner
+
+    from vaecodec.cli import cli
+
+    img = smooth_image(30, 45, seed=12)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    r = CliRunner().invoke(cli, ["compress", "--lossless", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.vae")])
+    assert r.exit_code == 0 and "lossless" in r.output, r.output
+    r = CliRunner().invoke(cli, ["info", str(tmp_path / "x.vae")])
+    assert "lossless" in r.output
+    r = CliRunner().invoke(cli, ["decompress", str(tmp_path / "x.vae"), "-o", str(tmp_path / "out.png")])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), img)
+
+
+def test_cli_refuses_lossless_with_a_target_size(tmp_path):
+    from click.testing import CliRunner
+
+    from vaecodec.cli import cli
+
+    Image.fromarray(smooth_image(8, 8)).save(tmp_path / "in.png")
+    r = CliRunner().invoke(cli, ["compress", "--lossless", "--target-bpp", "2", str(tmp_path / "in.png")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "lossless" in r.output
+    assert not (tmp_path / "in.vae").exists()
+
+
+def test_pillow_saves_and_opens_lossless(tmp_path, monkeypatch, tiny_codec):
+    import vaecodec.api
+
+    monkeypatch.setattr(vaecodec.api, "_default", tiny_codec)
+    img = smooth_image(21, 13, seed=13)
+    Image.fromarray(img).save(tmp_path / "x.vae", lossless=True)
+    with Image.open(tmp_path / "x.vae") as im:
+        assert im.header.coding == "lossless"
+        assert np.array_equal(np.asarray(im), img)
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_plane_round_trips_exactly(tiny_codec, mode, lossless):
+    colour = smooth_image(19, 23, seed=14, channels=3 if mode == "RGBA" else 1)
+    alpha = np.zeros((19, 23), np.uint8)
+    alpha[3:15, 4:20] = 255
+    alpha[9, 2:22] = np.arange(20) * 12
+    px = np.dstack([colour, alpha])
+    data = tiny_codec.compress(Image.fromarray(px, mode), lossless=lossless, quality=40)
+    assert read_header(data).mode == mode
+    out = tiny_codec.decompress(data)
+    assert out.mode == mode and np.array_equal(np.asarray(out)[:, :, -1], alpha)
+    if lossless:
+        assert np.array_equal(np.asarray(out), px)
+    else:  # the colour is the colour of the same image coded without alpha
+        assert np.array_equal(np.asarray(out)[:, :, :-1].squeeze(), tiny_codec.decompress_array(
+            tiny_codec.compress(colour, quality=40)))
+
+
+def test_alpha_files_refuse_a_truncated_alpha_plane(tiny_codec):
+    px = np.dstack([smooth_image(12, 12, seed=15), np.full((12, 12), 100, np.uint8)])
+    data = tiny_codec.compress(px, quality=30)
+    header, words = unpack(data)
+    with pytest.raises(FormatError):
+        tiny_codec.decompress(pack(header, words[1:]))
+
+
+def test_bench_lossless_measures_every_codec_exactly(tmp_path):
+    from click.testing import CliRunner
+
+    from vaecodec.cli import cli
+
+    for i in range(2):
+        Image.fromarray(smooth_image(24, 32, seed=20 + i)).save(tmp_path / f"{i}.png")
+    r = CliRunner().invoke(cli, ["bench", "--lossless", str(tmp_path / "0.png"), str(tmp_path / "1.png"),
+                                 "--codecs", "vaecodec,png,webp", "-o", str(tmp_path / "r.json"),
+                                 "--markdown", str(tmp_path / "r.md")])
+    assert r.exit_code == 0, r.output
+    import json
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert {row["codec"] for row in d["summary"]} == {"vaecodec", "png", "webp"}
+    assert all(row["exact"] and row["images"] == 2 and row["bpsp"] > 0 for row in d["summary"])
+    png = next(m for m in d["measurements"] if m["codec"] == "png" and m["image"] == "0.png")
+    buf = __import__("io").BytesIO()
+    Image.open(tmp_path / "0.png").save(buf, "PNG", optimize=True)
+    assert png["num_bytes"] == len(buf.getvalue())  # rate from the bytes the codec wrote
+    assert "vaecodec" in (tmp_path / "r.md").read_text()

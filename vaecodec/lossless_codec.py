@@ -1,0 +1,178 @@
+"""Lossless mode's push/pop codecs: pixels under the autoregressive pixel model, tile by tile.
+
+A codec here is a (push, pop) pair over one ANS stack (craystack's view): what
+``push`` puts on the stack, ``pop`` takes off in reverse, exactly. The image is
+cut into ``TILE``×``TILE`` tiles, each coded on its own (its context stops at
+its edges), so memory is bounded by a tile and a tile is the unit that later
+layers (bits-back over latents) chain on.
+
+Stack order, bottom to top (the decoder pops from the top)::
+
+    what the caller pushed before (its check value, an alpha plane)
+    tile 0, tile 1, …, tile n-1          (raster order of tiles)
+
+and inside one tile, :class:`PixelCodec` pushes the sub-pixels so that
+``pop`` takes them in wavefront order: step t = 0, 1, … (pixels with
+``col + 3·row = t``), within a step channel 0, 1, 2, within a channel by row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .entropy import PROBABILITY_BITS, holds_check, pop_grey_levels, push_grey_levels
+from .errors import FormatError
+from .pixel_model import PAD, WAVEFRONT_SLOPE, PixelModel, gather_context, padded_tile, wavefront_steps
+
+__all__ = ["TILE", "PixelCodec", "PreparedTile", "tiles", "prepare_image", "push_image", "pop_image", "required_bits"]
+
+TILE = 512
+"""Side of the square tiles an image is coded in (edge tiles are smaller)."""
+_ENCODE_CHUNK = 4096
+"""Pixels per batch of the encoder's (order-free) parameter computation: small enough to stay in cache."""
+_CHECK_EVERY = 64
+"""Wavefront steps between checks that a popping stack has not run dry."""
+MIN_BITS_PER_SUBPIXEL = -math.log2(1 - 255 / 2**PROBABILITY_BITS)
+"""No sub-pixel costs less: each of the 255 other grey levels keeps at least 2^-24 of the mass."""
+
+
+def required_bits(height: int, width: int, num_channels: int) -> int:
+    """A lower bound on the payload of any lossless file of this size (the ANS state may hide 64 bits).
+
+    Checked before decoding, it refuses a tiny forged file that declares a huge
+    image at once; a valid file of a flat image is still far above it.
+    """
+    return max(0, math.floor(height * width * num_channels * MIN_BITS_PER_SUBPIXEL) - 64)
+
+
+def tiles(height: int, width: int) -> Iterator[tuple[int, int, int, int]]:
+    """(top, left, tile height, tile width) in raster order."""
+    for top in range(0, height, TILE):
+        for left in range(0, width, TILE):
+            yield top, left, min(TILE, height - top), min(TILE, width - left)
+
+
+@dataclass(frozen=True)
+class PreparedTile:
+    """A tile's sub-pixels in pop order with their exact (mean, scale): pushing it is one cheap call."""
+
+    levels: np.ndarray  # int32
+    mean: np.ndarray  # float64
+    scale: np.ndarray  # float64
+    information_bits: float
+
+
+class PixelCodec:
+    """Push/pop the sub-pixels of one tile under a :class:`PixelModel`.
+
+    ``information_bits`` after a push is Σ −log2 p of what was pushed, under
+    the float64 Laplace (the coder's 24-bit probabilities add a few bits).
+    """
+
+    def __init__(self, model: PixelModel):
+        self.model = model
+        self.information_bits = 0.0
+
+    def _decode_order(self, height: int, width: int, num_channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols, channels) of every sub-pixel in the order pop returns them."""
+        rows, cols = np.divmod(np.arange(height * width), width)
+        t = cols + WAVEFRONT_SLOPE * rows
+        rows = np.repeat(rows, num_channels)
+        cols = np.repeat(cols, num_channels)
+        t = np.repeat(t, num_channels)
+        channels = np.tile(np.arange(num_channels), height * width)
+        order = np.lexsort((rows, channels, t))
+        return rows[order], cols[order], channels[order]
+
+    def push(self, coder, pixels: np.ndarray) -> None:
+        """Push a tile: uint8 (height, width, C), C = 1 or 3."""
+        self.push_prepared(coder, self.prepare(pixels))
+
+    def push_prepared(self, coder, tile: PreparedTile) -> None:
+        """Push a tile that :meth:`prepare` made ready."""
+        self.information_bits += tile.information_bits
+        push_grey_levels(coder, tile.levels, tile.mean, tile.scale)
+
+    def prepare(self, pixels: np.ndarray) -> PreparedTile:
+        """The work of :meth:`push` that does not touch the stack (done once when a tile is pushed many times)."""
+        height, width, num_channels = pixels.shape
+        buf = padded_tile(pixels.astype(np.int32), height, width, num_channels)
+        mean = np.empty((height, width, num_channels))
+        scale = np.empty((height, width, num_channels))
+        everything = np.arange(height * width)
+        for chunk in np.array_split(everything, max(1, everything.size // _ENCODE_CHUNK)):
+            rows, cols = np.divmod(chunk, width)
+            for k in range(num_channels):
+                context, ref = gather_context(buf, rows, cols, k)
+                mean[rows, cols, k], scale[rows, cols, k] = self.model.params(context, ref, num_channels, k)
+        r, c, k = self._decode_order(height, width, num_channels)
+        symbols = pixels[r, c, k].astype(np.int32)
+        mean, scale = mean[r, c, k], scale[r, c, k]
+        return PreparedTile(symbols, mean, scale, float(_laplace_bits(symbols, mean, scale).sum()))
+
+    def pop(self, coder, height: int, width: int, num_channels: int, floor: int = 0) -> np.ndarray:
+        """Pop a tile: returns uint8 (height, width, C).
+
+        ``floor``: :func:`~vaecodec.entropy.state_floor` of the check value under
+        the image (0: no check); a stack that runs dry is refused with
+        FormatError within ``_CHECK_EVERY`` wavefront steps.
+        """
+        buf = padded_tile(None, height, width, num_channels)
+        for t in range(wavefront_steps(height, width)):
+            if floor and t % _CHECK_EVERY == 0 and not holds_check(coder, floor):
+                raise FormatError("payload too short for the declared image (corrupted, truncated or forged file)")
+            first = max(0, -(-(t - width + 1) // WAVEFRONT_SLOPE))
+            rows = np.arange(first, min(height - 1, t // WAVEFRONT_SLOPE) + 1)
+            if not rows.size:  # tiles narrower than the slope skip some steps
+                continue
+            cols = t - WAVEFRONT_SLOPE * rows
+            for k in range(num_channels):
+                context, ref = gather_context(buf, rows, cols, k)
+                mean, scale = self.model.params(context, ref, num_channels, k)
+                buf[rows + PAD, cols + PAD, k] = pop_grey_levels(coder, mean, scale)
+        return buf[PAD:, PAD:PAD + width].astype(np.uint8)
+
+
+def _laplace_bits(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """−log2 P(x) for the discretized Laplace on 0..255 with the tails on the edge symbols (float64)."""
+    def cdf(v):
+        z = (v - mean) / scale
+        return np.where(z < 0, 0.5 * np.exp(np.minimum(z, 0)), 1 - 0.5 * np.exp(-np.maximum(z, 0)))
+    upper = np.where(x >= 255, 1.0, cdf(x + 0.5))
+    lower = np.where(x <= 0, 0.0, cdf(x - 0.5))
+    return -np.log2(np.maximum(upper - lower, 2.0**-24))
+
+
+def prepare_image(pixels: np.ndarray, codec: PixelCodec) -> list[PreparedTile]:
+    """Every tile of uint8 (H, W, C) pixels made ready to push, in raster order."""
+    height, width, _ = pixels.shape
+    return [codec.prepare(pixels[top:top + h, left:left + w]) for top, left, h, w in tiles(height, width)]
+
+
+def push_image(coder, pixels: np.ndarray | list[PreparedTile], codec: PixelCodec,
+               progress: Callable[[int], None] | None = None) -> None:
+    """Push every tile of uint8 (H, W, C) pixels (or of their :func:`prepare_image`), in raster order."""
+    if isinstance(pixels, list):
+        for tile in pixels:
+            codec.push_prepared(coder, tile)
+        return
+    height, width, _ = pixels.shape
+    for top, left, h, w in tiles(height, width):
+        codec.push(coder, pixels[top:top + h, left:left + w])
+        if progress:
+            progress(h * w)
+
+
+def pop_image(coder, height: int, width: int, num_channels: int, codec: PixelCodec,
+              progress: Callable[[int], None] | None = None, floor: int = 0) -> np.ndarray:
+    """Pop the tiles :func:`push_image` pushed (last tile first) into uint8 (H, W, C). ``floor``: see PixelCodec.pop."""
+    out = np.empty((height, width, num_channels), dtype=np.uint8)
+    for top, left, h, w in reversed(list(tiles(height, width))):
+        out[top:top + h, left:left + w] = codec.pop(coder, h, w, num_channels, floor)
+        if progress:
+            progress(h * w)
+    return out

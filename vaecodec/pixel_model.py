@@ -1,0 +1,214 @@
+"""The likelihood of lossless mode: each sub-pixel given the ones decoded before it.
+
+Why autoregressive: a photo's next sub-pixel is best predicted from its decoded
+neighbours (and, in colour, from the pixel's channels decoded just before it),
+which is what JPEG-LS, CALIC and JPEG XL's modular mode do with hand-made
+predictors. Here a small MLP per channel, trained on photos, gives each
+sub-pixel a discretized Laplace distribution: a mean ``ref + offset`` and a
+scale from a fixed table. It trains in minutes on a CPU (the inputs are a
+table of contexts, not images) and decodes in a wavefront (below).
+
+Context of sub-pixel ``(row, col, k)``: the ``NUM_OFFSETS`` causal neighbours in
+:data:`CONTEXT_OFFSETS`, every channel of each, then channels ``0..k-1`` of the
+pixel itself; each minus its channel's ``ref = (N + W + 1) >> 1``. Positions
+outside the tile read :data:`PAD_VALUE`. Colour order is R, G, B.
+
+Decoding order (the wavefront): a pixel depends on pixels up to two columns to
+its right in the row above, so every pixel with ``col + WAVEFRONT_SLOPE·row = t``
+can be decoded at once, step t = 0, 1, …; within a step, channel 0 then 1
+then 2. A W×H tile takes ``W + 3(H-1)`` steps.
+
+Exactness: the MLP runs as an integer program in float64 (weights are shipped
+as integers with a power-of-two scale per layer; every partial sum stays below
+2^53, checked at load), its two outputs become a mean in 1/64 of a grey level
+and a scale *index* into the table shipped with the weights. So encoder and
+decoder compute the same (mean, scale) on any machine whatever the batch, and
+constriction's Rust turns them into the same probabilities. Nothing here needs
+torch: lossless files decode with numpy and constriction alone.
+
+Typical workflow::
+
+    model = PixelModel.load(path)                     # ready to code
+    mean, scale = model.params(context, ref, channel) # per sub-pixel, exact
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CONTEXT_OFFSETS", "NUM_OFFSETS", "PAD", "PAD_VALUE", "WAVEFRONT_SLOPE", "MEAN_STEPS", "SCALE_STEPS",
+           "PixelModel", "padded_tile", "gather_context", "context_size", "wavefront_steps"]
+
+CONTEXT_OFFSETS = ((0, -1), (0, -2), (0, -3), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2),
+                   (-2, -1), (-2, 0), (-2, 1), (-3, 0))
+"""(row, col) offsets of the causal neighbours each sub-pixel sees."""
+NUM_OFFSETS = len(CONTEXT_OFFSETS)
+PAD = 3
+"""Rows above and columns either side of a tile that read PAD_VALUE."""
+PAD_VALUE = 128
+WAVEFRONT_SLOPE = 3
+"""col + 3·row: the largest column offset upwards is +2, so a step of 3 per row keeps every context decoded."""
+MEAN_STEPS = 64
+"""The mean is ref + m / MEAN_STEPS for an integer m."""
+SCALE_STEPS = 16
+"""Scale index i stands for the scale exp(i / SCALE_STEPS) grey levels (the table ships with the weights)."""
+MEAN_LIMIT = 1 << 15
+ACT_FRAC_BITS = 12
+ACT_LIMIT = 2.0**20
+EXACT_LIMIT = 2.0**53
+_ROWS = np.array([r for r, _ in CONTEXT_OFFSETS])
+_COLS = np.array([c for _, c in CONTEXT_OFFSETS])
+
+
+def context_size(num_channels: int, channel: int) -> int:
+    """Inputs of the MLP for ``channel``: every channel of each neighbour, then the pixel's earlier channels."""
+    return NUM_OFFSETS * num_channels + channel
+
+
+def wavefront_steps(height: int, width: int) -> int:
+    return width + WAVEFRONT_SLOPE * (height - 1)
+
+
+def padded_tile(pixels: np.ndarray | None, height: int, width: int, num_channels: int) -> np.ndarray:
+    """An int32 buffer (height+PAD, width+2·PAD, C) holding ``pixels`` (or nothing yet) inside PAD_VALUE."""
+    buf = np.full((height + PAD, width + 2 * PAD, num_channels), PAD_VALUE, dtype=np.int32)
+    if pixels is not None:
+        buf[PAD:, PAD:PAD + width] = pixels.reshape(height, width, num_channels)
+    return buf
+
+
+def gather_context(buf: np.ndarray, rows: np.ndarray, cols: np.ndarray, channel: int) -> tuple[np.ndarray, np.ndarray]:
+    """Contexts of sub-pixels ``(rows, cols, channel)`` read from a padded tile.
+
+    Returns (context int32 (n, context_size), ref int32 (n,)). Only decoded
+    positions are read: the causal neighbours and channels < ``channel`` of
+    the pixel itself.
+    """
+    r = rows + PAD
+    c = cols + PAD
+    ref = (buf[r - 1, c] + buf[r, c - 1] + 1) >> 1                        # (n, C)
+    around = buf[r[:, None] + _ROWS, c[:, None] + _COLS] - ref[:, None, :]  # (n, offsets, C)
+    parts = [around.reshape(len(r), NUM_OFFSETS * buf.shape[2])]
+    if channel:
+        parts.append(buf[r, c, :channel] - ref[:, :channel])
+    return np.concatenate(parts, axis=1), ref[:, channel]
+
+
+@dataclass(frozen=True)
+class _Layer:
+    weight: np.ndarray  # float64 integers (in, out), units 2^-shift
+    bias: np.ndarray  # float64 integers (out,), units 2^-(shift + input frac bits)
+    shift: int
+    input_frac_bits: int
+
+
+class _ExactMLP:
+    """Linear → ReLU → … → Linear on integers, exact in float64 (see module docstring)."""
+
+    def __init__(self, layers: list[_Layer]):
+        self.layers = layers
+        bound = 255.0  # |input| ≤ 255: differences of grey levels
+        for i, layer in enumerate(layers):
+            acc = bound * float(np.abs(layer.weight).sum(axis=0).max()) + float(np.abs(layer.bias).max())
+            if acc >= EXACT_LIMIT:
+                raise ValueError(f"pixel model layer {i} can overflow exact float64 arithmetic")
+            bound = ACT_LIMIT
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        for i, layer in enumerate(self.layers):
+            acc = a @ layer.weight + layer.bias  # units 2^-(shift + input frac bits)
+            if i + 1 < len(self.layers):
+                np.maximum(acc, 0.0, out=acc)
+            shift = layer.shift + layer.input_frac_bits - ACT_FRAC_BITS
+            acc = np.floor(acc * 2.0**-shift + 0.5)
+            a = np.clip(acc, -ACT_LIMIT, ACT_LIMIT, out=acc)
+        return a  # units 2^-ACT_FRAC_BITS
+
+
+class PixelModel:
+    """Exact per-sub-pixel (mean, scale) for RGB and for greyscale, ready to code at construction.
+
+    ``nets[num_channels]`` is a list with one integer MLP per channel (1 and 3
+    channels). Outputs of channel k's MLP: (mean − ref)/32 and ln(scale), in
+    units 2^-ACT_FRAC_BITS. ``scales[i - scale_min]`` is the scale of index i.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], model_id: str):
+        self.model_id = model_id
+        self.arrays = arrays
+        self.scale_min = int(arrays["scale_range"][0])
+        self.scale_max = int(arrays["scale_range"][1])
+        self.scales = np.asarray(arrays["scales"], dtype=np.float64)
+        if self.scales.shape != (self.scale_max - self.scale_min + 1,) or not np.all(self.scales > 0):
+            raise ValueError("bad scale table in pixel model")
+        self.nets: dict[int, list[_ExactMLP]] = {}
+        for num_channels in (1, 3):
+            nets = []
+            for k in range(num_channels):
+                layers, frac, j = [], 0, 0
+                while f"c{num_channels}k{k}w{j}" in arrays:
+                    w = np.asarray(arrays[f"c{num_channels}k{k}w{j}"], dtype=np.float64)
+                    b = np.asarray(arrays[f"c{num_channels}k{k}b{j}"], dtype=np.float64)
+                    shift = int(arrays[f"c{num_channels}k{k}s{j}"])
+                    layers.append(_Layer(w, b, shift, frac))
+                    frac, j = ACT_FRAC_BITS, j + 1
+                if not layers or layers[0].weight.shape[0] != context_size(num_channels, k) \
+                        or layers[-1].weight.shape[1] != 2:
+                    raise ValueError(f"pixel model lacks a valid net for channel {k} of {num_channels}")
+                nets.append(_ExactMLP(layers))
+            self.nets[num_channels] = nets
+        self.weight_hash = hashlib.sha256(b"".join(
+            name.encode() + np.ascontiguousarray(arrays[name]).tobytes() for name in sorted(arrays))).digest()[:8]
+
+    def __repr__(self) -> str:
+        return f"PixelModel({self.model_id!r})"
+
+    def params(self, context: np.ndarray, ref: np.ndarray, num_channels: int, channel: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, scale) float64 per sub-pixel, exact: mean = ref + m/64, scale from the table."""
+        out = self.nets[num_channels][channel](context.astype(np.float64))
+        m = np.floor(out[:, 0] * 2.0 ** (11 - ACT_FRAC_BITS) + 0.5)  # ×32 grey levels ×64 steps = 2^11
+        np.clip(m, -MEAN_LIMIT, MEAN_LIMIT, out=m)
+        i = np.floor(out[:, 1] * 2.0 ** (4 - ACT_FRAC_BITS) + 0.5)   # ×SCALE_STEPS = 2^4
+        i = np.clip(i, self.scale_min, self.scale_max).astype(np.int64)
+        return ref + m * (1.0 / MEAN_STEPS), self.scales[i - self.scale_min]
+
+    @classmethod
+    def from_float(cls, nets: dict[int, list[list[tuple[np.ndarray, np.ndarray]]]], model_id: str,
+                   scale_range: tuple[int, int] = (-40, 72)) -> "PixelModel":
+        """Quantize trained float MLPs: nets[C][k] = [(weight (in, out), bias (out,)), …] on inputs ``context/32``."""
+        import math
+        arrays: dict[str, np.ndarray] = {}
+        for num_channels, per_channel in nets.items():
+            for k, layers in enumerate(per_channel):
+                frac = 0
+                for j, (w, b) in enumerate(layers):
+                    w = np.asarray(w, dtype=np.float64) / (32.0 if j == 0 else 1.0)
+                    peak = float(np.abs(w).max()) or 1.0
+                    shift = 13 - math.frexp(peak)[1]
+                    arrays[f"c{num_channels}k{k}w{j}"] = np.round(w * 2.0**shift).astype(np.int32)
+                    arrays[f"c{num_channels}k{k}b{j}"] = np.round(np.asarray(b, np.float64) * 2.0 ** (shift + frac)
+                                                                  ).astype(np.int64)
+                    arrays[f"c{num_channels}k{k}s{j}"] = np.array(shift, dtype=np.int32)
+                    frac = ACT_FRAC_BITS
+        lo, hi = scale_range
+        arrays["scale_range"] = np.array([lo, hi], dtype=np.int32)
+        arrays["scales"] = np.array([math.exp(i / SCALE_STEPS) for i in range(lo, hi + 1)], dtype=np.float64)
+        return cls(arrays, model_id)
+
+    def save(self, path: str | Path) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, model_id=np.array(self.model_id), **self.arrays)
+        Path(path).write_bytes(buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PixelModel":
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files if name != "model_id"}
+            model_id = str(f["model_id"])
+        return cls(arrays, model_id)
