@@ -261,3 +261,17 @@ def test_bench_lossless_measures_every_codec_exactly(tmp_path):
     Image.open(tmp_path / "0.png").save(buf, "PNG", optimize=True)
     assert png["num_bytes"] == len(buf.getvalue())  # rate from the bytes the codec wrote
     assert "vaecodec" in (tmp_path / "r.md").read_text()
+
+
+def test_pillow_opens_alpha_files(tmp_path, monkeypatch, tiny_codec):
+    import vaecodec.api
+
+    monkeypatch.setattr(vaecodec.api, "_default", tiny_codec)
+    px = np.dstack([smooth_image(10, 14, seed=16), np.arange(140, dtype=np.uint8).reshape(10, 14)])
+    Image.fromarray(px, "RGBA").save(tmp_path / "a.vae", quality=50)
+    with Image.open(tmp_path / "a.vae") as im:
+        assert im.mode == "RGBA" and np.array_equal(np.asarray(im)[:, :, 3], px[:, :, 3])
+    la = np.dstack([smooth_image(10, 14, seed=17, channels=1), px[:, :, 3]])
+    Image.fromarray(la, "LA").save(tmp_path / "b.vae", lossless=True)
+    with Image.open(tmp_path / "b.vae") as im:
+        assert im.mode == "LA" and np.array_equal(np.asarray(im), la)
