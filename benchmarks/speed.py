@@ -67,7 +67,8 @@ def stages_once(codec, pixels, clock):
     def push():
         coder = entropy.new_coder()
         entropy.push_check(coder, _header_check(header))
-        codec.latents.push(coder, Latents(y, z, hyper), QUALITY)
+        code = codec.latents.push(coder, Latents(y, z, hyper), QUALITY)
+        entropy.push_check(coder, entropy.content_check(*code.symbols))
         return coder.get_compressed()
 
     words = clock.stage("encode: latents → ANS (quantize, context, entropy coding)", push)
@@ -76,9 +77,11 @@ def stages_once(codec, pixels, clock):
 
     def pop():
         coder = entropy.new_coder(words)
-        y_hat = codec.latents.pop(coder, header.height, header.width, header.quality)
+        seal = entropy.pop_check(coder)
+        code = codec.latents.pop_code(coder, header.height, header.width, header.quality)
         assert entropy.pop_check(coder) == _header_check(header) and coder.is_empty()
-        return y_hat
+        assert entropy.content_check(*code.symbols) == seal
+        return code.y_hat
 
     y_hat = clock.stage("decode: ANS → latents (hyper-synthesis, context, entropy decoding)", pop)
     rgb = clock.stage("decode: synthesis transform (exact)", m.synthesize, y_hat)

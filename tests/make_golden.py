@@ -1,11 +1,15 @@
 """Regenerate the golden files in tests/data/ — only when the format changes on purpose.
 
-    python tests/make_golden.py [hyperprior|checkerboard]
+    python tests/make_golden.py [hyperprior|checkerboard|v2]
 
 Writes a tiny seeded model (golden-model.pt), a .vae file of a seeded image
 (golden.vae) and the SHA-256 of its decoded pixels (golden.json); for the
-checkerboard architecture the same with the prefix ``golden-cb``. A format
-change must bump container.FORMAT_VERSION; then regenerate and commit.
+checkerboard architecture the same with the prefix ``golden-cb``. These two are
+format version 1 files, kept to prove that old files still decode. ``v2``
+writes version-2 files with the checkerboard model and a tiny pixel model
+(golden-px.npz): lossy RGBA (golden-v2-rgba) and lossless RGB
+(golden-v2-lossless). A format change must bump container.FORMAT_VERSION;
+then add goldens of the new version and commit.
 """
 
 import hashlib
@@ -18,15 +22,38 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import DATA, make_tiny_model, smooth_image  # noqa: E402
+from conftest import DATA, make_tiny_model, make_tiny_pixel_model, smooth_image  # noqa: E402
 from vaecodec.api import Codec  # noqa: E402
 
 
 GOLDEN = {"hyperprior": ("golden", "golden-tiny"), "checkerboard": ("golden-cb", "golden-tiny-cb")}
 
 
+def write(prefix: str, codec: Codec, data: bytes) -> None:
+    (DATA / f"{prefix}.vae").write_bytes(data)
+    pixels = np.ascontiguousarray(codec.decompress_array(data))
+    (DATA / f"{prefix}.json").write_text(json.dumps({
+        "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+        "shape": list(pixels.shape), "num_bytes": len(data),
+    }, indent=1) + "\n")
+    print(f"{prefix}.vae: {len(data)} bytes")
+
+
+def version_2() -> None:
+    make_tiny_pixel_model(seed=7, model_id="golden-px").save(DATA / "golden-px.npz")
+    codec = Codec(DATA / "golden-cb-model.pt", DATA / "golden-px.npz")
+    img = smooth_image(37, 53, seed=8)
+    alpha = np.zeros((37, 53), np.uint8)
+    alpha[5:30, 9:44] = 255
+    alpha[17, :] = np.arange(53) * 4
+    write("golden-v2-rgba", codec, codec.compress(np.dstack([img, alpha]), quality=64))
+    write("golden-v2-lossless", codec, codec.compress(img, lossless=True))
+
+
 def main() -> None:
     kind = sys.argv[1] if len(sys.argv) > 1 else "hyperprior"
+    if kind == "v2":
+        return version_2()
     prefix, model_id = GOLDEN[kind]
     model = make_tiny_model(seed=7, model_id=model_id, kind=kind)
     model.save(DATA / f"{prefix}-model.pt")

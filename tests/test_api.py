@@ -39,8 +39,12 @@ def test_decoder_recovers_exactly_what_the_encoder_predicted(any_tiny_codec, rgb
         assert torch.equal(y_hat, code.y_hat)
         header, words = unpack(codec.compress(rgb_image, quality=quality))
         coder = entropy.new_coder(words)
-        assert torch.equal(codec.latents.pop(coder, header.height, header.width, quality), code.y_hat)
+        seal = entropy.pop_check(coder)  # the content check tops the stack
+        popped = codec.latents.pop_code(coder, header.height, header.width, quality)
+        assert torch.equal(popped.y_hat, code.y_hat)
         assert entropy.pop_check(coder) == _header_check(header) and coder.is_empty()
+        assert all(np.array_equal(a, b) for a, b in zip(popped.symbols, code.symbols))
+        assert seal == entropy.content_check(*code.symbols)
         pixels = np.asarray(codec.decompress(pack(header, words)))
         h, w = rgb_image.shape[:2]
         assert np.array_equal(pixels, m.synthesize(code.y_hat)[:h, :w])

@@ -20,3 +20,13 @@ def test_golden_file_decodes_to_its_checksum(prefix):
     pixels = np.ascontiguousarray(Codec(DATA / f"{prefix}-model.pt").decompress_array(data))
     assert list(pixels.shape) == expected["shape"]
     assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected["pixels_sha256"]
+
+
+@pytest.mark.parametrize("prefix", ["golden-v2-rgba", "golden-v2-lossless"])
+def test_version_2_golden_file_decodes_to_its_checksum(prefix):
+    expected = json.loads((DATA / f"{prefix}.json").read_text())
+    data = (DATA / f"{prefix}.vae").read_bytes()
+    assert vaecodec.read_header(data).format_version == 2
+    pixels = np.ascontiguousarray(Codec(DATA / "golden-cb-model.pt", DATA / "golden-px.npz").decompress_array(data))
+    assert list(pixels.shape) == expected["shape"]
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected["pixels_sha256"]

@@ -26,7 +26,11 @@ Images with a real alpha channel (modes RGBA and LA) keep it exactly, lossy or
 lossless: the alpha plane goes on the stack above the check value and under the
 colour, coded like a lossless grey image::
 
-    bottom  check value · alpha plane (RGBA/LA only) · colour (latents or pixels)  top
+    bottom  check value · alpha plane (RGBA/LA only) · colour (latents or pixels) · content check  top
+
+The content check (format version 2) is a CRC-32 of every decoded symbol,
+popped first and compared last: it catches edits that ANS decodes without
+losing step (raw escape bits), which the check value at the bottom cannot.
 The check catches what the file's CRC cannot: a payload put under another
 header (size, mode, quality) or cut short and re-CRC'd.
 
@@ -249,21 +253,22 @@ class Codec:
             entropy.push_check(coder, _header_check(header))
             alpha_bits = self._push_alpha(coder, self._prepare_alpha(alpha))
             push_image(coder, colour.reshape(height, width, -1), codec)
+            entropy.push_check(coder, entropy.content_check(colour, *_planes(alpha)))
             words = coder.get_compressed()
         data = pack(header, words)
         return Encoded(data, replace(header, num_words=int(words.size), num_bytes=len(data)),
-                       codec.information_bits + alpha_bits + entropy.CHECK_BITS)
+                       codec.information_bits + alpha_bits + 2 * entropy.CHECK_BITS)
 
-    def _prepare_alpha(self, alpha: np.ndarray | None) -> list | None:
-        """The alpha plane's tiles ready to push (once per image, however many files are tried)."""
-        return None if alpha is None else prepare_image(alpha[:, :, None], PixelCodec(self.pixel_model))
+    def _prepare_alpha(self, alpha: np.ndarray | None) -> tuple | None:
+        """The alpha plane and its tiles ready to push (once per image, however many files are tried)."""
+        return None if alpha is None else (alpha, prepare_image(alpha[:, :, None], PixelCodec(self.pixel_model)))
 
-    def _push_alpha(self, coder, prepared: list | None) -> float:
+    def _push_alpha(self, coder, prepared: tuple | None) -> float:
         """Push a prepared alpha plane (if any); its information bits."""
         if prepared is None:
             return 0.0
         codec = PixelCodec(self.pixel_model)
-        push_image(coder, prepared, codec)
+        push_image(coder, prepared[1], codec)
         return codec.information_bits
 
     def _pop_alpha(self, coder, header: Header, floor: int) -> np.ndarray | None:
@@ -290,11 +295,13 @@ class Codec:
         entropy.push_check(coder, _header_check(header))
         alpha_bits = self._push_alpha(coder, analysed.alpha)
         code = self.latents.push(coder, latents, quality)
+        alpha_plane = analysed.alpha[0] if analysed.alpha else None
+        entropy.push_check(coder, entropy.content_check(*code.symbols, *_planes(alpha_plane)))
         words = coder.get_compressed()
         header = replace(header, num_words=int(words.size))
         data = pack(header, words)
         encoded = Encoded(data, replace(header, num_bytes=len(data)),
-                          code.information_bits + alpha_bits + entropy.CHECK_BITS)
+                          code.information_bits + alpha_bits + 2 * entropy.CHECK_BITS)
         return encoded, code.y_hat
 
     def _encode_at(self, analysed: "_Analysed", quality: int, effort: int = DEFAULT_EFFORT) -> Encoded:
@@ -395,11 +402,12 @@ class Codec:
         with self._lock, torch.no_grad():
             coder = entropy.new_coder(words)
             check = _header_check(header)
+            seal = entropy.pop_check(coder) if header.format_version >= 2 else None
             floor = entropy.state_floor(check)
-            y_hat = self.latents.pop(coder, header.height, header.width, header.quality, floor)
+            code = self.latents.pop_code(coder, header.height, header.width, header.quality, floor)
+            y_hat = code.y_hat
             alpha = self._pop_alpha(coder, header, floor)
-            if entropy.pop_check(coder) != check or not coder.is_empty():
-                raise FormatError("payload does not match its header (corrupted or truncated data)")
+            _require_checks(coder, check, seal, code.symbols, alpha)
             rgb = m.synthesize(y_hat)
         return header, with_alpha(to_output_pixels(rgb, header.height, header.width, header.mode), alpha)
 
@@ -416,11 +424,11 @@ class Codec:
         check = _header_check(header)
         with self._lock:
             coder = entropy.new_coder(words)
+            seal = entropy.pop_check(coder) if header.format_version >= 2 else None
             floor = entropy.state_floor(check)
             pixels = pop_image(coder, header.height, header.width, channels, PixelCodec(pm), floor=floor)
             alpha = self._pop_alpha(coder, header, floor)
-            if entropy.pop_check(coder) != check or not coder.is_empty():
-                raise FormatError("payload does not match its header (corrupted or truncated data)")
+            _require_checks(coder, check, seal, (pixels,), alpha)
         return with_alpha(pixels[:, :, 0] if channels == 1 else pixels, alpha)
 
     # ----- the generative side ----------------------------------------------------
@@ -477,7 +485,7 @@ class _Analysed:
     x: torch.Tensor  # the padded model input
     pixels: np.ndarray  # the original uint8 colour pixels (no alpha)
     metadata: Metadata  # what the file keeps beside the pixels
-    alpha: list | None  # the alpha plane's tiles, prepared once for every file tried
+    alpha: tuple | None  # (alpha plane, its tiles prepared once for every file tried)
 
 
 def _check_quality(quality) -> None:
@@ -502,6 +510,19 @@ def _read_vae(data: bytes | bytearray | memoryview | str | os.PathLike) -> bytes
     if isinstance(data, (str, os.PathLike)):
         return Path(data).read_bytes()
     return bytes(data)
+
+
+def _planes(alpha: np.ndarray | None) -> tuple:
+    return () if alpha is None else (alpha,)
+
+
+def _require_checks(coder, check: int, seal: int | None, symbols: tuple, alpha: np.ndarray | None) -> None:
+    """The stack's end: its bottom check value matches the header, nothing is left, and the decoded
+    symbols match the content check popped first (``seal``; None in version-1 files, which have none)."""
+    if entropy.pop_check(coder) != check or not coder.is_empty():
+        raise FormatError("payload does not match its header (corrupted or truncated data)")
+    if seal is not None and entropy.content_check(*symbols, *_planes(alpha)) != seal:
+        raise FormatError("payload does not match its content check (corrupted data)")
 
 
 def _header_check(h: Header) -> int:

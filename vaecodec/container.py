@@ -3,11 +3,11 @@
 Pure Python and NumPy: no torch, no constriction, so headers are cheap to read
 (``vaecodec info``, Pillow's ``_accept``) and the format is testable alone.
 
-Layout, all integers little-endian (format version 1)::
+Layout, all integers little-endian (format version 2)::
 
     offset  size  field
     0       4     magic  b"\\x8bVAE"   (high bit set: catches 7-bit transfers)
-    4       1     format version (1)
+    4       1     format version (2; 1 is still read)
     5       1     flags: bits 0-1 colour (0 = L, 1 = RGB, 2 = LA, 3 = RGBA: an alpha plane
                   coded losslessly at the bottom of the stack), bits 2-3 coding (0 = lossy,
                   1 = lossless), bit 4 metadata sections follow the word count; rest 0
@@ -29,15 +29,19 @@ Layout, all integers little-endian (format version 1)::
     28+n+m  4k    ANS words (the last one is never 0)
     28+n+m+4k 4   CRC-32 of every byte before it
 
+Version 2 differs from 1 only inside the payload: its top holds a *content
+check* (a CRC-32 of every decoded symbol), so a payload edited where ANS does
+not desynchronize (raw escape bits) is refused too. Version 1 files (vaecodec
+0.1) are read as they always were.
+
 Every field is checked, and the total length must match exactly, before any
 payload is touched; any defect raises :class:`FormatError`. Section lengths are
 checked against their limits before anything is read or allocated for them.
 
 Metadata rides beside the image, not in it: the ANS payload and its check value
 do not depend on it, so a file with metadata codes exactly the pixels of the
-same file without. Files without metadata are byte for byte what vaecodec
-wrote before metadata existed; a reader older than bit 4 refuses a file that
-has it ("unknown flags") rather than misreading it, so the version stays 1.
+same file without. A reader older than bit 4 refuses a file that has it
+("unknown flags") rather than misreading it.
 The EXIF limit is what one JPEG APP1 segment holds after its "Exif\\0\\0", so
 every EXIF block a file keeps can go back into a JPEG.
 """
@@ -58,7 +62,8 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "Metadata", "NO_METADATA", "META
            "check_metadata", "pack", "unpack", "read_header", "read_header_from", "accept"]
 
 MAGIC = b"\x8bVAE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 26
 COLOR_MODES = ("L", "RGB", "LA", "RGBA")
@@ -132,6 +137,7 @@ class Header:
     num_words: int = 0
     num_bytes: int = 0  # whole file, header, metadata and CRC included (0 until packed/unpacked)
     metadata: Metadata = field(default=NO_METADATA)
+    format_version: int = FORMAT_VERSION  # 2: a content check tops the payload; 1: vaecodec 0.1's files
 
     @property
     def bpp(self) -> float:
@@ -140,7 +146,7 @@ class Header:
 
     def to_dict(self) -> dict:
         return {
-            "format_version": FORMAT_VERSION, "width": self.width, "height": self.height, "mode": self.mode,
+            "format_version": self.format_version, "width": self.width, "height": self.height, "mode": self.mode,
             "coding": self.coding, "quality": self.quality, "model_id": self.model_id,
             "weight_hash": self.weight_hash.hex(), "num_words": self.num_words,
             "num_bytes": self.num_bytes, "bpp": round(self.bpp, 6), "metadata": self.metadata.sizes(),
@@ -172,6 +178,8 @@ def check_metadata(m: Metadata) -> None:
 
 
 def _validate(h: Header) -> None:
+    if h.format_version not in READ_VERSIONS:
+        raise FormatError(f"unsupported format version {h.format_version}")
     if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE) or h.width * h.height > MAX_PIXELS:
         raise FormatError(f"image size {h.width}x{h.height} out of range")
     if h.mode not in COLOR_MODES:
@@ -207,7 +215,7 @@ def pack(header: Header, words: np.ndarray) -> bytes:
     metadata = _pack_metadata(header.metadata)
     flags = COLOR_MODES.index(header.mode) | (CODINGS.index(header.coding) << 2) | (_METADATA_FLAG * bool(metadata))
     mid = header.model_id.encode("ascii")
-    head = (MAGIC + struct.pack("<BBBB", FORMAT_VERSION, flags, header.quality, len(mid)) + mid
+    head = (MAGIC + struct.pack("<BBBB", header.format_version, flags, header.quality, len(mid)) + mid
             + header.weight_hash + struct.pack("<III", header.width, header.height, words.size))
     body = head + metadata + words.astype("<u4").tobytes()
     return body + struct.pack("<I", zlib.crc32(body))
@@ -268,8 +276,9 @@ def _parse(data: bytes, check_payload: bool) -> tuple[Header, int]:
     if len(data) < 8:
         raise _Truncated(8)
     version, flags, quality, n = struct.unpack_from("<BBBB", data, 4)
-    if version != FORMAT_VERSION:
-        raise FormatError(f"unsupported format version {version} (this vaecodec reads {FORMAT_VERSION})")
+    if version not in READ_VERSIONS:
+        raise FormatError(f"unsupported format version {version} (this vaecodec reads "
+                          f"{', '.join(map(str, READ_VERSIONS))})")
     if flags & ~_KNOWN_FLAGS or (flags & 3) >= len(COLOR_MODES) or ((flags >> 2) & 3) >= len(CODINGS):
         raise FormatError(f"unknown flags 0x{flags:02x}")
     if not 1 <= n <= 64:
@@ -283,7 +292,7 @@ def _parse(data: bytes, check_payload: bool) -> tuple[Header, int]:
     weight_hash = bytes(data[8 + n:8 + n + _HASH_BYTES])
     width, height, num_words = struct.unpack_from("<III", data, 8 + n + _HASH_BYTES)
     header = Header(width, height, COLOR_MODES[flags & 3], quality, mid.decode("ascii"), weight_hash,
-                    CODINGS[(flags >> 2) & 3], num_words, len(data))
+                    CODINGS[(flags >> 2) & 3], num_words, len(data), format_version=version)
     _validate(header)
     sections, offset = _parse_sections(data, fixed) if flags & _METADATA_FLAG else ([], fixed)
     if check_payload:

@@ -28,12 +28,14 @@ Typical workflow::
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 import constriction
 
 __all__ = ["PROBABILITY_BITS", "CHECK_BITS", "IndexedPmfs", "quantize_pmf", "new_coder", "push_check", "pop_check",
-           "state_floor", "holds_check", "push_grey_levels", "pop_grey_levels"]
+           "state_floor", "holds_check", "push_grey_levels", "pop_grey_levels", "content_check"]
 
 PROBABILITY_BITS = 24
 _TOTAL = 1 << PROBABILITY_BITS
@@ -80,6 +82,20 @@ def holds_check(coder, floor: int) -> bool:
     """False when the stack can no longer hold the check value (see :func:`state_floor`)."""
     position, state = coder.pos()
     return position > 0 or int(state) >= floor
+
+
+def content_check(*arrays) -> int:
+    """CRC-32 of integer arrays' values (as little-endian int64, in order): what the top check value holds.
+
+    Pushed last over a payload's symbols and popped first, it is compared with
+    the CRC of what was decoded: ANS desynchronizes after most edits of its
+    words, and the check under the payload catches those, but raw bits (escape
+    magnitudes) decode to other values without desynchronizing anything.
+    """
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(np.asarray(a), dtype="<i8").tobytes(), crc)
+    return crc
 
 
 def pop_check(coder) -> int:

@@ -57,10 +57,12 @@ class Latents:
 
 @dataclass(frozen=True)
 class LatentCode:
-    """What one ``push`` wrote: the decoder's exact ŷ (fixed point) and Σ −log2 p of the symbols."""
+    """What one ``push`` wrote (or ``pop_code`` read): the decoder's exact ŷ (fixed point), Σ −log2 p of the
+    symbols (0 when popped), and the symbols themselves (q, ẑ), which the content check covers."""
 
     y_hat: torch.Tensor
     information_bits: float
+    symbols: tuple = ()
 
 
 class HyperpriorLatentCodec:
@@ -109,19 +111,24 @@ class HyperpriorLatentCodec:
         q = m.quantize(latents.y, p, quality)
         bits = self._push_y(coder, q, p, quality)
         bits += self._push_z(coder, latents.z_symbols)
-        return LatentCode(m.dequantize(q, p, quality), bits)
+        return LatentCode(m.dequantize(q, p, quality), bits, (q.numpy(), latents.z_symbols.numpy()))
 
-    @torch.no_grad()
     def pop(self, coder, height: int, width: int, quality: int, floor: int = 0) -> torch.Tensor:
         """Exact ŷ of a ``height`` × ``width`` image; ``floor``: :func:`entropy.state_floor` of the
         check value under the latents (0: no early check), so a stack that runs dry is refused
         before the next expensive pass."""
+        return self.pop_code(coder, height, width, quality, floor).y_hat
+
+    @torch.no_grad()
+    def pop_code(self, coder, height: int, width: int, quality: int, floor: int = 0) -> LatentCode:
+        """:meth:`pop`, with the symbols read."""
         m = self.model
         y_shape, z_shape = m.latent_shapes(height, width)
-        p = m.hyper_decode(self._pop_z(coder, z_shape, floor))
+        z = self._pop_z(coder, z_shape, floor)
+        p = m.hyper_decode(z)
         q = torch.empty(y_shape, dtype=torch.long)
         self._pop_y(coder, p, quality, q)
-        return m.dequantize(q, p, quality)
+        return LatentCode(m.dequantize(q, p, quality), 0.0, (q.numpy(), z.numpy()))
 
 
 class CheckerboardLatentCodec(HyperpriorLatentCodec):
@@ -145,14 +152,16 @@ class CheckerboardLatentCodec(HyperpriorLatentCodec):
         bits += self._push_y(coder, q_a, p_a, quality, anchor)
         bits += self._push_z(coder, latents.z_symbols)
         y_hat = torch.where(anchor, y_hat_a, m.dequantize(q_n, p_n, quality))
-        return LatentCode(y_hat, bits)
+        q = torch.where(anchor.expand_as(q_a), q_a, q_n)
+        return LatentCode(y_hat, bits, (q.numpy(), latents.z_symbols.numpy()))
 
     @torch.no_grad()
-    def pop(self, coder, height: int, width: int, quality: int, floor: int = 0) -> torch.Tensor:
+    def pop_code(self, coder, height: int, width: int, quality: int, floor: int = 0) -> LatentCode:
         m = self.model
         y_shape, z_shape = m.latent_shapes(height, width)
         anchor = m.anchor_mask(y_shape)
-        hyper = m.hyper_decode(self._pop_z(coder, z_shape, floor))
+        z = self._pop_z(coder, z_shape, floor)
+        hyper = m.hyper_decode(z)
         p_a = m.context_params(hyper, None)
         q = torch.zeros(y_shape, dtype=torch.long)
         self._pop_y(coder, p_a, quality, q, anchor)
@@ -160,7 +169,7 @@ class CheckerboardLatentCodec(HyperpriorLatentCodec):
         y_hat_a = m.dequantize(q, p_a, quality) * anchor
         p_n = m.context_params(hyper, y_hat_a)
         self._pop_y(coder, p_n, quality, q, ~anchor)
-        return torch.where(anchor, y_hat_a, m.dequantize(q, p_n, quality))
+        return LatentCode(torch.where(anchor, y_hat_a, m.dequantize(q, p_n, quality)), 0.0, (q.numpy(), z.numpy()))
 
 
 def _require_bits(coder, floor: int) -> None:
