@@ -58,14 +58,8 @@ def main() -> None:
     model = make_tiny_model(seed=7, model_id=model_id, kind=kind)
     model.save(DATA / f"{prefix}-model.pt")
     codec = Codec(DATA / f"{prefix}-model.pt")
-    data = codec.compress(smooth_image(37, 53, seed=7), quality=64)
-    (DATA / f"{prefix}.vae").write_bytes(data)
-    pixels = np.ascontiguousarray(codec.decompress_array(data))
-    (DATA / f"{prefix}.json").write_text(json.dumps({
-        "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
-        "shape": list(pixels.shape), "num_bytes": len(data),
-    }, indent=1) + "\n")
-    print(f"{prefix}.vae: {len(data)} bytes")
+    # Note: this writes the current format version; the committed golden.vae and golden-cb.vae are version 1.
+    write(prefix, codec, codec.compress(smooth_image(37, 53, seed=7), quality=64))
 
 
 if __name__ == "__main__":
