@@ -56,6 +56,7 @@ class FuzzReport:
     problems: list = field(default_factory=list)  # (case, kind, outcome, detail) of forgeries, crashes, hangs
     slowest_seconds: float = 0.0
     seconds: float = 0.0
+    unchanged: int = 0  # mutants equal to their seed file, skipped
 
     @property
     def ok(self) -> bool:
@@ -63,7 +64,8 @@ class FuzzReport:
 
     def summary(self) -> str:
         counts = ", ".join(f"{k} {self.outcomes.get(k, 0)}" for k in ("refused", "benign", "forgery", "crash", "hang"))
-        return (f"{self.cases} cases in {self.seconds:.0f} s: {counts}; slowest case {self.slowest_seconds:.3f} s"
+        return (f"{self.cases} cases in {self.seconds:.0f} s: {counts} ({self.unchanged} mutants equal to their seed "
+                f"skipped); slowest case {self.slowest_seconds:.3f} s"
                 + (f"; first problem: {self.problems[0]}" if self.problems else ""))
 
 
@@ -171,13 +173,17 @@ def fuzz(codec, cases: int, seed: int = 0, hang_seconds: float = 5.0,
     rng = np.random.default_rng(seed)
     report = FuzzReport()
     start = time.perf_counter()
-    for case in range(cases):
-        kind = KINDS[case % len(KINDS)]
+    attempt = 0
+    while report.cases < cases:
+        kind = KINDS[attempt % len(KINDS)]
+        case = attempt
+        attempt += 1
         try:
             data = mutate(seeds, rng, kind)
         except FormatError:
             data = b""  # a mutation the container itself refuses to write: decode the empty file instead
-        if data in seeds:
+        if data in seeds:  # a mutation that changed nothing (a field set to its own value): not a case
+            report.unchanged += 1
             continue
         t0 = time.perf_counter()
         detail = ""
