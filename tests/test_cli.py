@@ -501,3 +501,14 @@ def test_alpha_round_trips_exactly_and_is_not_dropped_silently(run, tmp_path):
     r = run("decompress", tmp_path / "a.vae", "-o", tmp_path / "b.jpg")
     assert_one_line_error(r)
     assert "alpha" in r.output and not (tmp_path / "b.jpg").exists()
+
+
+def test_sample_writes_images_from_the_prior(run, tmp_path):
+    r = run("sample", "-n", "3", "-o", tmp_path / "s", "--size", "40x24", "--seed", "5")
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "s").glob("*.png"))
+    assert [f.name for f in files] == ["sample-5.png", "sample-6.png", "sample-7.png"]
+    assert Image.open(files[0]).size == (40, 24)
+    assert not np.array_equal(np.asarray(Image.open(files[0])), np.asarray(Image.open(files[1])))
+    assert_one_line_error(run("sample", "-n", "1", "-o", tmp_path / "s", "--seed", "5", "--size", "40x24"))
+    assert run("sample", "-o", tmp_path / "s", "--size", "big").exit_code == 2

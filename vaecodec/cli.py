@@ -789,6 +789,48 @@ def anneal(stable, annealed, data, eval_folder, log_file, steps, **kw):
     _train_log(log_file)(f"annealed to step {state.step}, {state.cpu_seconds / 3600:.3f} CPU-h")
 
 
+def _size(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT (e.g. 256x256)") from None
+    if not (1 <= w <= 4096 and 1 <= h <= 4096):
+        raise click.BadParameter(f"{value!r}: each side must be 1..4096")
+    return w, h
+
+
+@cli.command()
+@click.option("-n", "count", type=click.IntRange(1, 1000), default=8, show_default=True, help="How many images.")
+@click.option("-o", "--output", required=True, help="Folder for the PNGs (created if missing).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed SEED + i.")
+@click.option("--size", default="256x256", show_default=True, help="WIDTHxHEIGHT.")
+@click.option("-q", "--quality", type=click.IntRange(1, 100), default=75, show_default=True,
+              help="The quality whose prior is sampled.")
+@force_option
+@model_option
+@_interruptible
+def sample(count, output, seed, size, quality, force, model):
+    """Draw images from the model's prior: the decoder run on random bits (see Codec.sample).
+
+    Writes sample-SEED.png files into OUTPUT.
+    """
+    width, height = _size(size)
+    folder = Path(output)
+    targets = [folder / f"sample-{seed + i}.png" for i in range(count)]
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        raise _Failure(f"{existing[0]} exists (use --force to overwrite)")
+    codec = _codec(model)
+    _make_folder(folder)
+    for i, target in enumerate(targets):
+        import io
+
+        buf = io.BytesIO()
+        codec.sample(width, height, quality=quality, seed=seed + i).save(buf, "PNG")
+        _write_output(str(target), buf.getvalue(), force)
+    click.echo(f"vaecodec: wrote {count} samples of {width}x{height} (quality {quality}) to {folder}", err=True)
+
+
 @cli.command("train-lossless")
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of training images.")
