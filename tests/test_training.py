@@ -172,3 +172,50 @@ def test_a_checkerboard_model_widens_at_full_resolution():
         assert torch.allclose(a.x_hat, b.x_hat, atol=1e-5) and torch.allclose(a.bits_y, b.bits_y, rtol=1e-4)
     with pytest.raises(ValueError, match="full resolution"):
         widen(old, ModelConfig(**dict(TINY_CB, latent_channels=16)))
+
+
+def test_a_non_finite_loss_skips_the_update_and_never_reaches_the_checkpoint(tmp_path, data, monkeypatch):
+    """A NaN step once turned a long run's only checkpoint into NaN weights: now the update is skipped."""
+    import vaecodec.training.loop as loop
+
+    real = loop.rd_loss
+    calls = []
+
+    def sometimes_nan(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan"), stats) if len(calls) in (2, 3) else (loss, stats)
+
+    monkeypatch.setattr(loop, "rd_loss", sometimes_nan)
+    ckpt = tmp_path / "state.pt"
+    lines = []
+    state = train(data, ckpt, config=ModelConfig(**TINY_CONFIG), steps=5, options=FAST, log=lines.append)
+    assert state.step == 5
+    _, model, _, _ = load_checkpoint(ckpt)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, data):
+    from vaecodec.training.loop import save_checkpoint
+
+    ckpt = tmp_path / "state.pt"
+    train(data, ckpt, config=ModelConfig(**TINY_CONFIG), steps=1, options=FAST, log=lambda *_: None)
+    before = ckpt.read_bytes()
+    state, model, ema, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(FloatingPointError, match="not finite"):
+        save_checkpoint(ckpt, state, model, ema, opt)
+    assert ckpt.read_bytes() == before
+
+
+def test_training_stops_when_every_update_is_non_finite(tmp_path, data, monkeypatch):
+    import vaecodec.training.loop as loop
+
+    real = loop.rd_loss
+    monkeypatch.setattr(loop, "rd_loss", lambda *a, **k: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **k)))
+    monkeypatch.setattr(loop, "MAX_SKIPPED_IN_A_ROW", 3)
+    lines = []
+    state = train(data, tmp_path / "s.pt", config=ModelConfig(**TINY_CONFIG), steps=50, options=FAST, log=lines.append)
+    assert state.step == 3 and any("non-finite" in line for line in lines)

@@ -117,6 +117,10 @@ def learning_rate(step: int, total_steps: int, base: float = 1e-3, warmup: int =
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+MAX_SKIPPED_IN_A_ROW = 100
+"""Consecutive skipped updates after which training stops instead of spinning."""
+
+
 def save_checkpoint(path: Path, state: TrainState, model, ema, optimizer) -> None:
     """Atomic save of what resuming needs, compact enough to commit (~6 bytes a parameter).
 
@@ -141,6 +145,9 @@ def save_checkpoint(path: Path, state: TrainState, model, ema, optimizer) -> Non
     if state.phase == "annealed":
         blob["ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
     path = Path(path)
+    bad = [k for k, v in blob["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise FloatingPointError(f"not saving {path}: weights are not finite ({bad[0]} and {len(bad) - 1} more)")
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks creating one anneal never share a tmp file
     torch.save(blob, tmp)
     os.replace(tmp, path)
@@ -256,6 +263,7 @@ class _Run:
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)  # moves the moments to the parameters' device
         self.net = self.model
+        self.skipped_steps = self.skipped_in_a_row = 0  # updates skipped for a non-finite gradient
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
@@ -276,7 +284,16 @@ class _Run:
         loss, stats = rd_loss(self.net, self.state.config, x, lam)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        # A non-finite loss or gradient skips the update. Decided on the gradient norm, which DDP has
+        # already averaged, so every rank skips the same steps; a NaN must never reach the weights,
+        # because the next save would overwrite the only good checkpoint with it.
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
+            return dict(stats, skipped=1.0)
+        self.skipped_in_a_row = 0
         self.optimizer.step()
         with torch.no_grad():
             decay = min(0.999, (1 + self.state.step) / (10 + self.state.step))
@@ -344,16 +361,22 @@ class _Run:
                 t_saved = time.time()
             stats = self.step(lr_at(state.step), self.is_large())
             state.step += 1
-            running = stats if running is None else {k: 0.98 * running[k] + 0.02 * stats[k] for k in stats}
+            if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                self.log(f"stopping: {self.skipped_in_a_row} steps in a row had a non-finite gradient "
+                         f"(the weights are as last updated; the checkpoint is not overwritten with NaN)")
+                break
+            if not stats.pop("skipped", 0):
+                running = stats if running is None else {k: 0.98 * running[k] + 0.02 * stats[k] for k in stats}
             cpu_now, wall_now = time.process_time(), time.perf_counter()
             cpu_local += cpu_now - cpu_mark
             if self.device.type == "cuda":
                 gpu_local += wall_now - wall_mark
             cpu_mark, wall_mark = cpu_now, wall_now
-            if state.step % 100 == 0:
+            if state.step % 100 == 0 and running is not None:
                 self.log(f"step {state.step} cpu_h {(state.cpu_seconds + cpu_local * self.world) / 3600:.3f} "
                          f"threads {threads} lr {lr_at(state.step - 1):.2e} loss {running['loss']:.4f} "
-                         f"bpp {running['bpp']:.3f} psnr {running['psnr']:.2f}")
+                         f"bpp {running['bpp']:.3f} psnr {running['psnr']:.2f}"
+                         + (f" skipped {self.skipped_steps}" if self.skipped_steps else ""))
             if probe:
                 window_steps += 1
                 if window_steps == 50:
