@@ -214,8 +214,12 @@ def test_training_stops_when_every_update_is_non_finite(tmp_path, data, monkeypa
     import vaecodec.training.loop as loop
 
     real = loop.rd_loss
-    monkeypatch.setattr(loop, "rd_loss", lambda *a, **k: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **k)))
     monkeypatch.setattr(loop, "MAX_SKIPPED_IN_A_ROW", 3)
     lines = []
-    state = train(data, tmp_path / "s.pt", config=ModelConfig(**TINY_CONFIG), steps=50, options=FAST, log=lines.append)
-    assert state.step == 3 and any("non-finite" in line for line in lines)
+    ckpt = tmp_path / "s.pt"
+    train(data, ckpt, config=ModelConfig(**TINY_CONFIG), steps=1, options=FAST, log=lambda *_: None)
+    monkeypatch.setattr(loop, "rd_loss", lambda *a, **k: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **k)))
+    good = ckpt.read_bytes()
+    state = train(data, ckpt, steps=50, options=FAST, log=lines.append)
+    assert state.step == 4 and any("non-finite" in line for line in lines)
+    assert ckpt.read_bytes() == good  # weights that diverge on every batch never replace the last good state

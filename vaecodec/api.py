@@ -292,7 +292,8 @@ class Codec:
         header = Header(analysed.width, analysed.height, analysed.mode, quality, m.model_id, m.weight_hash,
                         metadata=analysed.metadata)
         coder = entropy.new_coder()
-        entropy.push_check(coder, _header_check(header))
+        entropy.push_check(coder, _header_check(header, _alpha_model_hash(header, self.pixel_model)
+                                                if analysed.alpha else b""))
         alpha_bits = self._push_alpha(coder, analysed.alpha)
         code = self.latents.push(coder, latents, quality)
         alpha_plane = analysed.alpha[0] if analysed.alpha else None
@@ -401,7 +402,8 @@ class Codec:
                 f"loaded model is {m.model_id} ({m.weight_hash.hex()})")
         with self._lock, torch.no_grad():
             coder = entropy.new_coder(words)
-            check = _header_check(header)
+            alpha_hash = _alpha_model_hash(header, self.pixel_model) if header.mode in ("LA", "RGBA") else b""
+            check = _header_check(header, alpha_hash)
             seal = entropy.pop_check(coder) if header.format_version >= 2 else None
             floor = entropy.state_floor(check)
             code = self.latents.pop_code(coder, header.height, header.width, header.quality, floor)
@@ -520,14 +522,28 @@ def _require_checks(coder, check: int, seal: int | None, symbols: tuple, alpha: 
     """The stack's end: its bottom check value matches the header, nothing is left, and the decoded
     symbols match the content check popped first (``seal``; None in version-1 files, which have none)."""
     if entropy.pop_check(coder) != check or not coder.is_empty():
-        raise FormatError("payload does not match its header (corrupted or truncated data)")
+        also = (" or its alpha plane was coded with another pixel model than the loaded one"
+                if alpha is not None else "")
+        raise FormatError(f"payload does not match its header (corrupted or truncated data{also})")
     if seal is not None and entropy.content_check(*symbols, *_planes(alpha)) != seal:
         raise FormatError("payload does not match its content check (corrupted data)")
 
 
-def _header_check(h: Header) -> int:
-    """32-bit value tying a payload to the header fields that shape its decoding."""
-    return zlib.crc32(f"{h.width}x{h.height}:{h.mode}:{h.quality}:{h.model_id}:".encode() + h.weight_hash)
+def _header_check(h: Header, alpha_model_hash: bytes = b"") -> int:
+    """32-bit value tying a payload to the header fields that shape its decoding.
+
+    Version 2 also binds the version and the coding, and for a lossy file with
+    alpha the pixel model that coded the alpha plane (the header names only
+    the lossy model), so a file read with another pixel model is refused.
+    """
+    fields = f"{h.width}x{h.height}:{h.mode}:{h.quality}:{h.model_id}:".encode() + h.weight_hash
+    if h.format_version >= 2:
+        fields += f":v{h.format_version}:{h.coding}:".encode() + alpha_model_hash
+    return zlib.crc32(fields)
+
+
+def _alpha_model_hash(header: Header, pixel_model: PixelModel) -> bytes:
+    return pixel_model.weight_hash if header.coding == "lossy" and header.mode in ("LA", "RGBA") else b""
 
 
 _default: Codec | None = None

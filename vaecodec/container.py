@@ -180,6 +180,8 @@ def check_metadata(m: Metadata) -> None:
 def _validate(h: Header) -> None:
     if h.format_version not in READ_VERSIONS:
         raise FormatError(f"unsupported format version {h.format_version}")
+    if h.format_version == 1 and (h.coding != "lossy" or h.mode not in ("L", "RGB")):
+        raise FormatError(f"a version 1 file cannot be {h.coding} {h.mode} (those came with version 2)")
     if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE) or h.width * h.height > MAX_PIXELS:
         raise FormatError(f"image size {h.width}x{h.height} out of range")
     if h.mode not in COLOR_MODES:

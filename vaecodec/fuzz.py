@@ -57,6 +57,7 @@ class FuzzReport:
     slowest_seconds: float = 0.0
     seconds: float = 0.0
     unchanged: int = 0  # mutants equal to their seed file, skipped
+    unwritable: int = 0  # mutations pack() refuses to write, skipped
 
     @property
     def ok(self) -> bool:
@@ -64,8 +65,8 @@ class FuzzReport:
 
     def summary(self) -> str:
         counts = ", ".join(f"{k} {self.outcomes.get(k, 0)}" for k in ("refused", "benign", "forgery", "crash", "hang"))
-        return (f"{self.cases} cases in {self.seconds:.0f} s: {counts} ({self.unchanged} mutants equal to their seed "
-                f"skipped); slowest case {self.slowest_seconds:.3f} s"
+        return (f"{self.cases} cases in {self.seconds:.0f} s: {counts} (skipped: {self.unchanged} mutants equal to "
+                f"their seed, {self.unwritable} that pack() refuses to write); slowest case {self.slowest_seconds:.3f} s"
                 + (f"; first problem: {self.problems[0]}" if self.problems else ""))
 
 
@@ -180,8 +181,9 @@ def fuzz(codec, cases: int, seed: int = 0, hang_seconds: float = 5.0,
         attempt += 1
         try:
             data = mutate(seeds, rng, kind)
-        except FormatError:
-            data = b""  # a mutation the container itself refuses to write: decode the empty file instead
+        except FormatError:  # a mutation the container itself refuses to write (a field out of range): not a case
+            report.unwritable += 1
+            continue
         if data in seeds:  # a mutation that changed nothing (a field set to its own value): not a case
             report.unchanged += 1
             continue

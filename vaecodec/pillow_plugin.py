@@ -101,7 +101,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from .refine import DEFAULT_EFFORT
 
     fp.write(default_codec().compress(im, params.get("quality", DEFAULT_QUALITY), params.get("target_bpp"),
-                                      params.get("effort", DEFAULT_EFFORT), lossless=bool(params.get("lossless", False))))
+                                      params.get("effort", DEFAULT_EFFORT), lossless=params.get("lossless", False)))
 
 
 Image.register_open(FORMAT, VaecodecImageFile, accept)

@@ -117,6 +117,10 @@ def learning_rate(step: int, total_steps: int, base: float = 1e-3, warmup: int =
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def _finite(*models) -> bool:
+    return all(bool(torch.isfinite(v).all()) for m in models for v in m.state_dict().values() if v.is_floating_point())
+
+
 MAX_SKIPPED_IN_A_ROW = 100
 """Consecutive skipped updates after which training stops instead of spinning."""
 
@@ -145,7 +149,8 @@ def save_checkpoint(path: Path, state: TrainState, model, ema, optimizer) -> Non
     if state.phase == "annealed":
         blob["ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
     path = Path(path)
-    bad = [k for k, v in blob["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [k for part in ("model", "ema") for k, v in blob.get(part, {}).items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise FloatingPointError(f"not saving {path}: weights are not finite ({bad[0]} and {len(bad) - 1} more)")
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks creating one anneal never share a tmp file
@@ -331,6 +336,7 @@ class _Run:
 
         stop_requested = []
         previous = {}
+        diverged = False
 
         def request_stop(signum, frame):  # Ctrl-C or kill: finish the step, save, exit
             stop_requested.append(signum)
@@ -356,14 +362,22 @@ class _Run:
                 cpu_mark, wall_mark = time.process_time(), time.perf_counter()  # evaluation is not training time
             if want_save:
                 flush_clocks()
+                if not _finite(self.model, self.ema):  # identical on every rank: DDP keeps the weights in step
+                    self.log(f"stopping without saving: the weights are not finite; {checkpoint} keeps its last "
+                             "good state")
+                    diverged = True
+                    break
                 if self.rank == 0:
                     save_checkpoint(checkpoint, state, self.model, self.ema, self.optimizer)
                 t_saved = time.time()
             stats = self.step(lr_at(state.step), self.is_large())
             state.step += 1
             if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                self.log(f"stopping: {self.skipped_in_a_row} steps in a row had a non-finite gradient "
-                         f"(the weights are as last updated; the checkpoint is not overwritten with NaN)")
+                # These weights give non-finite gradients on every batch: resuming them would diverge
+                # again, so the last good checkpoint is kept as it is (every rank decides the same).
+                self.log(f"stopping without saving: {self.skipped_in_a_row} steps in a row had a non-finite "
+                         f"gradient; {checkpoint} keeps its last good state")
+                diverged = True
                 break
             if not stats.pop("skipped", 0):
                 running = stats if running is None else {k: 0.98 * running[k] + 0.02 * stats[k] for k in stats}
@@ -387,7 +401,8 @@ class _Run:
                         reference = None
                     window_start, window_steps = time.perf_counter(), 0
         flush_clocks()
-        if self.rank == 0:
+        diverged = diverged or not _finite(self.model, self.ema)
+        if self.rank == 0 and not diverged:
             save_checkpoint(checkpoint, state, self.model, self.ema, self.optimizer)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
