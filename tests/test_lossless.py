@@ -329,3 +329,26 @@ def test_version_1_files_still_decode():
     """vaecodec 0.1's files (format version 1, no content check) decode as before: see test_golden.py."""
     from conftest import DATA
     assert read_header((DATA / "golden.vae").read_bytes()).format_version == 1
+
+
+def test_cli_pixel_model_option(tmp_path, tiny_pixel_model):
+    from click.testing import CliRunner
+
+    from vaecodec.cli import cli
+
+    tiny_pixel_model.save(tmp_path / "px.npz")
+    img = smooth_image(12, 17, seed=21)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    r = CliRunner().invoke(cli, ["compress", "--lossless", str(tmp_path / "in.png"), "--pixel-model",
+                                 str(tmp_path / "px.npz")])
+    assert r.exit_code == 0, r.output
+    assert read_header((tmp_path / "in.vae").read_bytes()).model_id == tiny_pixel_model.model_id
+    r = CliRunner().invoke(cli, ["decompress", str(tmp_path / "in.vae"), "-o", str(tmp_path / "a.png")])
+    assert r.exit_code == 1 and "pixel model" in r.output  # the shipped pixel model did not write it
+    r = CliRunner().invoke(cli, ["decompress", str(tmp_path / "in.vae"), "-o", str(tmp_path / "b.png"),
+                                 "--pixel-model", str(tmp_path / "px.npz")])
+    assert r.exit_code == 0 and np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), img)
+    (tmp_path / "bad.npz").write_bytes(b"not a model")
+    r = CliRunner().invoke(cli, ["compress", "--lossless", str(tmp_path / "in.png"), "-o", str(tmp_path / "c.vae"),
+                                 "--pixel-model", str(tmp_path / "bad.npz")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output

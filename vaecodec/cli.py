@@ -201,11 +201,16 @@ def _advance(bar) -> None:
         bar.update(1)
 
 
-def _codec(model: str | None):
+def _codec(model: str | None, pixel_model: str | None = None):
     from .api import Codec, default_codec
 
     try:
-        return default_codec() if model is None else Codec(model)
+        if model is None and pixel_model is None:
+            return default_codec()
+        codec = Codec(model, pixel_model)
+        if pixel_model is not None:
+            codec.pixel_model  # noqa: B018 - load now, so a bad file fails before any work
+        return codec
     except (VaecodecError, OSError) as e:
         raise _Failure(f"cannot load model: {e}") from None
 
@@ -355,6 +360,9 @@ def _refuse_bad_reporting(targets: list[str], verbose: bool, quiet: bool, as_jso
 model_option = click.option("--model", type=click.Path(dir_okay=False), envvar="VAECODEC_MODEL",
                             help="Model file to use instead of the shipped one [env: VAECODEC_MODEL].")
 force_option = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+pixel_model_option = click.option("--pixel-model", type=click.Path(dir_okay=False), envvar="VAECODEC_PIXEL_MODEL",
+                                  help="Lossless mode's pixel model (from train-lossless) instead of the shipped one "
+                                       "[env: VAECODEC_PIXEL_MODEL].")
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Print a line per file (sizes, bpp) on stderr.")
 jobs_option = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
                            help="Worker processes for several files (one model load and one thread each).")
@@ -390,14 +398,15 @@ def cli():
 @click.option("--lossless", is_flag=True, help="Keep every pixel exactly (--quality and --effort do not apply).")
 @force_option
 @model_option
+@pixel_model_option
 @verbose_option
 # -q is --quality here (as it has always been), so quiet has only its long name.
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @json_option
 @jobs_option
 @_interruptible
-def compress(inputs, output, quality, target_bpp, effort, frame, strip, lossless, force, model, verbose, quiet, as_json,
-             jobs):
+def compress(inputs, output, quality, target_bpp, effort, frame, strip, lossless, force, model, pixel_model, verbose,
+             quiet, as_json, jobs):
     """Compress images (PNG, JPEG, ...; '-' for stdin) to .vae files.
 
     Every input is attempted; a failed one is reported and the others are still
@@ -411,7 +420,7 @@ def compress(inputs, output, quality, target_bpp, effort, frame, strip, lossless
         _refuse_terminal(t)
         if t != STDIO and Path(t).exists() and not force:
             raise _Failure(f"{t} exists (use --force to overwrite)")
-    codec = _codec(model)
+    codec = _codec(model, pixel_model)
     _make_folder(new_folder)
 
     opts = dict(quality=quality, target_bpp=target_bpp, effort=effort, frame=frame, strip=strip, force=force,
@@ -427,12 +436,13 @@ def compress(inputs, output, quality, target_bpp, effort, frame, strip, lossless
                                      "inputs or a trailing '/'; '-' for PNG on stdout.")
 @force_option
 @model_option
+@pixel_model_option
 @verbose_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @json_option
 @jobs_option
 @_interruptible
-def decompress(inputs, output, force, model, verbose, quiet, as_json, jobs):
+def decompress(inputs, output, force, model, pixel_model, verbose, quiet, as_json, jobs):
     """Decompress .vae files ('-' for stdin) to images.
 
     Every input is attempted; a failed one is reported and the others are still
@@ -448,7 +458,7 @@ def decompress(inputs, output, force, model, verbose, quiet, as_json, jobs):
             raise _Failure(f"{t}: unknown image format (use .png, .bmp, .tif, .ppm, .webp or .jpg)")
         if t != STDIO and Path(t).exists() and not force:
             raise _Failure(f"{t} exists (use --force to overwrite)")
-    codec = _codec(model)
+    codec = _codec(model, pixel_model)
     _make_folder(new_folder)
     opts = dict(force=force, quiet=quiet)
     _run_batch(list(zip(inputs, targets)), _decompress_file, codec, opts, jobs, label="decompressing",
@@ -587,8 +597,9 @@ def info(file, as_json):
               help="Include the published learned-codec Kodak curves [default: only when IMAGES are the Kodak set].")
 @force_option
 @model_option
+@pixel_model_option
 @_interruptible
-def bench(images, codecs, lossless, reference, output, plot, markdown, jobs, published, force, model):
+def bench(images, codecs, lossless, reference, output, plot, markdown, jobs, published, force, model, pixel_model):
     """Rate–distortion benchmark of vaecodec and classical codecs on IMAGES (files or folders).
 
     \b
@@ -600,7 +611,7 @@ def bench(images, codecs, lossless, reference, output, plot, markdown, jobs, pub
     if lossless:
         if plot:
             raise _Failure("--plot applies to the lossy benchmark only")
-        return _bench_lossless(images, codecs, output, markdown, jobs, force)
+        return _bench_lossless(images, codecs, output, markdown, jobs, force, pixel_model)
     codecs = codecs or "vaecodec,jpeg,webp,avif,avif-psnr,jxl,jpeg2000"
     if plot:
         # Checked first: a missing optional dependency must not surface after minutes of measuring.
@@ -650,7 +661,7 @@ def _measure(total: int, run: Callable):
     return report
 
 
-def _bench_lossless(images, codecs, output, markdown, jobs, force) -> None:
+def _bench_lossless(images, codecs, output, markdown, jobs, force, pixel_model) -> None:
     from .bench import collect_images
     from .bench_lossless import (LOSSLESS_CODECS, format_lossless, run_lossless_benchmark, save_lossless_json,
                                  save_lossless_markdown)
@@ -666,7 +677,8 @@ def _bench_lossless(images, codecs, output, markdown, jobs, force) -> None:
         paths = collect_images(images)
     except FileNotFoundError as e:
         raise _Failure(str(e)) from None
-    report = _measure(len(paths) * len(names), functools.partial(run_lossless_benchmark, paths, names, jobs=jobs))
+    report = _measure(len(paths) * len(names), functools.partial(run_lossless_benchmark, paths, names,
+                                                                 pixel_model=pixel_model, jobs=jobs))
     click.echo(format_lossless(report))
     if output:
         save_lossless_json(report, output)

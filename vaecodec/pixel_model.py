@@ -208,7 +208,15 @@ class PixelModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "PixelModel":
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {name: f[name] for name in f.files if name != "model_id"}
-            model_id = str(f["model_id"])
-        return cls(arrays, model_id)
+        """A pixel model file (``save``'s .npz); ModelFileError if it is missing or not one."""
+        from .errors import ModelFileError
+
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {name: f[name] for name in f.files if name != "model_id"}
+                model_id = str(f["model_id"])
+            return cls(arrays, model_id)
+        except FileNotFoundError:
+            raise ModelFileError(f"{path}: no such pixel model file") from None
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+            raise ModelFileError(f"{path} is not a vaecodec pixel model file ({type(e).__name__})") from None
