@@ -241,7 +241,7 @@ class Codec:
         return [self._encode_loaded(p, m, quality, target_bpp, effort, lossless) for p, m in loaded]
 
     def _encode_lossless(self, pixels: np.ndarray, metadata: Metadata) -> Encoded:
-        """[Alpha,] check value, then the tiles' sub-pixels under the pixel model (:mod:`vaecodec.lossless_codec`)."""
+        """Check value, [alpha plane,] the tiles' sub-pixels under the pixel model, content check (bottom → top)."""
         pm = self.pixel_model
         height, width = pixels.shape[:2]
         header = Header(width, height, mode_of(pixels), 100, pm.model_id, pm.weight_hash,
@@ -251,13 +251,15 @@ class Codec:
         with self._lock:
             coder = entropy.new_coder()
             entropy.push_check(coder, _header_check(header))
-            alpha_bits = self._push_alpha(coder, self._prepare_alpha(alpha))
+            alpha_codec = PixelCodec(pm)
+            if alpha is not None:  # pushed once, tile by tile: no need to hold it prepared
+                push_image(coder, alpha[:, :, None], alpha_codec)
             push_image(coder, colour.reshape(height, width, -1), codec)
             entropy.push_check(coder, entropy.content_check(colour, *_planes(alpha)))
             words = coder.get_compressed()
         data = pack(header, words)
         return Encoded(data, replace(header, num_words=int(words.size), num_bytes=len(data)),
-                       codec.information_bits + alpha_bits + 2 * entropy.CHECK_BITS)
+                       codec.information_bits + alpha_codec.information_bits + 2 * entropy.CHECK_BITS)
 
     def _prepare_alpha(self, alpha: np.ndarray | None) -> tuple | None:
         """The alpha plane and its tiles ready to push (once per image, however many files are tried)."""
