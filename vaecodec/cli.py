@@ -620,19 +620,9 @@ def bench(images, codecs, lossless, reference, output, plot, markdown, jobs, pub
         except ImportError:
             raise _Failure("--plot needs matplotlib: pip install 'vaecodec[bench]'") from None
     from .baselines import CODEC_NAMES
-    from .bench import collect_images, format_table, run_benchmark, save_json, save_markdown, save_plot
+    from .bench import format_table, run_benchmark, save_json, save_markdown, save_plot
 
-    names = [c.strip() for c in codecs.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CODEC_NAMES]
-    if unknown:
-        raise click.UsageError(f"unknown codec(s): {', '.join(unknown)} (choose from {', '.join(CODEC_NAMES)})")
-    for path in (output, plot, markdown):
-        if path and Path(path).exists() and not force:
-            raise _Failure(f"{path} exists (use --force to overwrite)")
-    try:
-        paths = collect_images(images)
-    except FileNotFoundError as e:
-        raise _Failure(str(e)) from None
+    names, paths = _bench_inputs(images, codecs, CODEC_NAMES, "codec", (output, plot, markdown), force)
     report = _measure(len(paths) * len(names), functools.partial(run_benchmark, paths, names, reference, model, jobs,
                                                                  published=published))
     click.echo(format_table(report))
@@ -642,6 +632,23 @@ def bench(images, codecs, lossless, reference, output, plot, markdown, jobs, pub
         save_plot(report, plot)
     if markdown:
         save_markdown(report, markdown, plot)
+
+
+def _bench_inputs(images, codecs: str, known, what: str, outputs, force: bool):
+    """The codec names (checked against ``known``) and image paths of a benchmark; outputs not overwritten."""
+    from .bench import collect_images
+
+    names = [c.strip() for c in codecs.split(",") if c.strip()]
+    unknown = [c for c in names if c not in known]
+    if unknown:
+        raise click.UsageError(f"unknown {what}(s): {', '.join(unknown)} (choose from {', '.join(known)})")
+    for path in outputs:
+        if path and Path(path).exists() and not force:
+            raise _Failure(f"{path} exists (use --force to overwrite)")
+    try:
+        return names, collect_images(images)
+    except FileNotFoundError as e:
+        raise _Failure(str(e)) from None
 
 
 def _measure(total: int, run: Callable):
@@ -662,21 +669,11 @@ def _measure(total: int, run: Callable):
 
 
 def _bench_lossless(images, codecs, output, markdown, jobs, force, pixel_model) -> None:
-    from .bench import collect_images
     from .bench_lossless import (LOSSLESS_CODECS, format_lossless, run_lossless_benchmark, save_lossless_json,
                                  save_lossless_markdown)
 
-    names = [c.strip() for c in (codecs or ",".join(LOSSLESS_CODECS)).split(",") if c.strip()]
-    unknown = [c for c in names if c not in LOSSLESS_CODECS]
-    if unknown:
-        raise click.UsageError(f"unknown lossless codec(s): {', '.join(unknown)} (choose from {', '.join(LOSSLESS_CODECS)})")
-    for path in (output, markdown):
-        if path and Path(path).exists() and not force:
-            raise _Failure(f"{path} exists (use --force to overwrite)")
-    try:
-        paths = collect_images(images)
-    except FileNotFoundError as e:
-        raise _Failure(str(e)) from None
+    names, paths = _bench_inputs(images, codecs or ",".join(LOSSLESS_CODECS), LOSSLESS_CODECS, "lossless codec",
+                                 (output, markdown), force)
     report = _measure(len(paths) * len(names), functools.partial(run_lossless_benchmark, paths, names,
                                                                  pixel_model=pixel_model, jobs=jobs))
     click.echo(format_lossless(report))
