@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """vaecodec speed: time per stage at 1 and 2 threads, and how time and memory scale with size.
 
-    python benchmarks/speed.py [--images DIR] [--out benchmarks/results/speed.json]
+    python benchmarks/speed.py [--images DIR] [--out benchmarks/results/speed.json] [--scale-mpx 1,4,16,64]
 
 Part 1 (stages): for each image (default: 6 Kodak images) at quality 50, the
 CPU and wall time of every stage of compress and decompress, with torch at 1
-and at 2 threads. Part 2 (scale): compress + decompress of 0.25, 1, 4 and 16
-Mpixel images (bicubic enlargements of a Kodak image), each in a fresh
-process, with CPU time, wall time and peak resident memory (ru_maxrss).
+and at 2 threads, and AVIF (speed 6, Pillow) encoding and decoding the same
+images in the same run: machines of this kind differ ~3.5× in speed, so the
+ratio is the number to compare. Part 2 (scale): ``vaecodec.compress`` of a PNG
+file and ``decompress_array`` of the .vae file, each in its own fresh process
+(1 thread), for images of 1, 4, 16 and 64 Mpixel (bicubic enlargements of a
+Kodak image): CPU time, wall time and each process's peak resident memory
+(VmHWM, the interpreter, torch and the model included).
 Times on a shared machine are noisy; compare ratios within one run.
 """
 
@@ -57,21 +61,22 @@ def stages_once(codec, pixels, clock):
     """
     from vaecodec.api import _header_check
 
+    import torch
+
     m = codec.model
-    x = clock.stage("encode: image → tensor", to_model_input, pixels, 64)
+    x = clock.stage("encode: image → tensor", to_model_input, pixels, 64, torch.uint8)
     y, z = clock.stage("encode: analysis transforms (float)", m.analyze, x)
-    hyper = clock.stage("encode: hyper-synthesis (exact)", m.hyper_decode, z)
     h, w = pixels.shape[:2]
     header = Header(w, h, "RGB", QUALITY, m.model_id, m.weight_hash)
 
     def push():
         coder = entropy.new_coder()
         entropy.push_check(coder, _header_check(header))
-        code = codec.latents.push(coder, Latents(y, z, hyper), QUALITY)
-        entropy.push_check(coder, entropy.content_check(*code.symbols))
+        code = codec.latents.push(coder, Latents(y, z), QUALITY)
+        entropy.push_check(coder, code.symbols_crc)
         return coder.get_compressed()
 
-    words = clock.stage("encode: latents → ANS (quantize, context, entropy coding)", push)
+    words = clock.stage("encode: latents → ANS (hyper-synthesis, quantize, context, entropy coding)", push)
     data = clock.stage("encode: container pack", pack, replace(header, num_words=int(words.size)), words)
     header, words = clock.stage("decode: container unpack", unpack, data)
 
@@ -80,7 +85,7 @@ def stages_once(codec, pixels, clock):
         seal = entropy.pop_check(coder)
         code = codec.latents.pop_code(coder, header.height, header.width, header.quality)
         assert entropy.pop_check(coder) == _header_check(header) and coder.is_empty()
-        assert entropy.content_check(*code.symbols) == seal
+        assert code.symbols_crc == seal
         return code.y_hat
 
     y_hat = clock.stage("decode: ANS → latents (hyper-synthesis, context, entropy decoding)", pop)
@@ -103,42 +108,87 @@ def part_stages(images, threads, model=None):
 
 
 CHILD = r"""
-import json, resource, sys, time, numpy as np, torch
-from PIL import Image
-sys.path.insert(0, sys.argv[3])
-import vaecodec
+import json, resource, sys, time, torch
+sys.path.insert(0, sys.argv[1])
 torch.set_num_threads(1)
-side_w, side_h = int(sys.argv[1]), int(sys.argv[2])
-with Image.open(sys.argv[4]) as im:
-    px = np.asarray(im.convert("RGB").resize((side_w, side_h), Image.BICUBIC))
+import vaecodec
+
+
+def peak_rss_mb():
+    # VmHWM belongs to this process image; ru_maxrss survives exec and would report the parent's peak.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 codec = vaecodec.Codec()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 c, w = time.process_time(), time.perf_counter()
-data = codec.compress(px, quality=50)
+if sys.argv[2] == "encode":  # PNG file -> .vae file
+    data = codec.compress(sys.argv[3], quality=50)
+    result = {"bytes": len(data)}
+else:  # .vae file -> pixels
+    result = {"shape": list(codec.decompress_array(sys.argv[3]).shape)}
 c1, w1 = time.process_time(), time.perf_counter()
-out = codec.decompress_array(data)
-c2, w2 = time.process_time(), time.perf_counter()
-print(json.dumps({"width": side_w, "height": side_h, "bytes": len(data), "encode_cpu_s": c1 - c, "decode_cpu_s": c2 - c1,
-                  "encode_wall_s": w1 - w, "decode_wall_s": w2 - w1, "rss_before_mb": base / 1024,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+if sys.argv[2] == "encode":
+    open(sys.argv[4], "wb").write(data)
+print(json.dumps({**result, "cpu_s": c1 - c, "wall_s": w1 - w, "peak_rss_mb": peak_rss_mb()}))
 """
 
 
-def part_scale(source):
+def _child(*args: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), *args], capture_output=True, text=True, timeout=3600)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    return json.loads(r.stdout)
+
+
+def part_scale(source, sizes_mpx):
+    import tempfile
+
+    from PIL import Image
+
     rows = []
-    for mpx in (0.25, 1, 4, 16):
-        w = int(round((mpx * 1e6 * 1.5) ** 0.5))
-        h = int(round(w / 1.5))
-        r = subprocess.run([sys.executable, "-c", CHILD, str(w), str(h), str(ROOT), str(source)],
-                           capture_output=True, text=True, timeout=3600)
-        if r.returncode:
-            raise SystemExit(r.stderr)
-        row = json.loads(r.stdout)
-        row["mpx"] = w * h / 1e6
-        row["cpu_s_per_mpx"] = (row["encode_cpu_s"] + row["decode_cpu_s"]) / row["mpx"]
-        rows.append(row)
-        print(f"  {row['mpx']:.2f} Mpx: {row['cpu_s_per_mpx']:.2f} CPU-s/Mpx, peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+    with tempfile.TemporaryDirectory() as tmp, Image.open(source) as im:
+        im = im.convert("RGB")
+        for mpx in sizes_mpx:
+            w = int(round((mpx * 1e6 * 1.5) ** 0.5))
+            h = int(round(w / 1.5))
+            png, vae = Path(tmp) / "in.png", Path(tmp) / "in.vae"
+            im.resize((w, h), Image.BICUBIC).save(png, compress_level=1)
+            enc = _child("encode", str(png), str(vae))
+            dec = _child("decode", str(vae))
+            if dec["shape"] != [h, w, 3]:
+                raise SystemExit(f"decoded shape {dec['shape']} for {w}×{h}")
+            row = {"width": w, "height": h, "mpx": w * h / 1e6, "bytes": enc["bytes"],
+                   "encode_cpu_s": enc["cpu_s"], "decode_cpu_s": dec["cpu_s"],
+                   "encode_wall_s": enc["wall_s"], "decode_wall_s": dec["wall_s"],
+                   "encode_peak_rss_mb": enc["peak_rss_mb"], "decode_peak_rss_mb": dec["peak_rss_mb"]}
+            row["cpu_s_per_mpx"] = (row["encode_cpu_s"] + row["decode_cpu_s"]) / row["mpx"]
+            rows.append(row)
+            print(f"  {row['mpx']:.2f} Mpx: {row['cpu_s_per_mpx']:.2f} CPU-s/Mpx, peak RSS encode "
+                  f"{row['encode_peak_rss_mb']:.0f} MB, decode {row['decode_peak_rss_mb']:.0f} MB", flush=True)
     return rows
+
+
+def part_avif(images):
+    """AVIF speed 6 (the bench's ``avif``, quality 50) on the same images, 1 thread: CPU seconds per image."""
+    from vaecodec.baselines import make_codec
+
+    avif = make_codec("avif")
+    enc = dec = 0.0
+    pixels = [load_pixels(p) for p in images]
+    avif.decode(avif.encode(pixels[0], ("quality", 50))[0])  # warm-up
+    for px in pixels:
+        c = time.process_time()
+        data = avif.encode(px, ("quality", 50))[0]
+        c1 = time.process_time()
+        avif.decode(data)
+        enc, dec = enc + c1 - c, dec + time.process_time() - c1
+    return {"codec": avif.library, "encode_cpu_ms": 1e3 * enc / len(images), "decode_cpu_ms": 1e3 * dec / len(images)}
 
 
 def main():
@@ -148,6 +198,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
     ap.add_argument("--no-scale", action="store_true", help="skip part 2")
+    ap.add_argument("--scale-mpx", default="1,4,16,64", help="image sizes of part 2, Mpixel")
     args = ap.parse_args()
     images = sorted(Path(args.images).glob("*.png"))[:args.count]
     result = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]), "platform": platform.platform(),
@@ -159,16 +210,24 @@ def main():
         result["stages"][str(threads)] = part_stages(images, threads, args.model)
         for k, v in result["stages"][str(threads)].items():
             print(f"  {k:<42} {v['cpu_ms']:8.1f} ms CPU {v['wall_ms']:8.1f} ms wall")
+    import torch
+
+    torch.set_num_threads(1)
+    result["avif"] = part_avif(images)
+    one = {p: sum(v["cpu_ms"] for k, v in result["stages"]["1"].items() if k.startswith(p)) for p in ("encode", "decode")}
+    result["vs_avif"] = {"encode": one["encode"] / result["avif"]["encode_cpu_ms"],
+                         "decode": one["decode"] / result["avif"]["decode_cpu_ms"]}
+    print(f"AVIF speed 6, 1 thread: encode {result['avif']['encode_cpu_ms']:.0f} ms, decode "
+          f"{result['avif']['decode_cpu_ms']:.0f} ms CPU per image; vaecodec takes {result['vs_avif']['encode']:.2f}× "
+          f"(encode) and {result['vs_avif']['decode']:.2f}× (decode) as long", flush=True)
     if args.no_scale:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_markdown(result, Path(args.out).with_suffix(".md"))
         return
-    print("scale (1 thread, fresh process per size)", flush=True)
-    result["scale"] = part_scale(images[0])
-    one = next(r for r in result["scale"] if abs(r["mpx"] - 1) < 0.1)
-    big = result["scale"][-1]
-    result["time_per_mpx_ratio_16_vs_1"] = big["cpu_s_per_mpx"] / one["cpu_s_per_mpx"]
-    print(f"time per Mpx at 16 Mpx / at 1 Mpx = {result['time_per_mpx_ratio_16_vs_1']:.2f}; "
-          f"peak RSS at 16 Mpx = {big['peak_rss_mb']:.0f} MB")
+    print("scale (1 thread, fresh process per size and direction)", flush=True)
+    result["scale"] = part_scale(images[0], [float(v) for v in args.scale_mpx.split(",")])
+    first, big = result["scale"][0], result["scale"][-1]
+    result["time_per_mpx_ratio_largest_vs_smallest"] = big["cpu_s_per_mpx"] / first["cpu_s_per_mpx"]
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     write_markdown(result, Path(args.out).with_suffix(".md"))
 
@@ -183,12 +242,19 @@ def write_markdown(result, path):
         tot = {p: sum(v["cpu_ms"] for k, v in result["stages"][t].items() if k.startswith(p)) for p in ("encode", "decode")}
         wall = {p: sum(v["wall_ms"] for k, v in result["stages"][t].items() if k.startswith(p)) for p in ("encode", "decode")}
         lines.append(f"| **total, {t} thread(s)** | encode {tot['encode']:.0f} CPU / {wall['encode']:.0f} wall | decode {tot['decode']:.0f} CPU / {wall['decode']:.0f} wall | | |")
-    lines += ["", "## Scale (compress + decompress, 1 thread, fresh process each)", "",
-              "| Mpx | size | encode CPU s | decode CPU s | CPU s per Mpx | peak RSS MB |", "|---|---|---|---|---|---|"]
-    for r in result["scale"]:
-        lines.append(f"| {r['mpx']:.2f} | {r['width']}×{r['height']} | {r['encode_cpu_s']:.2f} | {r['decode_cpu_s']:.2f} | "
-                     f"{r['cpu_s_per_mpx']:.2f} | {r['peak_rss_mb']:.0f} |")
-    lines += ["", f"Time per Mpx at 16 Mpx is {result['time_per_mpx_ratio_16_vs_1']:.2f}× that at 1 Mpx."]
+    a = result["avif"]
+    lines += ["", f"AVIF speed 6 ({a['codec']}), same images, 1 thread: encode {a['encode_cpu_ms']:.0f} ms, decode "
+              f"{a['decode_cpu_ms']:.0f} ms CPU per image. vaecodec at 1 thread takes **{result['vs_avif']['encode']:.2f}×** "
+              f"AVIF's encode time and **{result['vs_avif']['decode']:.2f}×** its decode time."]
+    if result["scale"]:
+        lines += ["", "## Scale (1 thread; compress from a PNG file and decompress from the .vae file, each in a fresh process)",
+                  "", "| Mpx | size | encode CPU s | decode CPU s | CPU s per Mpx | encode peak RSS MB | decode peak RSS MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in result["scale"]:
+            lines.append(f"| {r['mpx']:.2f} | {r['width']}×{r['height']} | {r['encode_cpu_s']:.2f} | {r['decode_cpu_s']:.2f} | "
+                         f"{r['cpu_s_per_mpx']:.2f} | {r['encode_peak_rss_mb']:.0f} | {r['decode_peak_rss_mb']:.0f} |")
+        lines += ["", f"Time per Mpx at the largest size is {result['time_per_mpx_ratio_largest_vs_smallest']:.2f}× that "
+                  "at the smallest. Peak RSS is the whole process: the interpreter, torch and the model (about 270 MB) included."]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -1,6 +1,6 @@
 """Regenerate the golden files in tests/data/ — only when the format changes on purpose.
 
-    python tests/make_golden.py [hyperprior|checkerboard|v2]
+    python tests/make_golden.py [hyperprior|checkerboard|v2|v3]
 
 Writes a tiny seeded model (golden-model.pt), a .vae file of a seeded image
 (golden.vae) and the SHA-256 of its decoded pixels (golden.json); for the
@@ -8,7 +8,9 @@ checkerboard architecture the same with the prefix ``golden-cb``. These two are
 format version 1 files, kept to prove that old files still decode. ``v2``
 writes version-2 files with the checkerboard model and a tiny pixel model
 (golden-px.npz): lossy RGBA (golden-v2-rgba) and lossless RGB
-(golden-v2-lossless). A format change must bump container.FORMAT_VERSION;
+(golden-v2-lossless). ``v3`` writes a version-3 file whose latents span two
+tiles (golden-v3-tiles, 1100 × 24 RGB, checkerboard model; rewriting the v2
+files would turn them into version 3). A format change must bump container.FORMAT_VERSION;
 then add goldens of the new version and commit.
 """
 
@@ -50,10 +52,17 @@ def version_2() -> None:
     write("golden-v2-lossless", codec, codec.compress(img, lossless=True))
 
 
+def version_3() -> None:
+    codec = Codec(DATA / "golden-cb-model.pt")
+    write("golden-v3-tiles", codec, codec.compress(smooth_image(24, 1100, seed=9), quality=64))
+
+
 def main() -> None:
     kind = sys.argv[1] if len(sys.argv) > 1 else "hyperprior"
     if kind == "v2":
         return version_2()
+    if kind == "v3":
+        return version_3()
     prefix, model_id = GOLDEN[kind]
     model = make_tiny_model(seed=7, model_id=model_id, kind=kind)
     model.save(DATA / f"{prefix}-model.pt")

@@ -32,7 +32,7 @@ def test_round_trip_keeps_every_field():
 
 def test_layout_is_little_endian_with_magic_first():
     data, words = make_file()
-    assert data[:4] == MAGIC and data[4] == 2
+    assert data[:4] == MAGIC and data[4] == 3
     assert data[-4:] == zlib.crc32(data[:-4]).to_bytes(4, "little")
     assert data[-8:-4] == int(words[-1]).to_bytes(4, "little")
 
@@ -70,7 +70,7 @@ def _refresh_crc(body: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("offset,value,message", [
-    (4, 3, "version"), (4, 0, "version"), (5, 0x20, "flags"), (5, 0x80, "flags"), (5, 0x0C, "flags"), (6, 0, "quality"),
+    (4, 4, "version"), (4, 0, "version"), (5, 0x20, "flags"), (5, 0x80, "flags"), (5, 0x0C, "flags"), (6, 0, "quality"),
     (6, 101, "quality"), (7, 0, "model id"), (7, 65, "model id"), (8, ord(" "), "model id"),
     (5, 0x11, "metadata sections"),  # bit 4 (metadata follows) on a file without: its first word is no section list
 ])

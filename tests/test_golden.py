@@ -30,3 +30,12 @@ def test_version_2_golden_file_decodes_to_its_checksum(prefix):
     pixels = np.ascontiguousarray(Codec(DATA / "golden-cb-model.pt", DATA / "golden-px.npz").decompress_array(data))
     assert list(pixels.shape) == expected["shape"]
     assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected["pixels_sha256"]
+
+
+def test_version_3_golden_file_with_two_tiles_decodes_to_its_checksum():
+    expected = json.loads((DATA / "golden-v3-tiles.json").read_text())
+    data = (DATA / "golden-v3-tiles.vae").read_bytes()
+    assert vaecodec.read_header(data).format_version == 3
+    pixels = np.ascontiguousarray(Codec(DATA / "golden-cb-model.pt").decompress_array(data))
+    assert list(pixels.shape) == expected["shape"] and expected["shape"][1] > 1024
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected["pixels_sha256"]

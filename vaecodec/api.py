@@ -12,11 +12,14 @@ Where the bits are made (``Codec.encode``), one ANS stack per image::
     pixels ─pad─▶ x ─analyze─▶ y, ẑ
     push  check = CRC-32 of the header fields (bottom of the stack, popped last)
     push  the latents: the model's latent codec owns their order
-          (:mod:`vaecodec.latent_codec`: y then ẑ, or y non-anchors, anchors, ẑ)
+          (:mod:`vaecodec.latent_codec`: tiles of 1024² pixels last to first, then ẑ;
+          within a tile y, or y non-anchors then anchors)
     Header + metadata + words ─container.pack─▶ bytes (rate = len(bytes), header and metadata included)
 
-Decoding mirrors it: the latent codec pops ŷ exactly, then pop and compare the
-check value, require an empty stack, synthesize exactly, crop.
+Decoding mirrors it: the latent codec pops ŷ exactly, band of tiles by band,
+and each band is synthesized exactly as soon as the band below it is known
+(so memory holds bands, not the whole ŷ); then pop and compare the check
+value, require an empty stack.
 
 Lossless files (``lossless=True``) put the pixels themselves on the stack,
 above the same check value, under the autoregressive pixel model
@@ -28,7 +31,7 @@ colour, coded like a lossless grey image::
 
     bottom  check value · alpha plane (RGBA/LA only) · colour (latents or pixels) · content check  top
 
-The content check (format version 2) is a CRC-32 of every decoded symbol,
+The content check (format version 2 on) is a CRC-32 of every decoded symbol,
 popped first and compared last: it catches edits that ANS decodes without
 losing step (raw escape bits), which the check value at the bottom cannot.
 The check catches what the file's CRC cannot: a payload put under another
@@ -59,7 +62,7 @@ from .container import NO_METADATA, Header, Metadata, pack, unpack
 from .errors import FormatError, ModelMismatchError, VaecodecError
 from .image import (load_image, metadata_info, mode_of, split_alpha, split_batch, to_model_input, to_output_pixels,
                     with_alpha)
-from .latent_codec import Latents, latent_codec
+from .latent_codec import LATENT_TILE, Latents, latent_codec
 from .lossless_codec import PixelCodec, pop_image, prepare_image, push_image, required_bits
 from .pixel_model import PixelModel
 from .refine import DEFAULT_EFFORT, EFFORTS, rd_cost, refine_latents
@@ -284,12 +287,13 @@ class Codec:
     def _analyze(self, pixels: np.ndarray, metadata: Metadata = NO_METADATA) -> "_Analysed":
         h, w = pixels.shape[:2]
         colour, alpha = split_alpha(pixels)
-        x = to_model_input(colour, DOWNSAMPLING)
+        x = to_model_input(colour, DOWNSAMPLING, torch.uint8)
         return _Analysed(h, w, mode_of(pixels), self.latents.analyze(x), x, colour, metadata,
                          self._prepare_alpha(alpha))
 
-    def _code(self, analysed: "_Analysed", latents: Latents, quality: int) -> tuple[Encoded, torch.Tensor]:
-        """The file for these latents, and the decoder's exact ŷ."""
+    def _code(self, analysed: "_Analysed", latents: Latents, quality: int,
+              keep_y_hat: bool = False) -> tuple[Encoded, torch.Tensor | None]:
+        """The file for these latents, and (``keep_y_hat``) the decoder's exact ŷ."""
         m = self.model
         header = Header(analysed.width, analysed.height, analysed.mode, quality, m.model_id, m.weight_hash,
                         metadata=analysed.metadata)
@@ -297,9 +301,9 @@ class Codec:
         entropy.push_check(coder, _header_check(header, _alpha_model_hash(header, self.pixel_model)
                                                 if analysed.alpha else b""))
         alpha_bits = self._push_alpha(coder, analysed.alpha)
-        code = self.latents.push(coder, latents, quality)
+        code = self.latents.push(coder, latents, quality, keep_y_hat=keep_y_hat)
         alpha_plane = analysed.alpha[0] if analysed.alpha else None
-        entropy.push_check(coder, entropy.content_check(*code.symbols, *_planes(alpha_plane)))
+        entropy.push_check(coder, entropy.content_check(*_planes(alpha_plane), start=code.symbols_crc))
         words = coder.get_compressed()
         header = replace(header, num_words=int(words.size))
         data = pack(header, words)
@@ -312,12 +316,14 @@ class Codec:
 
     def _encode_full(self, analysed: "_Analysed", quality: int,
                      effort: int = DEFAULT_EFFORT) -> tuple[Encoded, torch.Tensor]:
-        """The file at ``quality`` and ``effort``, with the decoder's exact ŷ."""
-        base = self._code(analysed, analysed.latents, quality)
+        """The file at ``quality`` and ``effort``, with the decoder's exact ŷ when refinement compared files
+        (None at the default effort: a large image's ŷ is never held whole)."""
+        refining = effort != DEFAULT_EFFORT
+        base = self._code(analysed, analysed.latents, quality, keep_y_hat=refining)
         refined = refine_latents(self.model, analysed.x, analysed.latents, quality, effort, analysed.height, analysed.width)
         if refined is None:
             return base
-        candidate = self._code(analysed, refined, quality)
+        candidate = self._code(analysed, refined, quality, keep_y_hat=True)
         # Keep the refined file only if its real RD cost (file bytes, exactly decoded pixels) is lower.
         lam = self.model.quality_lambda(quality)
         costs = [rd_cost(e.num_bytes, self._mse(analysed, yh), lam, analysed.height * analysed.width)
@@ -331,11 +337,12 @@ class Codec:
     def _encode_to_target(self, analysed, target_bpp: float, effort: int = DEFAULT_EFFORT) -> Encoded:
         if not target_bpp > 0:
             raise ValueError(f"target bpp must be positive, not {target_bpp}")
-        unrefined: dict[int, tuple[Encoded, torch.Tensor]] = {}  # quality → (file, decoder's ŷ), coded once
+        unrefined: dict[int, tuple[Encoded, torch.Tensor | None]] = {}  # quality → (file, decoder's ŷ), coded once
 
         def at(quality: int) -> Encoded:
             if quality not in unrefined:
-                unrefined[quality] = self._code(analysed, analysed.latents, quality)
+                unrefined[quality] = self._code(analysed, analysed.latents, quality,
+                                                keep_y_hat=effort != DEFAULT_EFFORT)
             return unrefined[quality][0]
 
         # File size grows with quality, so bisect for the largest quality that fits.
@@ -408,12 +415,17 @@ class Codec:
             check = _header_check(header, alpha_hash)
             seal = entropy.pop_check(coder) if header.format_version >= 2 else None
             floor = entropy.state_floor(check)
-            code = self.latents.pop_code(coder, header.height, header.width, header.quality, floor)
-            y_hat = code.y_hat
+            # Bands of ŷ are synthesized as they are decoded (each once the one below it is there), so
+            # the decoder holds two bands of latents and the output pixels, not the whole ŷ.
+            channels = 1 if header.mode in ("L", "LA") else 3
+            out = np.empty((header.height, header.width, channels), np.uint8)
+            bands = _BandWriter(m, out, header.mode)
+            code = self.latents.pop_code(coder, header.height, header.width, header.quality, floor,
+                                         tile=LATENT_TILE if header.format_version >= 3 else None, on_band=bands.add)
             alpha = self._pop_alpha(coder, header, floor)
-            _require_checks(coder, check, seal, code.symbols, alpha)
-            rgb = m.synthesize(y_hat)
-        return header, with_alpha(to_output_pixels(rgb, header.height, header.width, header.mode), alpha)
+            _require_checks(coder, check, seal, code.symbols_crc, alpha)
+            bands.finish()
+        return header, with_alpha(out[:, :, 0] if channels == 1 else out, alpha)
 
     def _decode_lossless(self, header: Header, words: np.ndarray) -> np.ndarray:
         pm = self.pixel_model
@@ -432,7 +444,7 @@ class Codec:
             floor = entropy.state_floor(check)
             pixels = pop_image(coder, header.height, header.width, channels, PixelCodec(pm), floor=floor)
             alpha = self._pop_alpha(coder, header, floor)
-            _require_checks(coder, check, seal, (pixels,), alpha)
+            _require_checks(coder, check, seal, entropy.content_check(pixels), alpha)
         return with_alpha(pixels[:, :, 0] if channels == 1 else pixels, alpha)
 
     # ----- the generative side ----------------------------------------------------
@@ -492,6 +504,41 @@ class _Analysed:
     alpha: tuple | None  # (alpha plane, its tiles prepared once for every file tried)
 
 
+class _BandWriter:
+    """Synthesizes bands of ŷ handed over top to bottom into the output pixels.
+
+    A band's pixels see ±2 latents, so band k is synthesized when band k+1
+    arrives (or at the end), with the last rows of band k−1 above it: the
+    pixels equal the whole image's synthesis, bit for bit.
+    """
+
+    def __init__(self, model: CodingModel, out: np.ndarray, mode: str):
+        self.model, self.out, self.mode = model, out, mode
+        self.above: torch.Tensor | None = None
+        self.pending: tuple[int, torch.Tensor] | None = None
+
+    def add(self, first_row: int, band: torch.Tensor) -> None:
+        if self.pending is not None:
+            self._write(band)
+        self.pending = (first_row, band)
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            self._write(self.pending[1][:, :, :0])
+            self.pending = None
+
+    def _write(self, below: torch.Tensor) -> None:
+        first_row, band = self.pending
+        above = self.above if self.above is not None else band[:, :, :0]
+        rgb = self.model.synthesize_rows(above, band, below)
+        top = first_row * 16
+        rows = max(0, min(rgb.shape[0], self.out.shape[0] - top))
+        if rows:
+            self.out[top:top + rows] = to_output_pixels(rgb[:rows], rows, self.out.shape[1], self.mode).reshape(
+                rows, self.out.shape[1], -1)
+        self.above = band
+
+
 def _check_quality(quality) -> None:
     if not (isinstance(quality, (int, np.integer)) and 1 <= quality <= NUM_QUALITIES):
         raise ValueError(f"quality must be an integer in 1..{NUM_QUALITIES}, not {quality!r}")
@@ -520,14 +567,15 @@ def _planes(alpha: np.ndarray | None) -> tuple:
     return () if alpha is None else (alpha,)
 
 
-def _require_checks(coder, check: int, seal: int | None, symbols: tuple, alpha: np.ndarray | None) -> None:
+def _require_checks(coder, check: int, seal: int | None, symbols_crc: int, alpha: np.ndarray | None) -> None:
     """The stack's end: its bottom check value matches the header, nothing is left, and the decoded
-    symbols match the content check popped first (``seal``; None in version-1 files, which have none)."""
+    symbols (their CRC, then the alpha plane) match the content check popped first (``seal``; None in
+    version-1 files, which have none)."""
     if entropy.pop_check(coder) != check or not coder.is_empty():
         also = (" or its alpha plane was coded with another pixel model than the loaded one"
                 if alpha is not None else "")
         raise FormatError(f"payload does not match its header (corrupted or truncated data{also})")
-    if seal is not None and entropy.content_check(*symbols, *_planes(alpha)) != seal:
+    if seal is not None and entropy.content_check(*_planes(alpha), start=symbols_crc) != seal:
         raise FormatError("payload does not match its content check (corrupted data)")
 
 

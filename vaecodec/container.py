@@ -3,11 +3,11 @@
 Pure Python and NumPy: no torch, no constriction, so headers are cheap to read
 (``vaecodec info``, Pillow's ``_accept``) and the format is testable alone.
 
-Layout, all integers little-endian (format version 2)::
+Layout, all integers little-endian (format version 3)::
 
     offset  size  field
     0       4     magic  b"\\x8bVAE"   (high bit set: catches 7-bit transfers)
-    4       1     format version (2; 1 is still read)
+    4       1     format version (3; 1 and 2 are still read)
     5       1     flags: bits 0-1 colour (0 = L, 1 = RGB, 2 = LA, 3 = RGBA: an alpha plane
                   coded losslessly at the bottom of the stack), bits 2-3 coding (0 = lossy,
                   1 = lossless), bit 4 metadata sections follow the word count; rest 0
@@ -31,8 +31,11 @@ Layout, all integers little-endian (format version 2)::
 
 Version 2 differs from 1 only inside the payload: its top holds a *content
 check* (a CRC-32 of every decoded symbol), so a payload edited where ANS does
-not desynchronize (raw escape bits) is refused too. Version 1 files (vaecodec
-0.1) are read as they always were.
+not desynchronize (raw escape bits) is refused too. Version 3 differs from 2
+only in the order of a lossy payload: its latents are coded in tiles of 1024 ×
+1024 pixels (:mod:`vaecodec.latent_codec`), so coders stream tile by tile in
+bounded memory. Files of versions 1 (vaecodec 0.1) and 2 are read as they
+always were.
 
 Every field is checked, and the total length must match exactly, before any
 payload is touched; any defect raises :class:`FormatError`. Section lengths are
@@ -62,8 +65,8 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "Metadata", "NO_METADATA", "META
            "check_metadata", "pack", "unpack", "read_header", "read_header_from", "accept"]
 
 MAGIC = b"\x8bVAE"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 26
 COLOR_MODES = ("L", "RGB", "LA", "RGBA")
@@ -137,7 +140,7 @@ class Header:
     num_words: int = 0
     num_bytes: int = 0  # whole file, header, metadata and CRC included (0 until packed/unpacked)
     metadata: Metadata = field(default=NO_METADATA)
-    format_version: int = FORMAT_VERSION  # 2: a content check tops the payload; 1: vaecodec 0.1's files
+    format_version: int = FORMAT_VERSION  # 3: tiled latents; 2: a content check tops the payload; 1: 0.1's
 
     @property
     def bpp(self) -> float:

@@ -84,15 +84,16 @@ def holds_check(coder, floor: int) -> bool:
     return position > 0 or int(state) >= floor
 
 
-def content_check(*arrays) -> int:
-    """CRC-32 of integer arrays' values (as little-endian int64, in order): what the top check value holds.
+def content_check(*arrays, start: int = 0) -> int:
+    """CRC-32 of integer arrays' values (as little-endian int64, in order), continuing the CRC ``start``:
+    what the top check value holds.
 
     Pushed last over a payload's symbols and popped first, it is compared with
     the CRC of what was decoded: ANS desynchronizes after most edits of its
     words, and the check under the payload catches those, but raw bits (escape
     magnitudes) decode to other values without desynchronizing anything.
     """
-    crc = 0
+    crc = start
     for a in arrays:
         crc = zlib.crc32(np.ascontiguousarray(np.asarray(a), dtype="<i8").tobytes(), crc)
     return crc

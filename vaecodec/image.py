@@ -341,17 +341,20 @@ def _from_tensor(t: torch.Tensor) -> np.ndarray:
     return _drop_opaque_alpha_channel(np.ascontiguousarray(t.cpu().numpy()))
 
 
-def to_model_input(pixels: np.ndarray, multiple: int) -> torch.Tensor:
+def to_model_input(pixels: np.ndarray, multiple: int, dtype: "torch.dtype | None" = None) -> torch.Tensor:
     """uint8 (H, W[, 3]) → float32 (1, 3, H', W') in [0, 1], edge-padded to multiples of ``multiple``.
 
-    Grayscale is replicated to three channels.
+    Grayscale is replicated to three channels. ``dtype=torch.uint8`` keeps the
+    padded pixels as they are (a quarter of the memory; the analysis
+    converts them one tile at a time).
     """
     import torch
 
     rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[:, :, None], 3, axis=2)
     h, w = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="edge")
-    return torch.from_numpy(padded).permute(2, 0, 1)[None].float().div_(255.0)
+    x = torch.from_numpy(padded).permute(2, 0, 1)[None]
+    return x if dtype == torch.uint8 else x.float().div_(255.0)
 
 
 def to_output_pixels(rgb: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:

@@ -7,30 +7,42 @@ order is written once. ``pop`` is the exact inverse of ``push``; everything
 that decides a coding distribution on the way is computed by the model's
 integer-exact programs, identically on both sides.
 
-Stack order, bottom → top (ANS is LIFO: the decoder pops from the top):
+Tiles (format version 3): the latent grid is cut into ``LATENT_TILE`` ×
+``LATENT_TILE`` tiles (1024 × 1024 pixels), coded one after another, so the
+decoder holds one band of tiles at a time and a lying file is refused within
+its first tile. Each tile's parameters come from the hyper-latents around it
+(exactly the whole image's), and a checkerboard context sees only its own
+tile. Files of versions 1 and 2 are one tile the size of the image
+(``tile=None``).
 
-* :class:`HyperpriorLatentCodec` — ``y`` (all latents, y_pmfs[scale index]),
-  ``ẑ`` (z_pmfs[channel]);
-* :class:`CheckerboardLatentCodec` — ``y`` non-anchors, ``y`` anchors, ``ẑ``.
-  The decoder pops ẑ, then the anchors with the hyper's parameters, then the
-  non-anchors with parameters that see the decoded anchors (two parallel passes).
+Stack order, bottom → top (ANS is LIFO: the decoder pops from the top)::
+
+    tile n−1 · … · tile 1 · tile 0 · ẑ        (tiles in raster order from the top)
+
+and within a tile:
+
+* :class:`HyperpriorLatentCodec` — its latents, y_pmfs[scale index];
+* :class:`CheckerboardLatentCodec` — non-anchors, then anchors. The decoder
+  pops the anchors with the hyper's parameters, then the non-anchors with
+  parameters that see the decoded anchors (two parallel passes).
 
 Typical workflow::
 
     codec = latent_codec(model)
     latents = codec.analyze(x)                  # encoder only: float analysis
-    code = codec.push(coder, latents, quality)  # → LatentCode (ŷ, information bits)
+    code = codec.push(coder, latents, quality)  # → LatentCode (information bits, symbols' CRC)
     ...
-    y_hat = codec.pop(coder, height, width, quality)   # same ŷ, bit for bit
+    y_hat = codec.pop(coder, height, width, quality)   # the decoder's ŷ, bit for bit
     pixels = model.synthesize(y_hat)
 
-This module knows nothing of files; :mod:`vaecodec.api` adds the check value
-under these and the container around them.
+This module knows nothing of files; :mod:`vaecodec.api` adds the check values
+around these and the container around them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,43 +51,68 @@ from . import entropy
 from .coding_model import CodingModel, HyperParams
 from .errors import FormatError
 
-__all__ = ["Latents", "LatentCode", "HyperpriorLatentCodec", "CheckerboardLatentCodec", "latent_codec"]
+__all__ = ["Latents", "LatentCode", "HyperpriorLatentCodec", "CheckerboardLatentCodec", "latent_codec",
+           "LATENT_TILE", "tile_regions"]
+
+LATENT_TILE = 64
+"""Latents per side of a tile in format version 3 (1024 pixels)."""
 
 
 @dataclass(frozen=True)
 class Latents:
-    """The encoder's analysis of one image, independent of quality.
-
-    ``y`` float latents, ``z_symbols`` the rounded hyper-latents, ``hyper``
-    their exact decoded parameters (shared by every quality tried).
-    """
+    """The encoder's analysis of one image, independent of quality: ``y`` float latents, ``z_symbols`` the
+    rounded hyper-latents."""
 
     y: torch.Tensor
     z_symbols: torch.Tensor
-    hyper: HyperParams
 
 
 @dataclass(frozen=True)
 class LatentCode:
-    """What one ``push`` wrote (or ``pop_code`` read): the decoder's exact ŷ (fixed point), Σ −log2 p of the
-    symbols (0 when popped), and the symbols themselves (q, ẑ), which the content check covers."""
+    """What one ``push`` wrote (or ``pop_code`` read).
 
-    y_hat: torch.Tensor
+    ``y_hat``: the decoder's exact ŷ (fixed point), when asked for (None
+    otherwise: a large image's ŷ need not be held); ``information_bits``:
+    Σ −log2 p of the symbols (0 when popped); ``symbols_crc``: the CRC-32 of
+    the symbols that the content check covers (:meth:`HyperpriorLatentCodec.symbols_crc`).
+    """
+
+    y_hat: torch.Tensor | None
     information_bits: float
-    symbols: tuple = ()
+    symbols_crc: int
+
+
+def tile_regions(height: int, width: int, tile: int | None) -> list[list[tuple[slice, slice]]]:
+    """Latent (rows, cols) of each tile, a list per band of tiles, in raster order (``None``: one tile)."""
+    t_h, t_w = (height, width) if tile is None else (tile, tile)
+    return [[(slice(r, min(r + t_h, height)), slice(c, min(c + t_w, width))) for c in range(0, width, t_w)]
+            for r in range(0, height, t_h)]
 
 
 class HyperpriorLatentCodec:
-    """Mean-scale hyperprior: all latents in one pass. Stack (bottom → top): y, ẑ."""
+    """Mean-scale hyperprior: all latents of a tile in one pass. Stack (bottom → top): tiles, ẑ."""
 
     def __init__(self, model: CodingModel):
         self.model = model
 
     @torch.no_grad()
     def analyze(self, x: torch.Tensor) -> Latents:
-        """x (1, 3, H, W) float32 in [0, 1], H and W multiples of 64."""
-        y, z_symbols = self.model.analyze(x)
-        return Latents(y, z_symbols, self.model.hyper_decode(z_symbols))
+        """x (1, 3, H, W) uint8, or float32 in [0, 1]; H and W multiples of 64."""
+        return Latents(*self.model.analyze(x))
+
+    # ----- one tile ---------------------------------------------------------------
+    def _push_tile(self, coder, y: torch.Tensor, hyper: HyperParams, quality: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """Push one tile's latents; (information bits, symbols q, exact ŷ)."""
+        m = self.model
+        q = m.quantize(y, hyper, quality)
+        return self._push_y(coder, q, hyper, quality), q, m.dequantize(q, hyper, quality)
+
+    def _pop_tile(self, coder, hyper: HyperParams, quality: int, floor: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pop one tile's latents; (symbols q, exact ŷ)."""
+        m = self.model
+        q = torch.empty(hyper.mean.shape, dtype=torch.long)
+        self._pop_y(coder, hyper, quality, q)
+        return q, m.dequantize(q, hyper, quality)
 
     def _push_z(self, coder, z_symbols: torch.Tensor) -> float:
         m = self.model
@@ -105,71 +142,101 @@ class HyperpriorLatentCodec:
             mask = where.expand_as(out)
             out[mask] = torch.from_numpy(m.y_pmfs.decode(coder, j[mask].numpy()))
 
-    @torch.no_grad()
-    def push(self, coder, latents: Latents, quality: int) -> LatentCode:
-        m, p = self.model, latents.hyper
-        q = m.quantize(latents.y, p, quality)
-        bits = self._push_y(coder, q, p, quality)
-        bits += self._push_z(coder, latents.z_symbols)
-        return LatentCode(m.dequantize(q, p, quality), bits, (q.numpy(), latents.z_symbols.numpy()))
+    # ----- the whole image ----------------------------------------------------------
+    @staticmethod
+    def symbols_crc(z_symbols, tile_crcs: list[int], tile: int | None) -> int:
+        """What the content check covers of the latents: for ``tile=None`` (versions 1–2) the CRC of q
+        then ẑ; for tiles, the CRC of the CRCs of ẑ and of each tile's q in raster order (so the
+        encoder, which pushes the tiles last to first, need not hold every tile's symbols)."""
+        if tile is None:
+            return entropy.content_check(z_symbols, start=tile_crcs[0])
+        return entropy.content_check(np.array([entropy.content_check(z_symbols), *tile_crcs], np.uint32))
 
-    def pop(self, coder, height: int, width: int, quality: int, floor: int = 0) -> torch.Tensor:
+    @torch.no_grad()
+    def push(self, coder, latents: Latents, quality: int, tile: int | None = LATENT_TILE,
+             keep_y_hat: bool = False) -> LatentCode:
+        """Push the tiles last to first, then ẑ; ``keep_y_hat``: also return the decoder's whole ŷ."""
+        m, y, z = self.model, latents.y, latents.z_symbols
+        bands = tile_regions(y.shape[2], y.shape[3], tile)
+        regions = [r for band in bands for r in band]
+        y_hat = torch.empty(y.shape, dtype=torch.float64) if keep_y_hat else None
+        crcs, bits = [0] * len(regions), 0.0
+        for i in reversed(range(len(regions))):
+            rows, cols = regions[i]
+            b, q, tile_y_hat = self._push_tile(coder, y[:, :, rows, cols], m.hyper_decode_region(z, rows, cols), quality)
+            bits += b
+            crcs[i] = entropy.content_check(q)
+            if y_hat is not None:
+                y_hat[:, :, rows, cols] = tile_y_hat
+        bits += self._push_z(coder, z)
+        return LatentCode(y_hat, bits, self.symbols_crc(z, crcs, tile))
+
+    def pop(self, coder, height: int, width: int, quality: int, floor: int = 0,
+            tile: int | None = LATENT_TILE) -> torch.Tensor:
         """Exact ŷ of a ``height`` × ``width`` image; ``floor``: :func:`entropy.state_floor` of the
         check value under the latents (0: no early check), so a stack that runs dry is refused
         before the next expensive pass."""
-        return self.pop_code(coder, height, width, quality, floor).y_hat
+        return self.pop_code(coder, height, width, quality, floor, tile).y_hat
 
     @torch.no_grad()
-    def pop_code(self, coder, height: int, width: int, quality: int, floor: int = 0) -> LatentCode:
-        """:meth:`pop`, with the symbols read."""
+    def pop_code(self, coder, height: int, width: int, quality: int, floor: int = 0,
+                 tile: int | None = LATENT_TILE,
+                 on_band: Callable[[int, torch.Tensor], None] | None = None) -> LatentCode:
+        """:meth:`pop`, with the symbols' CRC. ``on_band(first_row, ŷ rows)``: hand each band of tiles
+        over as it is decoded, top to bottom, instead of returning the whole ŷ (then ``y_hat`` is None)."""
         m = self.model
         y_shape, z_shape = m.latent_shapes(height, width)
         z = self._pop_z(coder, z_shape, floor)
-        p = m.hyper_decode(z)
-        q = torch.empty(y_shape, dtype=torch.long)
-        self._pop_y(coder, p, quality, q)
-        return LatentCode(m.dequantize(q, p, quality), 0.0, (q.numpy(), z.numpy()))
+        y_hat = None if on_band is not None else torch.empty(y_shape, dtype=torch.float64)
+        crcs = []
+        for band in tile_regions(y_shape[2], y_shape[3], tile):
+            rows = band[0][0]
+            band_y_hat = torch.empty((1, y_shape[1], rows.stop - rows.start, y_shape[3]), dtype=torch.float64)
+            for rows, cols in band:
+                _require_bits(coder, floor)
+                q, band_y_hat[:, :, :, cols] = self._pop_tile(coder, m.hyper_decode_region(z, rows, cols), quality, floor)
+                crcs.append(entropy.content_check(q))
+            if on_band is None:
+                y_hat[:, :, rows] = band_y_hat
+            else:
+                on_band(rows.start, band_y_hat)
+        return LatentCode(y_hat, 0.0, self.symbols_crc(z, crcs, tile))
 
 
 class CheckerboardLatentCodec(HyperpriorLatentCodec):
-    """Checkerboard context (two parallel passes). Stack (bottom → top): y non-anchors, y anchors, ẑ.
+    """Checkerboard context (two parallel passes per tile). Stack (bottom → top): tiles, ẑ; within a
+    tile, non-anchors then anchors.
 
     The encoder has to know the non-anchors' parameters before it can push
-    them, and those depend on the anchors' ŷ: so it computes both passes
-    first (exactly as the decoder will) and then pushes in reverse order.
+    them, and those depend on the anchors' ŷ: so it computes both passes of a
+    tile first (exactly as the decoder will) and then pushes in reverse order.
+    Tiles start at even latents, so the anchor pattern is the image's.
     """
 
-    @torch.no_grad()
-    def push(self, coder, latents: Latents, quality: int) -> LatentCode:
+    def _push_tile(self, coder, y: torch.Tensor, hyper: HyperParams, quality: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         m = self.model
-        anchor = m.anchor_mask(latents.y.shape)
-        p_a = m.context_params(latents.hyper, None)
-        q_a = m.quantize(latents.y, p_a, quality)
+        anchor = m.anchor_mask(y.shape)
+        p_a = m.context_params(hyper, None)
+        q_a = m.quantize(y, p_a, quality)
         y_hat_a = m.dequantize(q_a, p_a, quality) * anchor
-        p_n = m.context_params(latents.hyper, y_hat_a)
-        q_n = m.quantize(latents.y, p_n, quality)
+        p_n = m.context_params(hyper, y_hat_a)
+        q_n = m.quantize(y, p_n, quality)
         bits = self._push_y(coder, q_n, p_n, quality, ~anchor)
         bits += self._push_y(coder, q_a, p_a, quality, anchor)
-        bits += self._push_z(coder, latents.z_symbols)
         y_hat = torch.where(anchor, y_hat_a, m.dequantize(q_n, p_n, quality))
-        q = torch.where(anchor.expand_as(q_a), q_a, q_n)
-        return LatentCode(y_hat, bits, (q.numpy(), latents.z_symbols.numpy()))
+        return bits, torch.where(anchor.expand_as(q_a), q_a, q_n), y_hat
 
-    @torch.no_grad()
-    def pop_code(self, coder, height: int, width: int, quality: int, floor: int = 0) -> LatentCode:
+    def _pop_tile(self, coder, hyper: HyperParams, quality: int, floor: int) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
-        y_shape, z_shape = m.latent_shapes(height, width)
-        anchor = m.anchor_mask(y_shape)
-        z = self._pop_z(coder, z_shape, floor)
-        hyper = m.hyper_decode(z)
+        anchor = m.anchor_mask(hyper.mean.shape)
         p_a = m.context_params(hyper, None)
-        q = torch.zeros(y_shape, dtype=torch.long)
+        q = torch.zeros(hyper.mean.shape, dtype=torch.long)
         self._pop_y(coder, p_a, quality, q, anchor)
         _require_bits(coder, floor)
         y_hat_a = m.dequantize(q, p_a, quality) * anchor
         p_n = m.context_params(hyper, y_hat_a)
         self._pop_y(coder, p_n, quality, q, ~anchor)
-        return LatentCode(torch.where(anchor, y_hat_a, m.dequantize(q, p_n, quality)), 0.0, (q.numpy(), z.numpy()))
+        return q, torch.where(anchor, y_hat_a, m.dequantize(q, p_n, quality))
 
 
 def _require_bits(coder, floor: int) -> None:

@@ -98,6 +98,8 @@ def refine_latents(model: CodingModel, x: torch.Tensor, latents: Latents, qualit
     level = EFFORTS[effort]
     if level.iterations == 0 or height * width > MAX_REFINE_PIXELS:
         return None
+    if not x.is_floating_point():
+        x = x.float().div_(255.0)
     net = _shadow(model)
     lam = model.quality_lambda(quality)
     # The exact tables' gain (what the coder will use), per channel.
@@ -140,7 +142,7 @@ def refine_latents(model: CodingModel, x: torch.Tensor, latents: Latents, qualit
     with torch.no_grad():
         y = (u / gain).detach()
         z_symbols = torch.round(z.detach()).long()
-        return Latents(y.to(latents.y.dtype), z_symbols, model.hyper_decode(z_symbols))
+        return Latents(y.to(latents.y.dtype), z_symbols)
 
 
 def rd_cost(num_bytes: int, mse_255: float, lam: float, pixels: int) -> float:
