@@ -91,3 +91,25 @@ def test_bad_indexes_and_shapes_are_value_errors(pmfs):
         pmfs[0].encode(new_coder(), np.zeros(3), np.array([0, 1]))
     with pytest.raises(ValueError):
         IndexedPmfs(np.ones((2, 5), np.int32), 2)
+
+
+def test_exact_categorical_codes_like_the_perfect_quantization_of_the_same_table():
+    """The fast construction reproduces the integer table: same words as perfect=True, for skewed and flat tables."""
+    import constriction
+
+    from vaecodec.entropy import exact_categorical
+
+    rng = np.random.default_rng(4)
+    ks = np.arange(-300, 301)
+    tables = [quantize_pmf(np.exp(-np.abs(ks) / s)) for s in (0.05, 0.7, 9.0, 400.0)]
+    tables.append(quantize_pmf(rng.random(601)))
+    for counts in tables:
+        perfect = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=True)
+        symbols = np.concatenate([rng.permutation(601), rng.choice(601, 3000, p=counts / counts.sum())]).astype(np.int32)
+        words = []
+        for model in (perfect, exact_categorical(counts)):
+            coder = new_coder()
+            coder.encode_reverse(symbols, model)
+            words.append(coder.get_compressed())
+        assert np.array_equal(words[0], words[1])
+        assert np.array_equal(new_coder(words[0]).decode(exact_categorical(counts), symbols.size), symbols)

@@ -233,6 +233,18 @@ def test_alpha_plane_round_trips_exactly(tiny_codec, mode, lossless):
             tiny_codec.compress(colour, quality=40)))
 
 
+def test_a_target_size_codes_alpha_the_same_prepared_or_not(tiny_codec, monkeypatch):
+    """A target size tries several files; an alpha plane too large to hold prepared is modelled per try, same bytes."""
+    from vaecodec import api
+
+    alpha = np.tile((np.arange(30) * 8).astype(np.uint8), (20, 1))
+    px = np.dstack([smooth_image(20, 30, seed=16), alpha])
+    prepared = tiny_codec.compress(px, target_bpp=12.0)
+    monkeypatch.setattr(api, "_PREPARED_ALPHA_LIMIT", 0)
+    assert tiny_codec.compress(px, target_bpp=12.0) == prepared
+    assert np.array_equal(tiny_codec.decompress_array(prepared)[:, :, 3], alpha)
+
+
 def test_alpha_files_refuse_a_truncated_alpha_plane(tiny_codec):
     px = np.dstack([smooth_image(12, 12, seed=15), np.full((12, 12), 100, np.uint8)])
     data = tiny_codec.compress(px, quality=30)

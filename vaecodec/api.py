@@ -77,6 +77,8 @@ SHIPPED_MODEL = "vaecodec-hp64.pt"
 """The default model: what new files are written with."""
 SHIPPED_PIXEL_MODEL = "vaecodec-px12-h64.npz"
 """Lossless mode's pixel model."""
+_PREPARED_ALPHA_LIMIT = 4 << 20
+"""Largest alpha plane (pixels) held prepared across a target size's trials (~20 bytes per pixel)."""
 
 
 def _load_shipped(filename: str) -> CodingModel:
@@ -217,7 +219,7 @@ class Codec:
             _check_quality(quality)
         _check_effort(effort)
         with self._lock, torch.no_grad():
-            analysed = self._analyze(pixels, metadata)
+            analysed = self._analyze(pixels, metadata, several_files=target_bpp is not None)
             if target_bpp is None:
                 return self._encode_at(analysed, int(quality), int(effort))
             return self._encode_to_target(analysed, float(target_bpp), int(effort))
@@ -264,9 +266,17 @@ class Codec:
         return Encoded(data, replace(header, num_words=int(words.size), num_bytes=len(data)),
                        codec.information_bits + alpha_codec.information_bits + 2 * entropy.CHECK_BITS)
 
-    def _prepare_alpha(self, alpha: np.ndarray | None) -> tuple | None:
-        """The alpha plane and its tiles ready to push (once per image, however many files are tried)."""
-        return None if alpha is None else (alpha, prepare_image(alpha[:, :, None], PixelCodec(self.pixel_model)))
+    def _prepare_alpha(self, alpha: np.ndarray | None, several_files: bool) -> tuple | None:
+        """The alpha plane, and its tiles ready to push when several files will be tried (a target size).
+
+        Prepared tiles hold ~20 bytes per pixel, so only planes up to ``_PREPARED_ALPHA_LIMIT`` pixels
+        are prepared; a larger plane is modelled again for each file tried, in bounded memory.
+        """
+        if alpha is None:
+            return None
+        if several_files and alpha.size <= _PREPARED_ALPHA_LIMIT:
+            return alpha, prepare_image(alpha[:, :, None], PixelCodec(self.pixel_model))
+        return alpha, alpha[:, :, None]
 
     def _push_alpha(self, coder, prepared: tuple | None) -> float:
         """Push a prepared alpha plane (if any); its information bits."""
@@ -284,12 +294,12 @@ class Codec:
             raise FormatError("payload too short for the declared alpha plane (corrupted, truncated or forged file)")
         return pop_image(coder, header.height, header.width, 1, PixelCodec(self.pixel_model), floor=floor)[:, :, 0]
 
-    def _analyze(self, pixels: np.ndarray, metadata: Metadata = NO_METADATA) -> "_Analysed":
+    def _analyze(self, pixels: np.ndarray, metadata: Metadata = NO_METADATA, several_files: bool = False) -> "_Analysed":
         h, w = pixels.shape[:2]
         colour, alpha = split_alpha(pixels)
         x = to_model_input(colour, DOWNSAMPLING, torch.uint8)
         return _Analysed(h, w, mode_of(pixels), self.latents.analyze(x), x, colour, metadata,
-                         self._prepare_alpha(alpha))
+                         self._prepare_alpha(alpha, several_files))
 
     def _code(self, analysed: "_Analysed", latents: Latents, quality: int,
               keep_y_hat: bool = False) -> tuple[Encoded, torch.Tensor | None]:
@@ -501,7 +511,7 @@ class _Analysed:
     x: torch.Tensor  # the padded model input
     pixels: np.ndarray  # the original uint8 colour pixels (no alpha)
     metadata: Metadata  # what the file keeps beside the pixels
-    alpha: tuple | None  # (alpha plane, its tiles prepared once for every file tried)
+    alpha: tuple | None  # (alpha plane, its prepared tiles or the plane itself as (H, W, 1)): see _prepare_alpha
 
 
 class _BandWriter:
