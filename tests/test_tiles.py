@@ -87,3 +87,21 @@ def test_band_synthesis_with_strips_smaller_than_the_band_is_exact(tiny_model, m
         parts = [tiny_model.synthesize_rows(y_hat[:, :, :a], y_hat[:, :, a:b], y_hat[:, :, b:])
                  for a, b in zip(cut, cut[1:])]
         assert np.array_equal(np.concatenate(parts), whole)
+
+
+@pytest.mark.parametrize("shape", [(70, 90, 3), (64, 64, 3), (1, 1, 3), (65, 130), (3, 200)])
+def test_padded_pixels_slice_like_the_padded_copy(shape):
+    from vaecodec.image import PaddedPixels
+
+    px = np.random.default_rng(7).integers(0, 256, size=shape, dtype=np.uint8)
+    copy = to_model_input(px, 64, torch.uint8)
+    view = PaddedPixels(px, 64)
+    assert view.shape == tuple(copy.shape)
+    h, w = copy.shape[2:]
+    rng = np.random.default_rng(8)
+    cuts = [(0, h, 0, w), (h - 1, h, w - 1, w)] + [tuple(sorted(rng.integers(0, h + 1, 2))) + tuple(sorted(rng.integers(0, w + 1, 2)))
+                                                  for _ in range(40)]
+    for r0, r1, c0, c1 in cuts:
+        if r1 > r0 and c1 > c0:
+            assert torch.equal(view[:, :, r0:r1, c0:c1], copy[:, :, r0:r1, c0:c1]), (r0, r1, c0, c1)
+    assert torch.equal(view.tensor(), copy)

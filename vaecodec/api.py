@@ -57,10 +57,10 @@ import torch
 from PIL import Image
 
 from . import entropy
-from .coding_model import DOWNSAMPLING, NUM_QUALITIES, CodingModel
+from .coding_model import DOWNSAMPLING, NUM_QUALITIES, SYNTHESIS_HALO, CodingModel
 from .container import NO_METADATA, Header, Metadata, pack, unpack
 from .errors import FormatError, ModelMismatchError, VaecodecError
-from .image import (load_image, metadata_info, mode_of, split_alpha, split_batch, to_model_input, to_output_pixels,
+from .image import (PaddedPixels, load_image, metadata_info, mode_of, split_alpha, split_batch, to_output_pixels,
                     with_alpha)
 from .latent_codec import LATENT_TILE, Latents, latent_codec
 from .lossless_codec import PixelCodec, pop_image, prepare_image, push_image, required_bits
@@ -297,7 +297,7 @@ class Codec:
     def _analyze(self, pixels: np.ndarray, metadata: Metadata = NO_METADATA, several_files: bool = False) -> "_Analysed":
         h, w = pixels.shape[:2]
         colour, alpha = split_alpha(pixels)
-        x = to_model_input(colour, DOWNSAMPLING, torch.uint8)
+        x = PaddedPixels(colour, DOWNSAMPLING)
         return _Analysed(h, w, mode_of(pixels), self.latents.analyze(x), x, colour, metadata,
                          self._prepare_alpha(alpha, several_files))
 
@@ -330,7 +330,8 @@ class Codec:
         (None at the default effort: a large image's ŷ is never held whole)."""
         refining = effort != DEFAULT_EFFORT
         base = self._code(analysed, analysed.latents, quality, keep_y_hat=refining)
-        refined = refine_latents(self.model, analysed.x, analysed.latents, quality, effort, analysed.height, analysed.width)
+        refined = refine_latents(self.model, analysed.x.tensor() if refining else None, analysed.latents, quality, effort,
+                                 analysed.height, analysed.width)
         if refined is None:
             return base
         candidate = self._code(analysed, refined, quality, keep_y_hat=True)
@@ -508,7 +509,7 @@ class _Analysed:
     width: int
     mode: str
     latents: Latents
-    x: torch.Tensor  # the padded model input
+    x: PaddedPixels  # the padded model input, padded on demand
     pixels: np.ndarray  # the original uint8 colour pixels (no alpha)
     metadata: Metadata  # what the file keeps beside the pixels
     alpha: tuple | None  # (alpha plane, its prepared tiles or the plane itself as (H, W, 1)): see _prepare_alpha
@@ -546,7 +547,7 @@ class _BandWriter:
         if rows:
             self.out[top:top + rows] = to_output_pixels(rgb[:rows], rows, self.out.shape[1], self.mode).reshape(
                 rows, self.out.shape[1], -1)
-        self.above = band
+        self.above = band[:, :, -SYNTHESIS_HALO:].clone()  # all the next band's pixels see of this one
 
 
 def _check_quality(quality) -> None:

@@ -85,7 +85,7 @@ def run_tiled(fn, x: torch.Tensor, tile: int, halo: int, scale: float, tile_rows
     h, w = x.shape[2:]
     tile_h = tile if tile_rows is None else tile_rows
     if h <= tile_h and w <= tile:
-        return fn(x)
+        return fn(x[:, :, 0:h, 0:w])  # a view of a tensor; a slice is all an input such as PaddedPixels offers
     rows = []
     for y0 in range(0, h, tile_h):
         cols = []
@@ -262,10 +262,13 @@ class CodingModel:
     def analyze(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (1, 3, H, W), H and W multiples of 64 → (y, ẑ as int64).
 
-        ``x`` is uint8 pixels (converted to [0, 1] one analysis tile at a time,
-        so a large image is never held as floats) or float32 in [0, 1].
+        ``x`` is float32 in [0, 1], or uint8 pixels (a tensor or an
+        :class:`~vaecodec.image.PaddedPixels`), converted to [0, 1] one analysis
+        tile at a time, so a large image is never held as floats.
         """
-        fn = self.analysis if x.is_floating_point() else (lambda t: self.analysis(t.float().div_(255.0)))
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            return self.analysis(t if t.is_floating_point() else t.float().div_(255.0))
+
         y = run_tiled(fn, x, ANALYSIS_TILE, 64, 1 / 16)
         return y, torch.round(self.hyper_analysis(y)).long()
 
@@ -331,7 +334,8 @@ class CodingModel:
 
     def synthesize_rows(self, above: torch.Tensor, rows: torch.Tensor, below: torch.Tensor) -> np.ndarray:
         """Exact: the pixels (16·r, W, 3) of latent ``rows`` (1, M, r, w), given the fixed-point ŷ rows
-        ``above`` and ``below`` them (up to SYNTHESIS_HALO each; none at the image's edges).
+        ``above`` and ``below`` them (up to SYNTHESIS_HALO each; none at the image's edges). float32 or
+        float64 (the integers are exact in both); computed in float64 strip by strip.
 
         Equal to the same rows of :meth:`synthesize` on the whole ŷ (the synthesis
         sees ±2 latents), so a decoder can hold a few bands of ŷ instead of all of it.
@@ -343,7 +347,7 @@ class CodingModel:
         for r0 in range(0, n, t):  # strips of tiles, each with its own halo rows (as synthesize tiles it)
             r1 = min(r0 + t, n)
             a, b = max(0, top + r0 - SYNTHESIS_HALO), min(y.shape[2], top + r1 + SYNTHESIS_HALO)
-            x = run_tiled(self.synthesis.run, y[:, :, a:b], t, SYNTHESIS_HALO, s, tile_rows=b - a)
+            x = run_tiled(self.synthesis.run, y[:, :, a:b].double(), t, SYNTHESIS_HALO, s, tile_rows=b - a)
             x = x[:, :, (top + r0 - a) * s:(top + r1 - a) * s]
             out[r0 * s:r1 * s] = round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)[0].permute(1, 2, 0).to(torch.uint8).numpy()
         return out

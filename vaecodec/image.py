@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["load_pixels", "load_image", "read_metadata", "metadata_info", "split_batch", "split_alpha",
-           "with_alpha", "mode_of", "to_model_input", "to_output_pixels"]
+           "with_alpha", "mode_of", "to_model_input", "to_output_pixels", "PaddedPixels"]
 
 _BATCH_HINT = "use Codec.encode_batch for a batch"
 
@@ -355,6 +355,44 @@ def to_model_input(pixels: np.ndarray, multiple: int, dtype: "torch.dtype | None
     padded = np.pad(rgb, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="edge")
     x = torch.from_numpy(padded).permute(2, 0, 1)[None]
     return x if dtype == torch.uint8 else x.float().div_(255.0)
+
+
+class PaddedPixels:
+    """uint8 pixels seen as their edge-padded model input (1, 3, H', W'), without the padded copy.
+
+    What :func:`vaecodec.coding_model.run_tiled` needs of an input: ``shape``
+    and 4-D slicing, which returns that part of ``to_model_input(pixels,
+    multiple, torch.uint8)`` (padded on the fly at the right and bottom edges).
+    A 64-Mpixel image is then held once, not twice, while it is analysed.
+    """
+
+    def __init__(self, pixels: np.ndarray, multiple: int):
+        self.pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
+        h, w = self.pixels.shape[:2]
+        self.shape = (1, 3, h + (-h % multiple), w + (-w % multiple))
+
+    def __getitem__(self, index) -> torch.Tensor:
+        import torch
+
+        _, _, rows, cols = index
+        r0, r1, _ = rows.indices(self.shape[2])
+        c0, c1, _ = cols.indices(self.shape[3])
+        h, w = self.pixels.shape[:2]
+        part = self.pixels[min(r0, h - 1):min(r1, h), min(c0, w - 1):min(c1, w)]
+        pad_r, pad_c = (r1 - r0) - part.shape[0], (c1 - c0) - part.shape[1]
+        if r0 >= h:  # wholly inside the bottom padding: the last row, repeated
+            pad_r = r1 - r0 - 1
+        if c0 >= w:
+            pad_c = c1 - c0 - 1
+        if pad_r or pad_c:
+            part = np.pad(part, ((0, pad_r), (0, pad_c), (0, 0)), mode="edge")
+        if part.shape[2] == 1:
+            part = np.repeat(part, 3, axis=2)
+        return torch.from_numpy(np.ascontiguousarray(part)).permute(2, 0, 1)[None]
+
+    def tensor(self) -> torch.Tensor:
+        """The whole padded input as one uint8 tensor (a copy)."""
+        return self[:, :, 0:self.shape[2], 0:self.shape[3]]
 
 
 def to_output_pixels(rgb: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:

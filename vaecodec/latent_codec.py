@@ -183,7 +183,8 @@ class HyperpriorLatentCodec:
                  tile: int | None = LATENT_TILE,
                  on_band: Callable[[int, torch.Tensor], None] | None = None) -> LatentCode:
         """:meth:`pop`, with the symbols' CRC. ``on_band(first_row, ŷ rows)``: hand each band of tiles
-        over as it is decoded, top to bottom, instead of returning the whole ŷ (then ``y_hat`` is None)."""
+        over as it is decoded, top to bottom (as float32, which holds ŷ's integers exactly), instead of
+        returning the whole ŷ (then ``y_hat`` is None)."""
         m = self.model
         y_shape, z_shape = m.latent_shapes(height, width)
         z = self._pop_z(coder, z_shape, floor)
@@ -191,7 +192,9 @@ class HyperpriorLatentCodec:
         crcs = []
         for band in tile_regions(y_shape[2], y_shape[3], tile):
             rows = band[0][0]
-            band_y_hat = torch.empty((1, y_shape[1], rows.stop - rows.start, y_shape[3]), dtype=torch.float64)
+            # float32 holds ŷ exactly (fixed-point integers within ±2^20 < 2^24) in half the memory.
+            band_y_hat = torch.empty((1, y_shape[1], rows.stop - rows.start, y_shape[3]),
+                                     dtype=torch.float64 if on_band is None else torch.float32)
             for rows, cols in band:
                 _require_bits(coder, floor)
                 q, band_y_hat[:, :, :, cols] = self._pop_tile(coder, m.hyper_decode_region(z, rows, cols), quality, floor)

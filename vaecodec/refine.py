@@ -88,7 +88,7 @@ def _soft_round(v: torch.Tensor, tau: float, generator: torch.Generator) -> torc
     return f + p[..., 1]
 
 
-def refine_latents(model: CodingModel, x: torch.Tensor, latents: Latents, quality: int, effort: int,
+def refine_latents(model: CodingModel, x: torch.Tensor | None, latents: Latents, quality: int, effort: int,
                    height: int, width: int, seed: int = 0) -> Latents | None:
     """Refined latents for ``quality`` (None at effort 1, or for images too large to refine).
 
