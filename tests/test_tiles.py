@@ -105,3 +105,16 @@ def test_padded_pixels_slice_like_the_padded_copy(shape):
         if r1 > r0 and c1 > c0:
             assert torch.equal(view[:, :, r0:r1, c0:c1], copy[:, :, r0:r1, c0:c1]), (r0, r1, c0, c1)
     assert torch.equal(view.tensor(), copy)
+
+
+def test_a_read_only_image_is_analysed_without_warnings(tiny_codec):
+    """Pillow hands out read-only arrays; the analysis tiles must not trip torch's non-writable warning."""
+    import warnings
+
+    px = smooth_image(64, 128, seed=10)  # a multiple of 64: no padding, so the tiles are views of the input
+    px.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = tiny_codec.compress(px, quality=50)
+    px.setflags(write=True)
+    assert data == tiny_codec.compress(px, quality=50)

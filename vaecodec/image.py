@@ -388,7 +388,10 @@ class PaddedPixels:
             part = np.pad(part, ((0, pad_r), (0, pad_c), (0, 0)), mode="edge")
         if part.shape[2] == 1:
             part = np.repeat(part, 3, axis=2)
-        return torch.from_numpy(np.ascontiguousarray(part)).permute(2, 0, 1)[None]
+        part = np.ascontiguousarray(part)
+        if not part.flags.writeable:  # a view of a read-only image (torch warns on those): copy the tile
+            part = part.copy()
+        return torch.from_numpy(part).permute(2, 0, 1)[None]
 
     def tensor(self) -> torch.Tensor:
         """The whole padded input as one uint8 tensor (a copy)."""
