@@ -38,11 +38,11 @@ def test_analysis_of_uint8_pixels_equals_analysis_of_floats(tiny_model):
     assert torch.equal(y8, yf) and torch.equal(z8, zf)
 
 
-@pytest.mark.parametrize("tile", [None, 2, 4, LATENT_TILE])
+@pytest.mark.parametrize("tile", [None, 2, 4, 5, LATENT_TILE])
 def test_tiles_round_trip_exactly_and_bands_synthesize_like_the_whole(any_tiny_codec, tile):
     """Any tiling pops what was pushed; bands synthesized one at a time equal the whole ŷ's synthesis."""
     codec, m = any_tiny_codec, any_tiny_codec.model
-    h, w = 150, 200  # 10 × 13 latents: tiles of 2 and 4 make several bands and ragged edges
+    h, w = 150, 200  # 12 × 16 latents: tiles of 2 and 4 make several bands, 5 ragged last tiles and band
     latents = codec.latents.analyze(to_model_input(smooth_image(h, w, seed=5), 64, torch.uint8))
     coder = entropy.new_coder()
     code = codec.latents.push(coder, latents, 60, tile=tile, keep_y_hat=True)

@@ -65,15 +65,15 @@ from .image import (PaddedPixels, load_image, metadata_info, mode_of, split_alph
 from .latent_codec import LATENT_TILE, Latents, latent_codec
 from .lossless_codec import PixelCodec, pop_image, prepare_image, push_image, required_bits
 from .pixel_model import PixelModel
-from .refine import DEFAULT_EFFORT, EFFORTS, rd_cost, refine_latents
+from .refine import DEFAULT_EFFORT, EFFORTS, MAX_REFINE_PIXELS, rd_cost, refine_latents
 
 __all__ = ["Codec", "Encoded", "compress", "decompress", "default_codec", "DEFAULT_QUALITY", "SHIPPED_MODEL"]
 
 DEFAULT_QUALITY = 75
-SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt"}
+SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt", "cb64-w128-m256-vr": "vaecodec-cb64.pt"}
 """Every model the package ships, by model id. Files name the model that wrote them, so a file
 written by an earlier shipped model still decodes after the default changes."""
-SHIPPED_MODEL = "vaecodec-hp64.pt"
+SHIPPED_MODEL = "vaecodec-cb64.pt"
 """The default model: what new files are written with."""
 SHIPPED_PIXEL_MODEL = "vaecodec-px12-h64.npz"
 """Lossless mode's pixel model."""
@@ -330,8 +330,8 @@ class Codec:
         (None at the default effort: a large image's ŷ is never held whole)."""
         refining = effort != DEFAULT_EFFORT
         base = self._code(analysed, analysed.latents, quality, keep_y_hat=refining)
-        refined = refine_latents(self.model, analysed.x.tensor() if refining else None, analysed.latents, quality, effort,
-                                 analysed.height, analysed.width)
+        x = analysed.x.tensor() if refining and analysed.height * analysed.width <= MAX_REFINE_PIXELS else None
+        refined = refine_latents(self.model, x, analysed.latents, quality, effort, analysed.height, analysed.width)
         if refined is None:
             return base
         candidate = self._code(analysed, refined, quality, keep_y_hat=True)
@@ -348,12 +348,11 @@ class Codec:
     def _encode_to_target(self, analysed, target_bpp: float, effort: int = DEFAULT_EFFORT) -> Encoded:
         if not target_bpp > 0:
             raise ValueError(f"target bpp must be positive, not {target_bpp}")
-        unrefined: dict[int, tuple[Encoded, torch.Tensor | None]] = {}  # quality → (file, decoder's ŷ), coded once
+        unrefined: dict[int, tuple[Encoded, torch.Tensor | None]] = {}  # quality → (file, None), coded once
 
         def at(quality: int) -> Encoded:
             if quality not in unrefined:
-                unrefined[quality] = self._code(analysed, analysed.latents, quality,
-                                                keep_y_hat=effort != DEFAULT_EFFORT)
+                unrefined[quality] = self._code(analysed, analysed.latents, quality)
             return unrefined[quality][0]
 
         # File size grows with quality, so bisect for the largest quality that fits.
@@ -368,7 +367,8 @@ class Codec:
         # Refinement lowers the rate, so a higher quality may fit once refined: refine at the unrefined
         # fit, predict from the saving which quality should fit, and try that one too. Of the files that
         # fit, the one with the least distortion wins.
-        fits = [unrefined[lo]] if at(lo).bpp <= target_bpp else []
+        # The unrefined fit again, with its ŷ (not kept for every quality tried: one whole ŷ is enough).
+        fits = [self._code(analysed, analysed.latents, lo, keep_y_hat=True)] if at(lo).bpp <= target_bpp else []
         first = self._encode_full(analysed, lo, effort)
         if first[0].bpp <= target_bpp:
             fits.append(first)

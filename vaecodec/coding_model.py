@@ -285,7 +285,8 @@ class CodingModel:
         zh, zw = z_symbols.shape[2:]
         r0, r1, c0, c1 = rows.start // 4, -(-rows.stop // 4), cols.start // 4, -(-cols.stop // 4)
         a, b, c, d = max(0, r0 - _HYPER_HALO), min(zh, r1 + _HYPER_HALO), max(0, c0 - _HYPER_HALO), min(zw, c1 + _HYPER_HALO)
-        out = self.hyper_synthesis.run(to_fixed(z_symbols[:, :, a:b, c:d].double().clamp(-_Z_CLAMP, _Z_CLAMP)))
+        out = run_tiled(self.hyper_synthesis.run, to_fixed(z_symbols[:, :, a:b, c:d].double().clamp(-_Z_CLAMP, _Z_CLAMP)),
+                        HYPER_TILE, _HYPER_HALO, 4)  # tiled too: a version-2 file's region is the whole image
         out = out[:, :, rows.start - 4 * a:rows.stop - 4 * a, cols.start - 4 * c:cols.stop - 4 * c]
         mean, log2_scale = out.chunk(2, dim=1)
         return HyperParams(mean, log2_scale)

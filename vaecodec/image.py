@@ -375,8 +375,10 @@ class PaddedPixels:
         import torch
 
         _, _, rows, cols = index
-        r0, r1, _ = rows.indices(self.shape[2])
-        c0, c1, _ = cols.indices(self.shape[3])
+        r0, r1, r_step = rows.indices(self.shape[2])
+        c0, c1, c_step = cols.indices(self.shape[3])
+        if r_step != 1 or c_step != 1 or r1 <= r0 or c1 <= c0:
+            raise ValueError("PaddedPixels gives non-empty, contiguous tiles only")
         h, w = self.pixels.shape[:2]
         part = self.pixels[min(r0, h - 1):min(r1, h), min(c0, w - 1):min(c1, w)]
         pad_r, pad_c = (r1 - r0) - part.shape[0], (c1 - c0) - part.shape[1]
@@ -394,7 +396,7 @@ class PaddedPixels:
         return torch.from_numpy(part).permute(2, 0, 1)[None]
 
     def tensor(self) -> torch.Tensor:
-        """The whole padded input as one uint8 tensor (a copy)."""
+        """The whole padded input as one uint8 tensor (it may share memory with the pixels: do not write to it)."""
         return self[:, :, 0:self.shape[2], 0:self.shape[3]]
 
 

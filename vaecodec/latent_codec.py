@@ -9,7 +9,7 @@ integer-exact programs, identically on both sides.
 
 Tiles (format version 3): the latent grid is cut into ``LATENT_TILE`` ×
 ``LATENT_TILE`` tiles (1024 × 1024 pixels), coded one after another, so the
-decoder holds one band of tiles at a time and a lying file is refused within
+decoder holds one band of tiles at a time and a file whose stack runs dry is refused within
 its first tile. Each tile's parameters come from the hyper-latents around it
 (exactly the whole image's), and a checkerboard context sees only its own
 tile. Files of versions 1 and 2 are one tile the size of the image
