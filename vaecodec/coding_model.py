@@ -53,6 +53,7 @@ Z_RADIUS = 63
 GAIN_FRAC_BITS = 16
 ANALYSIS_TILE = 1024  # pixels; with a 64-pixel halo (the analysis sees ±30 pixels)
 HYPER_TILE = 16  # hyper-latents; with a 3-latent halo
+HYPER_ANALYSIS_TILE = 256  # latents (4096 pixels); with a 16-latent halo
 SYNTHESIS_TILE = 32  # latents; with a 3-latent halo (the synthesis sees ±2 latents). Measured (1 Mpx, 1 thread):
 # 64 → 1236 MB peak RSS (the transposed convolutions' column buffers grow with the tile), 32 → 627 MB and 10 % faster
 SYNTHESIS_HALO = 3  # latents around a synthesis tile or band (it sees ±2)
@@ -270,7 +271,9 @@ class CodingModel:
             return self.analysis(t if t.is_floating_point() else t.float().div_(255.0))
 
         y = run_tiled(fn, x, ANALYSIS_TILE, 64, 1 / 16)
-        return y, torch.round(self.hyper_analysis(y)).long()
+        # The hyper-analysis sees ±7 latents (3×3, then two 5×5 stride 2); tiled so that its wide
+        # activations are never whole-image (encoder only: float, no exactness at stake).
+        return y, torch.round(run_tiled(self.hyper_analysis, y, HYPER_ANALYSIS_TILE, 16, 1 / 4)).long()
 
     def hyper_decode(self, z_symbols: torch.Tensor) -> HyperParams:
         """Exact: hyper-latent integers → mean and log2 scale of every latent (the hyperprior's own)."""
@@ -343,14 +346,21 @@ class CodingModel:
         """
         above = above[:, :, max(0, above.shape[2] - SYNTHESIS_HALO):]
         y = torch.cat([above, rows, below[:, :, :SYNTHESIS_HALO]], 2)
-        top, n, t, s = above.shape[2], rows.shape[2], self.synthesis_tile, DOWNSAMPLING_LATENT
-        out = np.empty((n * s, y.shape[3] * s, 3), np.uint8)
-        for r0 in range(0, n, t):  # strips of tiles, each with its own halo rows (as synthesize tiles it)
+        top, n, t, s, h = above.shape[2], rows.shape[2], self.synthesis_tile, DOWNSAMPLING_LATENT, SYNTHESIS_HALO
+        w = y.shape[3]
+        out = np.empty((n * s, w * s, 3), np.uint8)
+        # Tile by tile, each with its own halo (as synthesize tiles it), straight into uint8: nothing
+        # as wide as the image is ever held in float64.
+        for r0 in range(0, n, t):
             r1 = min(r0 + t, n)
-            a, b = max(0, top + r0 - SYNTHESIS_HALO), min(y.shape[2], top + r1 + SYNTHESIS_HALO)
-            x = run_tiled(self.synthesis.run, y[:, :, a:b].double(), t, SYNTHESIS_HALO, s, tile_rows=b - a)
-            x = x[:, :, (top + r0 - a) * s:(top + r1 - a) * s]
-            out[r0 * s:r1 * s] = round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)[0].permute(1, 2, 0).to(torch.uint8).numpy()
+            a, b = max(0, top + r0 - h), min(y.shape[2], top + r1 + h)
+            for c0 in range(0, w, t):
+                c1 = min(c0 + t, w)
+                ca, cb = max(0, c0 - h), min(w, c1 + h)
+                x = self.synthesis.run(y[:, :, a:b, ca:cb].double())
+                x = x[:, :, (top + r0 - a) * s:(top + r1 - a) * s, (c0 - ca) * s:(c1 - ca) * s]
+                out[r0 * s:r1 * s, c0 * s:c1 * s] = (round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)[0]
+                                                      .permute(1, 2, 0).to(torch.uint8).numpy())
         return out
 
     def reconstruct(self, y_symbols: torch.Tensor, params: HyperParams, quality: int) -> np.ndarray:
