@@ -22,19 +22,25 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import vaecodec  # noqa: E402
-from vaecodec.model import HyperpriorModel  # noqa: E402
+from vaecodec.model import build_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def macs_per_pixel(config, h=512, w=768) -> dict:
-    net = HyperpriorModel(config).eval()
+    net = build_model(config).eval()
     x = torch.rand(1, 3, h, w)
+    y = torch.zeros(1, config.latent_channels, h // 16, w // 16)
+    parts = [("analysis + hyper-analysis (encoder only)", lambda: net.hyper_analysis(net.analysis(x))),
+             ("hyper-synthesis (both sides)", lambda: net.hyper_synthesis(torch.zeros(1, config.hyper_channels, h // 64, w // 64)))]
+    if config.kind == "checkerboard":
+        hyper = torch.zeros(1, 2 * config.latent_channels, h // 16, w // 16)
+        parts.append(("checkerboard context + entropy parameters, both passes (both sides)",
+                      lambda: (net.params_from(hyper, None), net.params_from(hyper, net.context(y)))))
+    parts.append(("synthesis (decoder)", lambda: net.synthesis(y)))
     out = {}
     with torch.no_grad():
-        for name, fn in (("analysis + hyper-analysis (encoder only)", lambda: net.hyper_analysis(net.analysis(x))),
-                         ("hyper-synthesis (both sides)", lambda: net.hyper_synthesis(torch.zeros(1, config.hyper_channels, h // 64, w // 64))),
-                         ("synthesis (decoder)", lambda: net.synthesis(torch.zeros(1, config.latent_channels, h // 16, w // 16)))):
+        for name, fn in parts:
             with FlopCounterMode(display=False) as fc:
                 fn()
             out[name] = fc.get_total_flops() / 2 / (h * w)
@@ -53,39 +59,67 @@ def main():
     summary = {r["codec"]: r for r in kodak["summary"]}
     macs = macs_per_pixel(m.config)
     cfg = m.config
+    if cfg.kind == "checkerboard":
+        architecture = (
+            f"Mean-scale hyperprior VAE (Ballé et al. 2018; Minnen et al. 2018) with a checkerboard context model "
+            f"(He et al. 2021: anchors first, then the other half of the latents conditioned on them, two parallel passes "
+            f"per 1024² tile) and λ-conditioned per-channel gains (Cui et al. 2021): one model for qualities 1–100. "
+            f"N = {cfg.channels} at 1/2 and 1/4 resolution, {cfg.wide} at 1/8 and 1/16 and in the hyper networks, "
+            f"M = {cfg.latent_channels} latent channels, {cfg.hyper_channels} hyper-latent channels; context: one 5×5 "
+            f"convolution on the anchors ({cfg.context_channels} channels) and 1×1 entropy-parameter layers; "
+            f"{cfg.num_scales} scales. Analysis: four 5×5 stride-2 convolutions with simplified GDN (Johnston et al. "
+            f"2019); synthesis: four 5×5 stride-2 transposed convolutions with inverse simplified GDN.")
+        recipe = ("Adam at a constant lr 1e-3 (the resumable stable phase, `checkpoints/cb-stable.pt`), then an anneal "
+                  "of a copy (cosine decay to 5% over 6,000 steps); per-sample λ, log-uniform over the anchors; "
+                  "additive-noise rate proxy, straight-through rounding for the decoder; 128² patches (batch 8) and "
+                  "256² patches (batch 2) alternately; non-finite updates skipped; the shipped weights are the "
+                  "exponential moving average (decay 0.999) of the annealed run")
+        command = ("`vaecodec train checkpoints/cb-stable.pt --model cb64-w128-m256 --data ../shared/data/train "
+                   "--eval ../shared/data/kodak` (resumed every session), then `vaecodec anneal checkpoints/cb-stable.pt "
+                   "checkpoints/cb-annealed.pt --data ../shared/data/train --steps 6000` and `bin/export-model "
+                   "checkpoints/cb-annealed.pt vaecodec/weights/vaecodec-cb64.pt`")
+        seen = ""
+    else:
+        architecture = (
+            f"Mean-scale hyperprior VAE (Ballé et al. 2018; Minnen et al. 2018) with λ-conditioned per-channel gains "
+            f"(Cui et al. 2021): one model for qualities 1–100. N = {cfg.channels}, M = {cfg.latent_channels} latent "
+            f"channels, {cfg.hyper_channels} hyper-latent channels. Analysis: four 5×5 stride-2 convolutions with "
+            f"simplified GDN (Johnston et al. 2019); synthesis: four 5×5 stride-2 transposed convolutions with inverse "
+            f"simplified GDN; hyper-transforms as in Minnen et al. with ReLU in the hyper-synthesis.")
+        recipe = ("Adam, lr 1e-3 after 100 warm-up steps, cosine decay to 5% over the last 30% of the planned steps, "
+                  "gradient clipping at 1.0; per-sample λ, log-uniform over the anchors, each sample's Lagrangian weighted "
+                  "by sqrt(λ_mid/λ); additive-noise rate proxy, straight-through rounding for the decoder; the shipped "
+                  "weights are the exponential moving average (decay 0.999) of the trained weights")
+        command = (f"`bin/train-model --data ../shared/data/train --checkpoint checkpoints/train-state.pt --total-steps "
+                   f"{training['step']} --eval ../shared/data/kodak` (resumed several times), then `bin/export-model "
+                   f"checkpoints/train-state.pt vaecodec/weights/vaecodec-hp64.pt --quality-span "
+                   f"{' '.join(map(str, training.get('quality_span', [])))}`")
+        seen = f" ({training['step'] * 8 * 128 * 128 / 1e9:.2f} Gpixel seen)"
     lines = [
         f"# Model card: `{m.model_id}` (weight hash `{m.weight_hash.hex()}`)", "",
         "Generated by `python benchmarks/model_card.py` from the shipped weights and `benchmarks/results/`.", "",
         "## Architecture", "",
-        f"Mean-scale hyperprior VAE (Ballé et al. 2018; Minnen et al. 2018) with λ-conditioned per-channel gains "
-        f"(Cui et al. 2021): one model for qualities 1–100. N = {cfg.channels}, M = {cfg.latent_channels} latent channels, "
-        f"{cfg.hyper_channels} hyper-latent channels. Analysis: four 5×5 stride-2 convolutions with simplified GDN "
-        f"(Johnston et al. 2019); synthesis: four 5×5 stride-2 transposed convolutions with inverse simplified GDN; "
-        f"hyper-transforms as in Minnen et al. with ReLU in the hyper-synthesis. {len(cfg.lambdas)} gain anchors at "
-        f"λ = {', '.join(map(str, cfg.lambdas))} (distortion weight on 255²·MSE); quality q sits at anchor position lo + (q−1)/99·(hi − lo), "
-        f"log-linearly in λ (see the quality span below).", "",
+        f"{architecture} {len(cfg.lambdas)} gain anchors at λ = {', '.join(map(str, cfg.lambdas))} (distortion weight "
+        f"on 255²·MSE); quality q sits at anchor position lo + (q−1)/99·(hi − lo), log-linearly in λ.", "",
         f"- quality span: quality 1 ↔ λ = {m.quality_lambda(1):.5f}, quality 100 ↔ λ = {m.quality_lambda(100):.4f} "
-        f"(anchor positions {training.get('quality_span')}; beyond the anchors the gains extrapolate)",
+        f"(anchor positions {training.get('quality_span')}; no quality lies beyond the trained anchors unless the span says so)",
         f"- parameters: {m.num_parameters:,} (shipped in fp16, with integer coding tables)",
         *[f"- {k}: {v / 1e3:.1f} kMAC per pixel" for k, v in macs.items()],
         "- decoder arithmetic: integer fixed point (12 fractional bits for activations, 14-bit weights) evaluated "
         "exactly in float64; the encoder's analysis runs in float32.", "",
         "## Training", "",
-        f"- data: `shared/data/train` (231 photos, about 150 Mpixel); random downscaling (0.5–1×), 256² crops, "
-        f"128² patches (batch 8) with flips, then 256² patches (batch 2, the same pixels per step) for the last 20% "
-        f"of the planned steps; Kodak never used for training (only for the periodic estimate in the log)",
-        f"- steps: {training['step']:,} ({training['step'] * 8 * 128 * 128 / 1e9:.2f} Gpixel seen); "
-        f"CPU time: {training['cpu_hours']:.2f} CPU-hours on 2 cores (AMD EPYC, AVX2, no GPU)",
-        "- recipe: Adam, lr 1e-3 after 100 warm-up steps, cosine decay to 5% over the last 30% of the planned steps, "
-        "gradient clipping at 1.0; per-sample λ, log-uniform over the anchors, each sample's Lagrangian weighted by "
-        "sqrt(λ_mid/λ); additive-noise rate proxy, straight-through rounding for the decoder; the shipped weights are "
-        "the exponential moving average (decay 0.999) of the trained weights",
-        f"- command: `bin/train-model --data ../shared/data/train --checkpoint checkpoints/train-state.pt "
-        f"--total-steps {training['step']} --eval ../shared/data/kodak` (resumed several times; the planned total was "
-        f"changed during the first session, 80k → 66k → 50k → 62k steps, to fit the decay into it), then "
-        f"`bin/export-model checkpoints/train-state.pt vaecodec/weights/vaecodec-hp64.pt --quality-span "
-        f"{' '.join(map(str, training.get('quality_span', [])))}`", "",
+        "- data: `shared/data/train` (231 photos, about 150 Mpixel); random downscaling (0.5–1×), random crops with "
+        "flips; Kodak never used for training (only for the periodic estimate in the log)",
+        f"- steps: {training['step']:,}{seen}; CPU time: **{training['cpu_hours']:.2f} CPU-hours** on 2 cores (no GPU)",
+        f"- recipe: {recipe}",
+        f"- command: {command}", "",
     ]
+    widened = [h for h in training.get("history", []) if "widened_from" in h]
+    if widened:
+        lines.insert(len(lines) - 1,
+                     f"- warm start: widened from 0.1's model at step {widened[0]['old_step']:,} (Net2Net-style, the same "
+                     f"function at step 0), so its {widened[0]['cpu_hours']:.2f} CPU-hours are counted in the total above")
+    training = {**training, "history": [h for h in training.get("history", []) if "estimate" in h]}
     if training.get("history"):
         lines += ["Training log (estimated from the model's likelihoods on Kodak, not from files):", "",
                   "| step | CPU-h | " + " | ".join(f"λ={r['lambda']}: bpp / PSNR" for r in training["history"][0]["estimate"]) + " |",
