@@ -57,7 +57,7 @@ import torch
 from PIL import Image
 
 from . import entropy
-from .coding_model import DOWNSAMPLING, NUM_QUALITIES, SYNTHESIS_HALO, CodingModel
+from .coding_model import DOWNSAMPLING, DOWNSAMPLING_LATENT, NUM_QUALITIES, SYNTHESIS_HALO, CodingModel
 from .container import NO_METADATA, Header, Metadata, pack, unpack
 from .errors import FormatError, ModelMismatchError, VaecodecError
 from .image import (PaddedPixels, load_image, metadata_info, mode_of, split_alpha, split_batch, to_output_pixels,
@@ -542,7 +542,7 @@ class _BandWriter:
         first_row, band = self.pending
         above = self.above if self.above is not None else band[:, :, :0]
         rgb = self.model.synthesize_rows(above, band, below)
-        top = first_row * 16
+        top = first_row * DOWNSAMPLING_LATENT
         rows = max(0, min(rgb.shape[0], self.out.shape[0] - top))
         if rows:
             self.out[top:top + rows] = to_output_pixels(rgb[:rows], rows, self.out.shape[1], self.mode).reshape(

@@ -277,10 +277,8 @@ class CodingModel:
 
     def hyper_decode(self, z_symbols: torch.Tensor) -> HyperParams:
         """Exact: hyper-latent integers → mean and log2 scale of every latent (the hyperprior's own)."""
-        out = run_tiled(self.hyper_synthesis.run, to_fixed(z_symbols.double().clamp(-_Z_CLAMP, _Z_CLAMP)), HYPER_TILE,
-                        _HYPER_HALO, 4)
-        mean, log2_scale = out.chunk(2, dim=1)
-        return HyperParams(mean, log2_scale)
+        zh, zw = z_symbols.shape[2:]
+        return self.hyper_decode_region(z_symbols, slice(0, 4 * zh), slice(0, 4 * zw))
 
     def hyper_decode_region(self, z_symbols: torch.Tensor, rows: slice, cols: slice) -> HyperParams:
         """Exact: :meth:`hyper_decode` of the whole ẑ, cropped to latent ``rows`` × ``cols``, computed from
@@ -332,9 +330,8 @@ class CodingModel:
 
     def synthesize(self, y_hat: torch.Tensor) -> np.ndarray:
         """Exact: fixed-point ŷ → uint8 RGB pixels (H, W, 3) of the padded image."""
-        x = run_tiled(self.synthesis.run, y_hat, self.synthesis_tile, SYNTHESIS_HALO, DOWNSAMPLING_LATENT)
-        pixels = round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)
-        return pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
+        none = y_hat[:, :, :0]
+        return self.synthesize_rows(none, y_hat, none)
 
     def synthesize_rows(self, above: torch.Tensor, rows: torch.Tensor, below: torch.Tensor) -> np.ndarray:
         """Exact: the pixels (16·r, W, 3) of latent ``rows`` (1, M, r, w), given the fixed-point ŷ rows
