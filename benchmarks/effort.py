@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
 """Encoder effort: BD-rate against effort 1 and CPU seconds per image, for each effort level.
 
-    python benchmarks/effort.py [--images DIR] [--count 8] [--qualities 15,35,55,75,90] \
-        [--efforts 1,3,5,7,9] [--model FILE] [--out benchmarks/results/effort]
+    python benchmarks/effort.py [--images DIR] [--count 8] [--qualities 10,30,50,70,90] \
+        [--efforts 1,2,3,4,5,6,7,8,9] [--model FILE] [--out benchmarks/results/effort]
 
 For every image × quality × effort: the file's bytes (rate), PSNR of the
 decoded pixels, encode and decode CPU seconds (1 thread). Each effort's curve
 (mean bpp and mean PSNR per quality) gets a BD-rate (PSNR) against effort 1,
-and the worst per-quality change is reported too (an effort level must never
-be worse than effort 1). AVIF (libaom speed 6, one thread) encodes the same
-images in the same run, so encode times can be read as ratios to it: machines
-of this kind differ ~3.5× in speed. Writes OUT.json and OUT.md.
+and the worst per-quality change of the real RD cost is reported too (an
+effort level must never be worse than effort 1).
+
+All levels come from one refinement run per image and quality: the schedule
+depends on the iteration number only (``vaecodec.refine.Schedule``), so the
+run stopped after EFFORTS[e] iterations *is* effort e's run (a test checks
+it, and here every image's effort-2 file is checked byte for byte against
+``Codec.encode(effort=2)``). Effort e's encode time is what ``encode`` spends
+on it: the analysis and the unrefined file, the iterations up to its stop,
+and coding and comparing its refined file. AVIF (libaom speed 6, one thread)
+encodes the same images in the same run, so encode times read as ratios to it:
+machines of this kind differ ~3.5× in speed. Writes OUT.json and OUT.md.
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default=str(ROOT.parent / "shared" / "data" / "kodak"))
     ap.add_argument("--count", type=int, default=8)
-    ap.add_argument("--qualities", default="15,35,55,75,90")
-    ap.add_argument("--efforts", default="1,3,5,7,9")
+    ap.add_argument("--qualities", default="10,30,50,70,90")
+    ap.add_argument("--efforts", default="1,2,3,4,5,6,7,8,9")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "effort"))
     args = ap.parse_args()
@@ -44,13 +52,16 @@ def main() -> None:
     from vaecodec.baselines import make_codec
     from vaecodec.image import load_pixels
     from vaecodec.metrics import bd_rate, psnr
+    from vaecodec.refine import EFFORTS, rd_cost, refine_path
 
     codec = vaecodec.Codec(args.model)
     images = sorted(Path(args.images).glob("*.png"))[:args.count]
     qualities = [int(q) for q in args.qualities.split(",")]
     efforts = [int(e) for e in args.efforts.split(",")]
-    if efforts[0] != 1:
-        raise SystemExit("the first effort must be 1 (the reference)")
+    if efforts[0] != 1 or efforts != sorted(set(efforts)):
+        raise SystemExit("efforts must ascend and start at 1 (the reference)")
+    refined_levels = efforts[1:]
+    stops = [EFFORTS[e] for e in refined_levels]
     rows = []
     avif = make_codec("avif")
     avif_s = []
@@ -60,16 +71,45 @@ def main() -> None:
         avif.encode(px, ("quality", 55))
         avif_s.append(time.process_time() - t)
         for q in qualities:
-            for e in efforts:
-                t0 = time.process_time()
-                enc = codec.encode(px, quality=q, effort=e)
-                t1 = time.process_time()
-                out = codec.decompress_array(enc.data)
-                t2 = time.process_time()
-                rows.append({"image": path.name, "quality": q, "effort": e, "bytes": enc.num_bytes, "bpp": enc.bpp,
-                             "psnr": psnr(px, out), "encode_cpu_s": t1 - t0, "decode_cpu_s": t2 - t1})
-                print(f"{path.name} q{q} e{e}: {enc.bpp:.4f} bpp {rows[-1]['psnr']:.3f} dB, "
-                      f"encode {t1 - t0:.1f} s", flush=True)
+            lam = codec.model.quality_lambda(q)
+
+            def row(effort, encoded, encode_s):
+                t = time.process_time()
+                out = codec.decompress_array(encoded.data)
+                decode_s = time.process_time() - t
+                mse = float(np.mean((out.astype(np.float64) - px.astype(np.float64)) ** 2))
+                rows.append({"image": path.name, "quality": q, "effort": effort, "bytes": encoded.num_bytes,
+                             "bpp": encoded.bpp, "psnr": psnr(px, out), "rd_cost": rd_cost(encoded.num_bytes, mse, lam, px.shape[0] * px.shape[1]),
+                             "encode_cpu_s": encode_s, "decode_cpu_s": decode_s})
+                print(f"{path.name} q{q} e{effort}: {encoded.bpp:.4f} bpp {rows[-1]['psnr']:.3f} dB, "
+                      f"encode {encode_s:.1f} s", flush=True)
+
+            # Effort 1, exactly as encode does it.
+            t = time.process_time()
+            row(1, codec.encode(px, quality=q, effort=1), time.process_time() - t)
+            if not refined_levels:
+                continue
+            # The shared part of every refined level: analysis and the unrefined file with its ŷ.
+            t0 = time.process_time()
+            with torch.no_grad():
+                analysed = codec._analyze(px)
+                base = codec._code(analysed, analysed.latents, q, keep_y_hat=True)
+            shared = time.process_time() - t0
+            at_stop = {}
+            t0 = time.process_time()
+            path_latents = refine_path(codec.model, analysed.x.tensor(), analysed.latents, q, stops,
+                                       analysed.height, analysed.width,
+                                       on_iteration=lambda done, n: at_stop.setdefault(done, time.process_time() - t0)
+                                       if done in stops else None)
+            for e, n, latents in zip(refined_levels, stops, path_latents):
+                t = time.process_time()
+                with torch.no_grad():
+                    encoded, _ = codec._better(analysed, q, base, latents)
+                row(e, encoded, shared + at_stop[n] + time.process_time() - t)
+                if e == refined_levels[0] and q == qualities[0]:  # once per image: it costs a refinement
+                    direct = codec.encode(px, quality=q, effort=e)
+                    if direct.data != encoded.data:
+                        raise SystemExit(f"{path.name} q{q}: effort {e} from the shared run differs from encode()")
     summary = []
     for e in efforts:
         curve = [(np.mean([r["bpp"] for r in rows if r["effort"] == e and r["quality"] == q]),
@@ -78,8 +118,15 @@ def main() -> None:
                 np.mean([r["psnr"] for r in rows if r["effort"] == 1 and r["quality"] == q])) for q in qualities]
         bd = bd_rate([c[0] for c in ref], [c[1] for c in ref], [c[0] for c in curve], [c[1] for c in curve])
         sel = [r for r in rows if r["effort"] == e]
+        base = {(r["image"], r["quality"]): r["rd_cost"] for r in rows if r["effort"] == 1}
+        # Mean change of the real RD cost per quality (the Lagrangian each quality's files minimize); the worst
+        # quality says whether a level is ever worse than the default.
+        per_quality = [100 * float(np.mean([r["rd_cost"] / base[r["image"], q] - 1 for r in sel if r["quality"] == q]))
+                       for q in qualities]
         summary.append({
             "effort": e, "bd_rate_vs_effort_1": bd,
+            "rd_cost_change_pct_per_quality": per_quality,
+            "files_worse_than_effort_1": sum(r["rd_cost"] > base[r["image"], r["quality"]] for r in sel),
             "points": [{"quality": q, "bpp": float(b), "psnr": float(p)} for q, (b, p) in zip(qualities, curve)],
             "encode_cpu_s_mean": float(np.mean([r["encode_cpu_s"] for r in sel])),
             "encode_cpu_s_max": float(np.max([r["encode_cpu_s"] for r in sel])),
@@ -96,11 +143,13 @@ def main() -> None:
              f"{len(images)} images ({images[0].parent.name}), qualities {qualities}; rate from file bytes; 1 thread.", "",
              f"AVIF (libaom speed 6, quality 55, 1 thread) on the same images in the same run: "
              f"{avif_mean:.2f} CPU-s per image.", "",
-             "| effort | BD-rate vs effort 1 (PSNR) | encode CPU-s per image (mean / max) | × AVIF s6 | decode CPU-s |",
-             "|---|---|---|---|---|"]
+             "| effort | iterations | BD-rate vs effort 1 (PSNR) | worst quality's RD-cost change | files worse than "
+             "effort 1 | encode CPU-s per image (mean / max) | × AVIF s6 | decode CPU-s |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in summary:
         bd = "–" if s["bd_rate_vs_effort_1"] is None else f"{s['bd_rate_vs_effort_1']:+.1f}%"
-        lines.append(f"| {s['effort']} | {bd} | {s['encode_cpu_s_mean']:.1f} / {s['encode_cpu_s_max']:.1f} | "
+        lines.append(f"| {s['effort']} | {EFFORTS[s['effort']]} | {bd} | {max(s['rd_cost_change_pct_per_quality']):+.2f}% | "
+                     f"{s['files_worse_than_effort_1']} | {s['encode_cpu_s_mean']:.1f} / {s['encode_cpu_s_max']:.1f} | "
                      f"{s['encode_cpu_s_mean'] / avif_mean:.1f}× | {s['decode_cpu_s_mean']:.2f} |")
     lines += ["", "| effort | " + " | ".join(f"q{q} bpp / PSNR" for q in qualities) + " |",
               "|---|" + "---|" * len(qualities)]

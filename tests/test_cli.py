@@ -512,3 +512,34 @@ def test_sample_writes_images_from_the_prior(run, tmp_path):
     assert not np.array_equal(np.asarray(Image.open(files[0])), np.asarray(Image.open(files[1])))
     assert_one_line_error(run("sample", "-n", "1", "-o", tmp_path / "s", "--seed", "5", "--size", "40x24"))
     assert run("sample", "-o", tmp_path / "s", "--size", "big").exit_code == 2
+
+
+def test_one_shot_commands_deliver_everything_before_their_fast_exit(tmp_path, tiny_codec, tiny_model_file):
+    """compress/decompress leave through os._exit (no interpreter teardown): stdout must still arrive whole."""
+    img = smooth_image(40, 56, seed=3)
+    png = tmp_path / "a.png"
+    Image.fromarray(img).save(png)
+    proc = _vaecodec_process("compress", png, "-o", "-", "--model", tiny_model_file, "-q", "60", stdout=subprocess.PIPE)
+    data, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert data == tiny_codec.compress(img, quality=60)
+    proc = _vaecodec_process("compress", png, "-o", tmp_path / "a.vae", "--json", "--model", tiny_model_file,
+                             stdout=subprocess.PIPE)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["bytes"] == (tmp_path / "a.vae").stat().st_size
+    proc = _vaecodec_process("compress", tmp_path / "missing.png", "--model", tiny_model_file, stdout=subprocess.PIPE)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.decode().startswith("vaecodec: error:")
+
+
+def test_refinement_bar_restarts_for_a_second_run():
+    from vaecodec.cli import _RefinementBar
+
+    bar = _RefinementBar("refining x")
+    for total in (4, 3):  # a target size can refine twice
+        for done in range(1, total + 1):
+            bar(done, total)
+    assert bar.bar is not None and bar.bar.length == 3 and bar.bar.pos == 3
+    bar.close()
+    assert bar.bar is None

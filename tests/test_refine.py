@@ -71,3 +71,61 @@ def test_cli_effort_option(tmp_path, tiny_model_file):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["compress", str(png), "-e", "12", "--force", "--model", str(tiny_model_file)])
     assert r.exit_code == 2
+
+
+def test_each_effort_is_a_prefix_of_the_next(codec):
+    """The schedule depends on the iteration number only, so one run stopped at several levels gives each
+    level's own latents: what the effort benchmark relies on to measure nine levels in one run."""
+    from vaecodec.refine import refine_latents, refine_path
+
+    img = smooth_image(32, 48, seed=5)
+    with torch.no_grad():
+        analysed = codec._analyze(img)
+    x = analysed.x.tensor()
+    path = refine_path(codec.model, x, analysed.latents, 40, [3, 7], 32, 48)
+    alone = refine_path(codec.model, x, analysed.latents, 40, [3], 32, 48)[0]
+    assert torch.equal(path[0].y, alone.y) and torch.equal(path[0].z_symbols, alone.z_symbols)
+    assert not torch.equal(path[0].y, path[1].y)
+    calls = []
+    refined = refine_latents(codec.model, x, analysed.latents, 40, 2, 32, 48,
+                             on_iteration=lambda done, total: calls.append((done, total)))
+    from vaecodec.refine import EFFORTS
+
+    n = EFFORTS[2]
+    assert calls == [(t, n) for t in range(1, n + 1)]
+    again = refine_path(codec.model, x, analysed.latents, 40, [n], 32, 48)[0]
+    assert torch.equal(refined.y, again.y)
+
+
+def test_refinement_stops_must_ascend(codec):
+    from vaecodec.refine import refine_path
+
+    img = smooth_image(16, 16, seed=6)
+    with torch.no_grad():
+        analysed = codec._analyze(img)
+    with pytest.raises(ValueError, match="ascending"):
+        refine_path(codec.model, analysed.x.tensor(), analysed.latents, 40, [5, 2], 16, 16)
+
+
+def test_soft_rounding_hardens_as_temperature_falls():
+    from vaecodec.refine import _soft_round
+
+    v = torch.linspace(-3.2, 3.2, 1001)
+    v = v[(v - v.round()).abs() < 0.45]  # away from the ties, where hard rounding is defined
+    g = torch.Generator().manual_seed(0)
+    soft = _soft_round(v, 1e-3, g)
+    assert torch.allclose(soft, torch.round(v), atol=1e-3)
+    warm = _soft_round(v, 0.5, g)
+    assert ((warm >= torch.floor(v)) & (warm <= torch.ceil(v))).all()
+    assert (warm - torch.round(v)).abs().max() > 0.1
+
+
+def test_progress_is_reported_per_iteration(codec):
+    from vaecodec.refine import EFFORTS
+
+    calls = []
+    codec.encode(smooth_image(24, 24, seed=7), quality=30, effort=3, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(t, EFFORTS[3]) for t in range(1, EFFORTS[3] + 1)]
+    calls.clear()
+    codec.encode(smooth_image(24, 24, seed=7), quality=30, progress=lambda d, t: calls.append((d, t)))
+    assert calls == []

@@ -48,6 +48,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -177,13 +178,13 @@ class Codec:
     # ----- encoding ---------------------------------------------------------------
     def compress(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
                  effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True,
-                 lossless: bool = False) -> bytes:
+                 lossless: bool = False, progress: Callable[[int, int], None] | None = None) -> bytes:
         """Image (path, PIL image, array or tensor) → .vae bytes. See :meth:`encode`."""
-        return self.encode(image, quality, target_bpp, effort, frame, metadata, lossless).data
+        return self.encode(image, quality, target_bpp, effort, frame, metadata, lossless, progress).data
 
     def encode(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
                effort: int = DEFAULT_EFFORT, frame: int | None = None, metadata: bool = True,
-               lossless: bool = False) -> Encoded:
+               lossless: bool = False, progress: Callable[[int, int], None] | None = None) -> Encoded:
         """Compress, and report the size and the model's information estimate.
 
         Args:
@@ -206,13 +207,15 @@ class Codec:
           lossless: code every pixel exactly (``quality`` and ``effort`` do
             not apply; ``target_bpp`` cannot be met and is refused). Float
             inputs are rounded to 8 bits first, as for lossy coding.
+          progress: called as ``progress(done, total)`` after each refinement
+            iteration (effort above 1), for a progress bar.
         """
         _check_lossless(lossless, target_bpp)
         pixels, kept = load_image(image, frame, metadata)
-        return self._encode_loaded(pixels, kept, quality, target_bpp, effort, lossless)
+        return self._encode_loaded(pixels, kept, quality, target_bpp, effort, lossless, progress)
 
     def _encode_loaded(self, pixels: np.ndarray, metadata: Metadata, quality: int, target_bpp: float | None,
-                       effort: int, lossless: bool = False) -> Encoded:
+                       effort: int, lossless: bool = False, progress=None) -> Encoded:
         if lossless:
             return self._encode_lossless(pixels, metadata)
         if target_bpp is None:
@@ -221,8 +224,8 @@ class Codec:
         with self._lock, torch.no_grad():
             analysed = self._analyze(pixels, metadata, several_files=target_bpp is not None)
             if target_bpp is None:
-                return self._encode_at(analysed, int(quality), int(effort))
-            return self._encode_to_target(analysed, float(target_bpp), int(effort))
+                return self._encode_at(analysed, int(quality), int(effort), progress)
+            return self._encode_to_target(analysed, float(target_bpp), int(effort), progress)
 
     def encode_batch(self, images, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
                      effort: int = DEFAULT_EFFORT, metadata: bool = True, lossless: bool = False) -> list[Encoded]:
@@ -321,21 +324,25 @@ class Codec:
                           code.information_bits + alpha_bits + 2 * entropy.CHECK_BITS)
         return encoded, code.y_hat
 
-    def _encode_at(self, analysed: "_Analysed", quality: int, effort: int = DEFAULT_EFFORT) -> Encoded:
-        return self._encode_full(analysed, quality, effort)[0]
+    def _encode_at(self, analysed: "_Analysed", quality: int, effort: int = DEFAULT_EFFORT,
+                   progress=None) -> Encoded:
+        return self._encode_full(analysed, quality, effort, progress)[0]
 
-    def _encode_full(self, analysed: "_Analysed", quality: int,
-                     effort: int = DEFAULT_EFFORT) -> tuple[Encoded, torch.Tensor]:
+    def _encode_full(self, analysed: "_Analysed", quality: int, effort: int = DEFAULT_EFFORT,
+                     progress=None) -> tuple[Encoded, torch.Tensor]:
         """The file at ``quality`` and ``effort``, with the decoder's exact ŷ when refinement compared files
         (None at the default effort: a large image's ŷ is never held whole)."""
         refining = effort != DEFAULT_EFFORT
         base = self._code(analysed, analysed.latents, quality, keep_y_hat=refining)
         x = analysed.x.tensor() if refining and analysed.height * analysed.width <= MAX_REFINE_PIXELS else None
-        refined = refine_latents(self.model, x, analysed.latents, quality, effort, analysed.height, analysed.width)
-        if refined is None:
-            return base
+        refined = refine_latents(self.model, x, analysed.latents, quality, effort, analysed.height, analysed.width,
+                                 on_iteration=progress)
+        return base if refined is None else self._better(analysed, quality, base, refined)
+
+    def _better(self, analysed: "_Analysed", quality: int, base: tuple[Encoded, torch.Tensor],
+                refined: Latents) -> tuple[Encoded, torch.Tensor]:
+        """The refined file if its real RD cost (file bytes, exactly decoded pixels) is lower, else ``base``."""
         candidate = self._code(analysed, refined, quality, keep_y_hat=True)
-        # Keep the refined file only if its real RD cost (file bytes, exactly decoded pixels) is lower.
         lam = self.model.quality_lambda(quality)
         costs = [rd_cost(e.num_bytes, self._mse(analysed, yh), lam, analysed.height * analysed.width)
                  for e, yh in (base, candidate)]
@@ -345,7 +352,8 @@ class Codec:
         out = to_output_pixels(self.model.synthesize(y_hat), analysed.height, analysed.width, analysed.mode)
         return float(np.mean((out.astype(np.float64) - analysed.pixels.astype(np.float64)) ** 2))
 
-    def _encode_to_target(self, analysed, target_bpp: float, effort: int = DEFAULT_EFFORT) -> Encoded:
+    def _encode_to_target(self, analysed, target_bpp: float, effort: int = DEFAULT_EFFORT,
+                          progress=None) -> Encoded:
         if not target_bpp > 0:
             raise ValueError(f"target bpp must be positive, not {target_bpp}")
         unrefined: dict[int, tuple[Encoded, torch.Tensor | None]] = {}  # quality → (file, None), coded once
@@ -369,7 +377,7 @@ class Codec:
         # fit, the one with the least distortion wins.
         # The unrefined fit again, with its ŷ (not kept for every quality tried: one whole ŷ is enough).
         fits = [self._code(analysed, analysed.latents, lo, keep_y_hat=True)] if at(lo).bpp <= target_bpp else []
-        first = self._encode_full(analysed, lo, effort)
+        first = self._encode_full(analysed, lo, effort, progress)
         if first[0].bpp <= target_bpp:
             fits.append(first)
         ratio = min(1.0, first[0].bpp / at(lo).bpp)
@@ -377,7 +385,7 @@ class Codec:
         while q < NUM_QUALITIES and at(q + 1).bpp * ratio <= target_bpp:
             q += 1
         if q > lo:
-            trial = self._encode_full(analysed, q, effort)
+            trial = self._encode_full(analysed, q, effort, progress)
             if trial[0].bpp <= target_bpp:
                 fits.append(trial)
         if not fits:

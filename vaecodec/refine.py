@@ -10,7 +10,9 @@ How (stochastic Gumbel annealing, Yang, Bamler & Mandt 2020): the latents
 are optimized with Adam on a float shadow of the frozen model (the shipped
 fp16 weights in float32), with the rounding replaced by a Gumbel-softmax
 choice between floor and ceiling whose temperature is annealed towards hard
-rounding. y is optimized in gained units u = y·g (one quantization step = 1
+rounding while the learning rate decays (:class:`Schedule`: both depend on
+the iteration number only, so each effort level is a prefix of the next's
+run). y is optimized in gained units u = y·g (one quantization step = 1
 at every quality), so one learning rate serves all qualities; the context
 model, when present, sees the soft anchors exactly as in training.
 
@@ -26,39 +28,54 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .coding_model import GAIN_FRAC_BITS, CodingModel
 from .latent_codec import Latents
-from .model import LN2, SCALE_MIN, build_model, checkerboard_anchor_mask, gaussian_bin_likelihood
+from .model import SCALE_MIN, build_model, checkerboard_anchor_mask, gaussian_bin_likelihood
 
-__all__ = ["EFFORTS", "DEFAULT_EFFORT", "EffortLevel", "refine_latents", "rd_cost", "MAX_REFINE_PIXELS"]
+__all__ = ["EFFORTS", "DEFAULT_EFFORT", "SCHEDULE", "Schedule", "refine_latents", "refine_path", "rd_cost",
+           "MAX_REFINE_PIXELS"]
 
 
 @dataclass(frozen=True)
-class EffortLevel:
-    """How hard one effort level tries: Adam iterations, learning rate (gained units), temperatures."""
+class Schedule:
+    """The one optimization schedule every effort level follows; a level only says where to stop.
 
-    iterations: int
-    lr: float = 0.05
+    Adam's learning rate (gained units: one quantization step = 1) and the
+    rounding temperature depend on the iteration number alone, never on the
+    level's length, so effort k's run is a prefix of effort k+1's (anytime,
+    as in Yang et al.'s own schedule): ``refine_path`` can stop at several
+    levels in one run, and the benchmark measures all nine levels for the
+    price of the highest.
+    """
+
+    lr: float = 0.03
     tau_start: float = 0.5
     tau_end: float = 0.05
+    anneal_iterations: int = 160
+    """τ falls exponentially from ``tau_start`` to ``tau_end`` over this many iterations, then stays."""
+    lr_end: float | None = 0.003
+    """If set, the learning rate falls exponentially from ``lr`` to this over the same iterations."""
+
+    def tau(self, t: int) -> float:
+        return self.tau_start * (self.tau_end / self.tau_start) ** min(1.0, t / self.anneal_iterations)
+
+    def learning_rate(self, t: int) -> float:
+        end = self.lr if self.lr_end is None else self.lr_end
+        return self.lr * (end / self.lr) ** min(1.0, t / self.anneal_iterations)
 
 
-EFFORTS = {
-    1: EffortLevel(0),
-    2: EffortLevel(16),
-    3: EffortLevel(32),
-    4: EffortLevel(48),
-    5: EffortLevel(64),
-    6: EffortLevel(96),
-    7: EffortLevel(128),
-    8: EffortLevel(192),
-    9: EffortLevel(256),
-}
-"""Iterations per level. Tuned on three 256×384 Kodak crops at qualities 25 and 75 with the 0.1 model
-(mean change of the real RD cost: lr 0.02 / 0.05 / 0.1 at 128 iterations −6.4 / −7.2 / −6.3 %;
-256 iterations at lr 0.05 −8.1 %; a colder schedule 0.3 → 0.02 −7.9 %)."""
+SCHEDULE = Schedule()
+EFFORTS = {1: 0, 2: 8, 3: 16, 4: 32, 5: 48, 6: 64, 7: 96, 8: 128, 9: 160}
+"""Adam iterations per effort level (1 = no refinement, the default). Effort 9 is what fits in ~100 CPU-s for
+a Kodak image with the 0.2 model (0.62 s per iteration).
+
+The schedule was tuned on 256×384 crops of three training images at qualities 25 and 75 with the 0.2
+model (``python benchmarks/effort_tune.py``; mean change of the real RD cost at 160 iterations, results in
+``benchmarks/results/effort-tune/``): constant lr 0.1 / 0.05 / 0.03 / 0.02 +6.4 / −5.9 / −6.2 / −6.0 %
+(τ annealed over 160 iterations; over 64: −4.8 %), where lr 0.02 peaked at 64 iterations (−6.6 %) and then
+lost ground at low quality; an exponential decay of the lr 0.03 → 0.003 with τ gives −7.2 % and keeps
+improving to the end (0.05 → 0.003: −7.3 % at 160 iterations, but less at 32–128)."""
 DEFAULT_EFFORT = 1
 MAX_REFINE_PIXELS = 4_194_304
 """Refinement holds the whole image's activations for autograd; larger images are coded at effort 1."""
@@ -76,28 +93,49 @@ def _shadow(model: CodingModel):
 
 
 def _soft_round(v: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
-    """SGA-style rounding: a Gumbel-softmax mix of floor(v) and ceil(v), nearer the closer one as τ → 0."""
+    """SGA-style rounding: a Gumbel-softmax mix of floor(v) and ceil(v), nearer the closer one as τ → 0.
+
+    The two-way softmax is written as its sigmoid: with logits −atanh(frac)/τ
+    and −atanh(1 − frac)/τ and Gumbel noise on each, the weight of the
+    ceiling is σ(Δlogit + g₁ − g₀), and the difference of two Gumbels is a
+    logistic variable, log u − log(1 − u). Same distribution, a third of the
+    work of stacking, softmaxing and slicing.
+    """
     f = torch.floor(v)
     frac = (v - f).clamp(1e-4, 1 - 1e-4)
-    logits = torch.stack([-torch.atanh(frac), -torch.atanh(1 - frac)], dim=-1) / tau
-    gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9)))
+    u = torch.rand(v.shape, generator=generator).clamp_(1e-9, 1 - 1e-9)
     # Yang et al. also divide the noisy logits by τ (a τ-tempered Gumbel-softmax); on three Kodak crops that
     # form measured −4.3 % RD cost at 128 iterations (−4.0 % with τ 1 → 0.1) against −7.2 % for this one,
     # which keeps the softmax at temperature 1 and lets τ sharpen only the odds.
-    p = F.softmax(logits + gumbel, dim=-1)
-    return f + p[..., 1]
+    return f + torch.sigmoid((torch.atanh(frac) - torch.atanh(1 - frac)) / tau + (torch.log(u) - torch.log1p(-u)))
 
 
 def refine_latents(model: CodingModel, x: torch.Tensor | None, latents: Latents, quality: int, effort: int,
-                   height: int, width: int, seed: int = 0) -> Latents | None:
-    """Refined latents for ``quality`` (None at effort 1, or for images too large to refine).
+                   height: int, width: int, seed: int = 0, on_iteration=None) -> Latents | None:
+    """Refined latents for ``quality`` at ``effort`` (None at effort 1, or for images too large to refine).
 
     ``x`` is the padded model input (1, 3, H', W'); the distortion is measured
-    on the real ``height`` × ``width`` pixels only.
+    on the real ``height`` × ``width`` pixels only. ``on_iteration(t, n)`` is
+    called after each of the n iterations (progress on a terminal).
     """
-    level = EFFORTS[effort]
-    if level.iterations == 0 or height * width > MAX_REFINE_PIXELS:
+    n = EFFORTS[effort]
+    if n == 0 or height * width > MAX_REFINE_PIXELS:
         return None
+    return refine_path(model, x, latents, quality, [n], height, width, seed, on_iteration)[0]
+
+
+def refine_path(model: CodingModel, x: torch.Tensor, latents: Latents, quality: int, stops: list[int],
+                height: int, width: int, seed: int = 0, on_iteration=None,
+                schedule: Schedule | None = None, bf16: bool = False) -> list[Latents]:
+    """The latents after each number of iterations in ``stops`` (ascending), from one seeded run.
+
+    Because :class:`Schedule` depends on the iteration number only, the
+    latents at stop k are exactly those of a run told to stop at k:
+    ``refine_latents(effort=e)`` is ``refine_path(stops=[EFFORTS[e]])``.
+    """
+    schedule = schedule or SCHEDULE
+    if list(stops) != sorted(stops) or not stops or stops[0] < 1:
+        raise ValueError(f"stops must be ascending positive iteration counts, not {stops!r}")
     if not x.is_floating_point():
         x = x.float().div_(255.0)
     net = _shadow(model)
@@ -108,13 +146,24 @@ def refine_latents(model: CodingModel, x: torch.Tensor | None, latents: Latents,
     generator = torch.Generator().manual_seed(seed)
     u = (latents.y.float() * gain).clone().requires_grad_(True)
     z = net.hyper_analysis(latents.y.float()).clone().requires_grad_(True)
-    opt = torch.optim.Adam([u, z], lr=level.lr)
+    opt = torch.optim.Adam([u, z], lr=schedule.lr)
     target = x[:, :, :height, :width]
     anchor = checkerboard_anchor_mask(u.shape[2], u.shape[3]) if model.has_context else None
-    n = level.iterations
-    with torch.enable_grad():
+    n = stops[-1]
+    out = []
+
+    def snapshot() -> Latents:
+        return Latents((u / gain).detach().to(latents.y.dtype), torch.round(z.detach()).long())
+
+    # bf16 (the shadow's convolutions under autocast) was 1.5× faster per iteration on this project's AMX CPU
+    # (0.094 against ~0.14 s on a 256×384 crop) but gains less per iteration, most at high quality: on the crop
+    # both tuning runs share, −5.6 / −1.9 % RD cost at qualities 25 / 75 against −6.1 / −3.4 % in float32
+    # (160 iterations; and CPUs without AMX emulate bf16 many times slower). So float32 by default.
+    with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for t in range(n):
-            tau = level.tau_start * (level.tau_end / level.tau_start) ** (t / max(1, n - 1))
+            tau = schedule.tau(t)
+            for group in opt.param_groups:
+                group["lr"] = schedule.learning_rate(t)
             z_soft = _soft_round(z, tau, generator)
             hyper = net.hyper_synthesis(z_soft)
 
@@ -139,10 +188,11 @@ def refine_latents(model: CodingModel, x: torch.Tensor | None, latents: Latents,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    with torch.no_grad():
-        y = (u / gain).detach()
-        z_symbols = torch.round(z.detach()).long()
-        return Latents(y.to(latents.y.dtype), z_symbols)
+            if on_iteration is not None:
+                on_iteration(t + 1, n)
+            if t + 1 in stops:
+                out.append(snapshot())
+    return out
 
 
 def rd_cost(num_bytes: int, mse_255: float, lam: float, pixels: int) -> float:
