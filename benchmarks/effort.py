@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--qualities", default="10,30,50,70,90")
     ap.add_argument("--efforts", default="1,2,3,4,5,6,7,8,9")
+    ap.add_argument("--schedule", default=None, help="lr,tau_start,tau_end,anneal_iterations[,lr_end] instead of "
+                    "the shipped schedule (an experiment: the files are then not what encode() writes)")
+    ap.add_argument("--iterations", default=None, help="iterations of efforts 2..9, comma-separated, instead of EFFORTS")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "effort"))
     args = ap.parse_args()
@@ -52,7 +55,15 @@ def main() -> None:
     from vaecodec.baselines import make_codec
     from vaecodec.image import load_pixels
     from vaecodec.metrics import bd_rate, psnr
-    from vaecodec.refine import EFFORTS, rd_cost, refine_path
+    from vaecodec.refine import EFFORTS, SCHEDULE, Schedule, rd_cost, refine_path
+
+    experiment = args.schedule is not None or args.iterations is not None
+    schedule = None
+    if args.schedule:
+        v = args.schedule.split(",")
+        schedule = Schedule(float(v[0]), float(v[1]), float(v[2]), int(v[3]), float(v[4]) if len(v) > 4 else None)
+    if args.iterations:
+        EFFORTS.update({e: int(n) for e, n in zip(range(2, 10), args.iterations.split(","))})
 
     codec = vaecodec.Codec(args.model)
     images = sorted(Path(args.images).glob("*.png"))[:args.count]
@@ -98,7 +109,7 @@ def main() -> None:
             at_stop = {}
             t0 = time.process_time()
             path_latents = refine_path(codec.model, analysed.x.tensor(), analysed.latents, q, stops,
-                                       analysed.height, analysed.width,
+                                       analysed.height, analysed.width, schedule=schedule,
                                        on_iteration=lambda done, n: at_stop.setdefault(done, time.process_time() - t0)
                                        if done in stops else None)
             for e, n, latents in zip(refined_levels, stops, path_latents):
@@ -106,7 +117,7 @@ def main() -> None:
                 with torch.no_grad():
                     encoded, _ = codec._better(analysed, q, base, latents)
                 row(e, encoded, shared + at_stop[n] + time.process_time() - t)
-                if e == refined_levels[0] and q == qualities[0]:  # once per image: it costs a refinement
+                if e == refined_levels[0] and q == qualities[0] and not experiment:  # once per image (a refinement)
                     direct = codec.encode(px, quality=q, effort=e)
                     if direct.data != encoded.data:
                         raise SystemExit(f"{path.name} q{q}: effort {e} from the shared run differs from encode()")
@@ -134,6 +145,8 @@ def main() -> None:
         })
     avif_mean = float(np.mean(avif_s))
     result = {"command": "python benchmarks/effort.py " + " ".join(sys.argv[1:]),
+              "schedule": (schedule or SCHEDULE).__dict__,
+              "iterations": {e: EFFORTS[e] for e in efforts},
               "model": f"{codec.model.model_id} {codec.model.weight_hash.hex()}",
               "images": [p.name for p in images], "qualities": qualities,
               "avif_speed6_encode_cpu_s_mean": avif_mean, "summary": summary, "rows": rows}

@@ -75,6 +75,11 @@ def main() -> None:
                 [py, "-m", "vaecodec", "compress", str(src), "-o", str(out), "--force"], args.runs),
             "vaecodec decompress (256×256)": median_wall(
                 [py, "-m", "vaecodec", "decompress", str(out), "-o", str(Path(tmp) / "back.png"), "--force"], args.runs),
+            # What torch alone costs, and how much of it is the interpreter's teardown (which the one-shot
+            # commands skip through os._exit).
+            "python -c 'import torch'": median_wall([py, "-c", "import torch"], args.runs),
+            "python -c 'import torch' leaving through os._exit": median_wall(
+                [py, "-c", "import os, torch; os._exit(0)"], args.runs),
             "reference: Pillow JPEG save in a fresh process": median_wall(
                 [py, "-c", f"from PIL import Image; Image.open({str(src)!r}).save({str(Path(tmp) / 'x.jpg')!r})"],
                 args.runs),

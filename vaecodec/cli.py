@@ -224,8 +224,8 @@ def _advance(bar) -> None:
 
 
 def _codec(model: str | None, pixel_model: str | None = None):
-    # Importing torch creates ~10^5 objects: collecting during the import only slows it (~5 %), and
-    # freezing them afterwards keeps later collections from walking them again.
+    # Importing torch creates ~10^5 objects: collecting during the import only slows it, and freezing
+    # them afterwards keeps later collections from walking them again.
     gc.disable()
     try:
         from .api import Codec, default_codec
@@ -935,11 +935,12 @@ _FAST_EXIT_COMMANDS = {"compress", "decompress", "info", "sample"}
 def _exit(code) -> None:
     """Exit with ``code``; after a one-shot coding command, without the interpreter's teardown.
 
-    Tearing down an interpreter that imported torch costs ~0.25 s of wall time
-    (measured: ``import torch`` alone 1.32 s, with ``os._exit`` 1.03 s), a fifth
-    of compressing a small image from the shell. Those commands have closed and
-    renamed every output and joined their worker pools before returning, so
-    once stdout and stderr are flushed nothing is left for the teardown to do.
+    Tearing down an interpreter that imported torch costs ~0.35 s of wall time
+    (``benchmarks/startup.py``: ``python -c 'import torch'`` 1.29 s, 0.93 s
+    through ``os._exit``), a third of compressing a small image from the shell.
+    Those commands have closed and renamed every output and joined their worker
+    pools before returning, so once stdout and stderr are flushed nothing is
+    left for the teardown to do.
     Other commands (training, benchmarks) exit normally.
     """
     command = sys.argv[1] if len(sys.argv) > 1 else None
