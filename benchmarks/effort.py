@@ -58,12 +58,10 @@ def main() -> None:
     from vaecodec.refine import EFFORTS, SCHEDULE, Schedule, rd_cost, refine_path
 
     experiment = args.schedule is not None or args.iterations is not None
-    schedule = None
-    if args.schedule:
-        v = args.schedule.split(",")
-        schedule = Schedule(float(v[0]), float(v[1]), float(v[2]), int(v[3]), float(v[4]) if len(v) > 4 else None)
+    schedule = Schedule.parse(args.schedule) if args.schedule else None
+    iterations = dict(EFFORTS)  # the library's table stays as it is
     if args.iterations:
-        EFFORTS.update({e: int(n) for e, n in zip(range(2, 10), args.iterations.split(","))})
+        iterations.update({e: int(n) for e, n in zip(range(2, 10), args.iterations.split(","))})
 
     codec = vaecodec.Codec(args.model)
     images = sorted(Path(args.images).glob("*.png"))[:args.count]
@@ -72,7 +70,7 @@ def main() -> None:
     if efforts[0] != 1 or efforts != sorted(set(efforts)):
         raise SystemExit("efforts must ascend and start at 1 (the reference)")
     refined_levels = efforts[1:]
-    stops = [EFFORTS[e] for e in refined_levels]
+    stops = [iterations[e] for e in refined_levels]
     rows = []
     avif = make_codec("avif")
     avif_s = []
@@ -146,7 +144,7 @@ def main() -> None:
     avif_mean = float(np.mean(avif_s))
     result = {"command": "python benchmarks/effort.py " + " ".join(sys.argv[1:]),
               "schedule": (schedule or SCHEDULE).__dict__,
-              "iterations": {e: EFFORTS[e] for e in efforts},
+              "iterations": {e: iterations[e] for e in efforts},
               "model": f"{codec.model.model_id} {codec.model.weight_hash.hex()}",
               "images": [p.name for p in images], "qualities": qualities,
               "avif_speed6_encode_cpu_s_mean": avif_mean, "summary": summary, "rows": rows}
@@ -161,7 +159,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
         bd = "–" if s["bd_rate_vs_effort_1"] is None else f"{s['bd_rate_vs_effort_1']:+.1f}%"
-        lines.append(f"| {s['effort']} | {EFFORTS[s['effort']]} | {bd} | {max(s['rd_cost_change_pct_per_quality']):+.2f}% | "
+        lines.append(f"| {s['effort']} | {iterations[s['effort']]} | {bd} | {max(s['rd_cost_change_pct_per_quality']):+.2f}% | "
                      f"{s['files_worse_than_effort_1']} | {s['encode_cpu_s_mean']:.1f} / {s['encode_cpu_s_max']:.1f} | "
                      f"{s['encode_cpu_s_mean'] / avif_mean:.1f}× | {s['decode_cpu_s_mean']:.2f} |")
     lines += ["", "| effort | " + " | ".join(f"q{q} bpp / PSNR" for q in qualities) + " |",

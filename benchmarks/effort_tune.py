@@ -53,11 +53,7 @@ def main() -> None:
     ch, cw = (int(v) for v in args.crop.split("x"))
     qualities = [int(q) for q in args.qualities.split(",")]
     stops = [int(s) for s in args.stops.split(",")]
-    def schedule(spec: str) -> Schedule:
-        v = spec.split(",")
-        return Schedule(float(v[0]), float(v[1]), float(v[2]), int(v[3]), float(v[4]) if len(v) > 4 else None)
-
-    variants = [schedule(spec) for spec in args.variant] if args.variant else [SCHEDULE]
+    variants = [Schedule.parse(spec) for spec in args.variant] if args.variant else [SCHEDULE]
 
     def fits(path):
         with Image.open(path) as im:

@@ -57,6 +57,12 @@ class Schedule:
     lr_end: float | None = 0.003
     """If set, the learning rate falls exponentially from ``lr`` to this over the same iterations."""
 
+    @classmethod
+    def parse(cls, spec: str) -> "Schedule":
+        """``"lr,tau_start,tau_end,anneal_iterations[,lr_end]"`` (the benchmarks' command-line form)."""
+        v = spec.split(",")
+        return cls(float(v[0]), float(v[1]), float(v[2]), int(v[3]), float(v[4]) if len(v) > 4 else None)
+
     def tau(self, t: int) -> float:
         return self.tau_start * (self.tau_end / self.tau_start) ** min(1.0, t / self.anneal_iterations)
 
