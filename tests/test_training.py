@@ -223,3 +223,49 @@ def test_training_stops_when_every_update_is_non_finite(tmp_path, data, monkeypa
     state = train(data, ckpt, steps=50, options=FAST, log=lines.append)
     assert state.step == 4 and any("non-finite" in line for line in lines)
     assert ckpt.read_bytes() == good  # weights that diverge on every batch never replace the last good state
+
+
+@pytest.mark.parametrize("kind", ["hyperprior", "checkerboard"])
+def test_bfloat16_autocast_keeps_the_rates_and_distortion_in_float32(kind):
+    from vaecodec.model import build_model
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(**(TINY_CB if kind == "checkerboard" else TINY_CONFIG)))
+    x = torch.rand(2, 3, 64, 64)
+    lam = torch.tensor([0.004, 0.05])
+    torch.manual_seed(1)
+    ref = net(x, lam)
+    torch.manual_seed(1)  # the same noise
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = net(x, lam)
+    for name in ("bits_y", "bits_z", "mse", "x_hat"):
+        assert getattr(mixed, name).dtype == torch.float32, name
+    # The transforms' bfloat16 arithmetic moves the numbers a little, not the rate model's.
+    assert torch.allclose(mixed.bits_z, ref.bits_z)
+    assert torch.allclose(mixed.bits_y, ref.bits_y, rtol=0.05)
+    assert torch.allclose(mixed.mse, ref.mse, rtol=0.05)
+
+
+def test_bfloat16_training_steps_and_saves_float32_weights(tmp_path, data):
+    from dataclasses import replace
+
+    ckpt = tmp_path / "state.pt"
+    state = train(data, ckpt, config=ModelConfig(**TINY_CB), steps=2, options=replace(FAST, precision="bfloat16"),
+                  log=lambda *_: None)
+    assert state.step == 2
+    _, model, _, _ = load_checkpoint(ckpt)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in model.state_dict().values()
+               if v.is_floating_point())
+
+
+def test_precision_auto_is_bfloat16_only_where_it_is_native(monkeypatch):
+    from vaecodec.training import loop
+
+    assert loop.resolve_precision("float32", "cpu") == "float32"
+    assert loop.resolve_precision("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr(loop, "native_bfloat16", lambda device: False)
+    assert loop.resolve_precision("auto", "cpu") == "float32"
+    monkeypatch.setattr(loop, "native_bfloat16", lambda device: True)
+    assert loop.resolve_precision("auto", "cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="unknown precision"):
+        loop.resolve_precision("float16", "cpu")

@@ -757,6 +757,8 @@ train_options = [
     click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
     click.option("--threads", type=click.IntRange(0, 256), default=1, show_default=True,
                  help="CPU threads per process (0: re-probe 1 vs 2 as the load changes)."),
+    click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+                 help="bfloat16 autocast for the transforms (auto: where the GPU or CPU (AMX) runs it natively)."),
     click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Append the log to this file too."),
     click.option("--save-every", type=click.FloatRange(min=1), default=300, show_default=True, help="Seconds between saves."),
     click.option("--eval-every", type=click.FloatRange(min=1), default=1800, show_default=True,
@@ -775,10 +777,10 @@ def _apply(options):
     return wrap
 
 
-def _train_options(device, threads, save_every, eval_every, batch_size, patch, crops_per_image, **extra):
+def _train_options(device, threads, precision, save_every, eval_every, batch_size, patch, crops_per_image, **extra):
     from .training import TrainOptions
 
-    return TrainOptions(device=device, threads=threads, save_every_s=save_every, eval_every_s=eval_every,
+    return TrainOptions(device=device, threads=threads, precision=precision, save_every_s=save_every, eval_every_s=eval_every,
                         batch_size=batch_size, patch=patch, large_batch=max(1, batch_size // 4),
                         crops_per_image=crops_per_image, **extra)
 

@@ -172,14 +172,24 @@ class FactorizedDensity(nn.Module):
         return h
 
     def likelihood(self, z: torch.Tensor) -> torch.Tensor:
-        """Probability mass of the unit bin centred on each element of z (B, C, H, W)."""
+        """Probability mass of the unit bin centred on each element of z (B, C, H, W).
+
+        Always float32, also under mixed-precision autocast: a rate is a
+        difference of two CDFs, which bfloat16's 8-bit mantissa would wipe out.
+        """
         b, c, hgt, wid = z.shape
-        v = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
-        lower = self.cdf_logits(v - 0.5)
-        upper = self.cdf_logits(v + 0.5)
+        v = z.float().permute(1, 0, 2, 3).reshape(c, 1, -1)
+        with _full_precision(z):
+            lower = self.cdf_logits(v - 0.5)
+            upper = self.cdf_logits(v + 0.5)
         sign = -torch.sign(lower + upper).detach()  # evaluate in the numerically stable tail
         lik = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
         return lik.reshape(c, b, hgt, wid).permute(1, 0, 2, 3)
+
+
+def _full_precision(t: torch.Tensor):
+    """Autocast off on ``t``'s device: the rate terms stay float32 in mixed-precision training."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def _proxy(v: torch.Tensor, hard: bool) -> torch.Tensor:
@@ -290,12 +300,16 @@ class HyperpriorModel(nn.Module):
         log_g = self.log_gain(lmbda)[:, :, None, None]
         g = torch.exp(log_g)
         mu, log2_scale = self.latent_params(y, self.hyper_synthesis(_ste_round(z)), g)
-        r = (y - mu) * g
-        scale = _LowerBound.apply(torch.exp2(log2_scale + log_g / LN2), SCALE_MIN)
-        r_noisy = _proxy(r, hard)
-        bits_y = -torch.log2(gaussian_bin_likelihood(r_noisy, scale).clamp_min(1e-9))
-        y_hat = _ste_round(r) / g + mu
-        x_hat = self.synthesis(y_hat)
+        # Under autocast the transforms run in bfloat16; the rates and the distortion are float32
+        # (no-ops in float32 training).
+        y, mu, log2_scale = y.float(), mu.float(), log2_scale.float()
+        with _full_precision(y):
+            r = (y - mu) * g
+            scale = _LowerBound.apply(torch.exp2(log2_scale + log_g / LN2), SCALE_MIN)
+            r_noisy = _proxy(r, hard)
+            bits_y = -torch.log2(gaussian_bin_likelihood(r_noisy, scale).clamp_min(1e-9))
+            y_hat = _ste_round(r) / g + mu
+        x_hat = self.synthesis(y_hat).float()
         return RDOutput(
             x_hat=x_hat,
             bits_y=bits_y.flatten(1).sum(1),
@@ -373,7 +387,8 @@ class CheckerboardModel(HyperpriorModel):
         parameters of its own pass."""
         anchor = checkerboard_anchor_mask(y.shape[2], y.shape[3], y.device)
         mu_a, log2_scale_a = self.params_from(hyper, None)
-        y_hat_a = _ste_round((y - mu_a) * gain) / gain + mu_a
+        mu_a = mu_a.float()  # rounding in float32, also under autocast (bfloat16 cannot hold r to ±½)
+        y_hat_a = _ste_round((y.float() - mu_a) * gain) / gain + mu_a
         mu_n, log2_scale_n = self.params_from(hyper, self.context(y_hat_a * anchor))
         return mu_a * anchor + mu_n * (1 - anchor), log2_scale_a * anchor + log2_scale_n * (1 - anchor)
 

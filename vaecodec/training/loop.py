@@ -62,6 +62,11 @@ class TrainOptions:
         (two OpenMP threads are several times slower than one when other
         work shares the CPU).
       device: ``"cpu"`` or ``"cuda"`` (each rank takes its local GPU).
+      precision: ``"float32"``, ``"bfloat16"`` (autocast: the transforms in
+        bfloat16, the rates, distortion, weights and optimizer in float32) or
+        ``"auto"``: bfloat16 where the hardware runs it natively (a GPU that
+        supports it, a CPU with AMX tiles), float32 elsewhere, since CPUs
+        without AMX emulate bfloat16 many times slower than float32.
       save_every_s, eval_every_s: wall-clock periods.
       eval_lambdas: λ values of the periodic Kodak estimate (None: five
         spread over the anchors).
@@ -78,6 +83,7 @@ class TrainOptions:
     warmup_steps: int = 100
     threads: int = 1
     device: str = "cpu"
+    precision: str = "auto"
     save_every_s: float = 300.0
     eval_every_s: float = 1800.0
     eval_lambdas: tuple[float, ...] | None = None
@@ -115,6 +121,26 @@ def learning_rate(step: int, total_steps: int, base: float = 1e-3, warmup: int =
         return base
     t = min(1.0, (step - start) / max(1.0, total_steps - start))
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def native_bfloat16(device: str) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions natively (CUDA with bf16 support; a CPU with AMX tiles)."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``"float32"`` or ``"bfloat16"`` for a requested precision (``"auto"`` decides by the hardware)."""
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"unknown precision {precision!r}: float32, bfloat16 or auto")
+    return precision
 
 
 def _finite(*models) -> bool:
@@ -236,6 +262,9 @@ class _Run:
             torch.backends.cudnn.benchmark = True
         self.options = options
         self.log = log if self.rank == 0 else (lambda *_: None)
+        # Every rank of a DDP run reads the same flag on the same kind of machine; decided once per run.
+        self.precision = resolve_precision(options.precision, options.device)
+        self.autocast_dtype = torch.bfloat16 if self.precision == "bfloat16" else None
         if checkpoint.exists():
             self.state, model, ema, opt_state = load_checkpoint(checkpoint)
             if self.state.phase != phase:
@@ -277,7 +306,7 @@ class _Run:
         self.generator = torch.Generator().manual_seed(seed)
         self.pool = CropPool(data, crop=options.crop, crops_per_image=options.crops_per_image, seed=seed)
         self.log(f"crop pool: {self.pool.crops.shape[0]} crops of {options.crop}² on rank {self.rank} of {self.world}, "
-                 f"device {self.device}")
+                 f"device {self.device}, {self.precision}")
 
     def step(self, lr: float, large: bool) -> dict:
         o = self.options
@@ -286,7 +315,8 @@ class _Run:
         size, n = (o.large_patch, o.large_batch) if large else (o.patch, o.batch_size)
         x = self.pool.batch(n, size).to(self.device, non_blocking=True)
         lam = sample_lambdas(self.state.config, n, self.generator).to(self.device)
-        loss, stats = rd_loss(self.net, self.state.config, x, lam)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            loss, stats = rd_loss(self.net, self.state.config, x, lam)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # A non-finite loss or gradient skips the update. Decided on the gradient norm, which DDP has
@@ -426,7 +456,7 @@ class _Run:
             rows = evaluate_estimate(self.ema, folder, lambdas)
             self.state.history.append({"step": self.state.step, "cpu_hours": self.state.cpu_seconds / 3600,
                                        "gpu_hours": self.state.gpu_seconds / 3600, "phase": self.state.phase,
-                                       "estimate": rows})
+                                       "precision": self.precision, "estimate": rows})
             self.log("eval " + json.dumps(self.state.history[-1]))
         if self.world > 1:
             dist.barrier()
