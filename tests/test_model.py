@@ -1,8 +1,11 @@
 """Model shapes, the training forward pass, and the fixed-point programs."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vaecodec.fixedpoint import ACT_FRAC_BITS, FixedPointProgram, to_fixed
 from vaecodec.image import to_model_input
@@ -75,6 +78,49 @@ def test_fixed_point_outputs_are_integers_identical_across_kernels(net):
             torch.backends.mkldnn.enabled = True
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(outs[0], torch.round(outs[0]))
+
+
+@pytest.mark.parametrize("cin,cout,kernel,padding,output_padding", [
+    (24, 16, 5, 2, 1),  # the decoder's upsampling layers
+    (8, 32, 3, 1, 1),
+    (8, 16, 4, 1, 0),
+    (8, 4, 5, 2, 1),  # too few outputs: torch's kernel is kept
+])
+def test_transposed_convolutions_by_phases_equal_torchs_kernel_exactly(cin, cout, kernel, padding, output_padding):
+    from vaecodec.fixedpoint import _conv_transpose_by_phases, _IntConv
+
+    g = torch.Generator().manual_seed(3)
+    layer = _IntConv(weight=torch.randint(-2**14, 2**14, (cin, cout, kernel, kernel), generator=g).double(),
+                     bias=torch.randint(-2**30, 2**30, (cout,), generator=g).double(), shift=18, stride=2,
+                     padding=padding, output_padding=output_padding, transposed=True)
+    assert (layer._phases is None) == (cout < 16)
+    a = torch.randint(-2**20, 2**20, (2, cin, 5, 7), generator=g).double()  # batch 2, non-square
+    ref = F.conv_transpose2d(a, layer.weight, layer.bias, 2, padding, output_padding)
+    assert ref.abs().max() > 2**36  # sums far beyond float32's exact range
+    if layer._phases is not None:
+        no_bias = F.conv_transpose2d(a, layer.weight, None, 2, padding, output_padding)
+        assert torch.equal(_conv_transpose_by_phases(a, 2, *layer._phases), no_bias)
+    out = layer(a.clone())
+    assert out.shape == (2, cout, 10, 14)
+    assert torch.equal(out, torch.floor(ref * 2.0**-18 + 0.5).clamp(-2**20, 2**20))
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_the_context_convolution_of_a_checkerboard_is_exact_where_it_is_used(parity):
+    from vaecodec.fixedpoint import _IntConv, conv_of_checkerboard
+
+    g = torch.Generator().manual_seed(4)
+    layer = _IntConv(weight=torch.randint(-2**14, 2**14, (8, 12, 5, 5), generator=g).double(),
+                     bias=torch.randint(-2**30, 2**30, (8,), generator=g).double(), shift=18, stride=1,
+                     padding=2, output_padding=0, transposed=False)
+    rows, cols = torch.meshgrid(torch.arange(7), torch.arange(9), indexing="ij")
+    anchors = (rows + cols) % 2 == parity
+    a = torch.randint(-2**20, 2**20, (2, 12, 7, 9), generator=g).double() * anchors
+    full = layer(a.clone())
+    sparse = conv_of_checkerboard(layer, a)
+    assert torch.equal(sparse[..., ~anchors], full[..., ~anchors])
+    with pytest.raises(ValueError):
+        conv_of_checkerboard(replace(layer, stride=2), a)
 
 
 def test_layers_without_an_exact_form_are_refused():

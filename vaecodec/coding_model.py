@@ -38,7 +38,7 @@ import torch
 
 from .entropy import IndexedPmfs, quantize_pmf
 from .errors import ModelFileError
-from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, round_shift, to_fixed
+from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, conv_of_checkerboard, round_shift, to_fixed
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
                     build_model, checkerboard_anchor_mask, interpolate_rows)
 
@@ -304,10 +304,15 @@ class CodingModel:
             c = self.context.layers[0]
             ctx = p.new_zeros(p.shape[0], c.weight.shape[0], *p.shape[2:])
         else:
-            ctx = run_tiled(self.context.run, anchors_y_hat, SYNTHESIS_TILE, CONTEXT_HALO, 1)
+            ctx = run_tiled(self._context_of_anchors, anchors_y_hat, SYNTHESIS_TILE, CONTEXT_HALO, 1)
         delta = run_tiled(self.entropy_parameters.run, torch.cat([p, ctx], 1), SYNTHESIS_TILE, 0, 1)
         mean, log2_scale = (p + delta).chunk(2, dim=1)
         return HyperParams(mean, log2_scale)
+
+    def _context_of_anchors(self, anchors_y_hat: torch.Tensor) -> torch.Tensor:
+        """The context network (one convolution) where it is used: at the non-anchors, from the anchors."""
+        (layer,) = self.context.layers
+        return conv_of_checkerboard(layer, anchors_y_hat)
 
     def scale_indexes(self, params: HyperParams, quality: int) -> torch.Tensor:
         """Exact: index j of the pmf table for each latent, 0..num_scales−1 (int64)."""
