@@ -11,8 +11,14 @@ per-image rates, the checks against issue 8's bars, versions and machine).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# One thread each, numpy's BLAS included (vaecodec's pixel model runs small matrix products in numpy; set
+# before numpy loads). Without this, OpenBLAS's threads fight any other job on the machine for every product.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -25,20 +25,28 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
     return CodingModel.from_training_model(net, model_id)
 
 
-def make_tiny_pixel_model(seed: int = 0, model_id: str = "px-tiny-test", hidden: int = 8):
-    """A seeded, untrained pixel model: random weights, but a sensible mean (the ref) and scale (~3 levels)."""
+def make_tiny_pixel_model(seed: int = 0, model_id: str = "px-tiny-test", hidden: int = 8, components: int = 1):
+    """A seeded, untrained pixel model: random weights, but a sensible mean (the ref) and scale (~3 levels).
+
+    With ``components`` > 1, a mixture whose components sit a grey level or two apart with different scales
+    and weights (so bits-back has real choices to make)."""
     from vaecodec.pixel_model import PixelModel, context_size
 
     rng = np.random.default_rng(seed)
+    if components == 1:
+        out_bias = np.array([0.0, 1.1])
+    else:
+        spread = np.linspace(-1.0, 1.0, components)
+        out_bias = np.concatenate([spread * 0.05, 1.1 + 0.6 * spread, -0.4 * spread])
     nets = {}
     for channels in (1, 3):
         nets[channels] = []
         for k in range(channels):
             n = context_size(channels, k)
-            out_w = rng.normal(0, 0.05, (hidden, 2))
+            out_w = rng.normal(0, 0.05, (hidden, out_bias.size))
             nets[channels].append([(rng.normal(0, 0.3, (n, hidden)), rng.normal(0, 0.1, hidden)),
                                    (rng.normal(0, 0.3, (hidden, hidden)), rng.normal(0, 0.1, hidden)),
-                                   (out_w, np.array([0.0, 1.1]))])
+                                   (out_w, out_bias)])
     return PixelModel.from_float(nets, model_id)
 
 
@@ -57,6 +65,19 @@ def tiny_codec(tiny_model, tiny_pixel_model):
     from vaecodec.api import Codec
 
     return Codec(tiny_model, tiny_pixel_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_mixture_model():
+    return make_tiny_pixel_model(model_id="px-tiny-mixture", components=3)
+
+
+@pytest.fixture(scope="session", params=["laplace", "mixture"])
+def any_lossless_codec(request, tiny_model, tiny_pixel_model, tiny_mixture_model):
+    """A tiny codec with each kind of pixel model: one Laplace per sub-pixel, or a mixture coded by bits-back."""
+    from vaecodec.api import Codec
+
+    return Codec(tiny_model, tiny_pixel_model if request.param == "laplace" else tiny_mixture_model)
 
 
 @pytest.fixture(scope="session", params=["hyperprior", "checkerboard"])

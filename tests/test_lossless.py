@@ -13,37 +13,38 @@ from vaecodec import FormatError, ModelMismatchError, read_header
 from vaecodec.api import Codec
 from vaecodec.container import pack, unpack
 from vaecodec.entropy import new_coder
-from vaecodec.lossless_codec import TILE, PixelCodec, pop_image, push_image, required_bits
+from vaecodec.lossless_codec import (TILE, BitsBackPixelCodec, PixelCodec, pixel_codec, pop_image, push_image,
+                                     required_bits)
 from vaecodec.pixel_model import gather_context, padded_tile
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (1, 1), (3, 7, 3), (17, 5), (2, 9, 3), (9, 2)])
-def test_round_trip_is_exact_for_odd_sizes_and_modes(tiny_codec, shape):
+def test_round_trip_is_exact_for_odd_sizes_and_modes(any_lossless_codec, shape):
     rng = np.random.default_rng(sum(shape))
     img = rng.integers(0, 256, shape, dtype=np.uint8)
-    data = tiny_codec.compress(img, lossless=True)
+    data = any_lossless_codec.compress(img, lossless=True)
     h = read_header(data)
     assert (h.coding, h.quality, h.mode, h.width, h.height) == ("lossless", 100, "L" if len(shape) == 2 else "RGB",
                                                                   shape[1], shape[0])
-    assert np.array_equal(tiny_codec.decompress_array(data), img)
+    assert np.array_equal(any_lossless_codec.decompress_array(data), img)
 
 
 @pytest.mark.parametrize("shape", [(TILE + 3, 2, 3), (2, TILE + 5), (TILE + 1, TILE + 2, 1)])
-def test_round_trip_is_exact_across_tiles(tiny_codec, shape):
+def test_round_trip_is_exact_across_tiles(any_lossless_codec, shape):
     img = smooth_image(shape[0], shape[1], seed=3, channels=shape[2] if len(shape) == 3 else 1)
-    data = tiny_codec.compress(img, lossless=True)
-    assert np.array_equal(tiny_codec.decompress_array(data), img)
+    data = any_lossless_codec.compress(img, lossless=True)
+    assert np.array_equal(any_lossless_codec.decompress_array(data), img)
 
 
-def test_saturated_and_flat_images_round_trip(tiny_codec):
+def test_saturated_and_flat_images_round_trip(any_lossless_codec):
     for value in (0, 255, 77):
         img = np.full((6, 11, 3), value, np.uint8)
-        assert np.array_equal(tiny_codec.decompress_array(tiny_codec.compress(img, lossless=True)), img)
+        assert np.array_equal(any_lossless_codec.decompress_array(any_lossless_codec.compress(img, lossless=True)), img)
 
 
-def test_file_size_is_the_information_plus_documented_overheads(tiny_codec):
+def test_file_size_is_the_information_plus_documented_overheads(any_lossless_codec):
     img = smooth_image(48, 40, seed=5)
-    enc = tiny_codec.encode(img, lossless=True)
+    enc = any_lossless_codec.encode(img, lossless=True)
     header, words = unpack(enc.data)
     header_bytes = enc.num_bytes - 4 * words.size
     payload_bits = 32 * words.size
@@ -65,19 +66,46 @@ def test_encoder_and_decoder_compute_the_same_parameters_whatever_the_batch(tiny
             assert m1[0] == mean[i] and s1[0] == scale[i]
 
 
-def test_push_pop_codec_leaves_the_stack_as_it_found_it(tiny_pixel_model):
-    codec = PixelCodec(tiny_pixel_model)
+@pytest.mark.parametrize("kind", ["laplace", "mixture"])
+def test_push_pop_codec_leaves_the_stack_as_it_found_it(tiny_pixel_model, tiny_mixture_model, kind):
+    """What lies beneath is untouched; bits-back borrows from it and gives it back."""
+    model = tiny_pixel_model if kind == "laplace" else tiny_mixture_model
+    codec = pixel_codec(model)
+    assert isinstance(codec, PixelCodec if kind == "laplace" else BitsBackPixelCodec)
     coder = new_coder()
     coder.encode_reverse(np.array([1, 2, 3], np.int32), __import__("constriction").stream.model.Uniform(8))
     below = coder.get_compressed()
     img = smooth_image(20, 30, seed=4)
     push_image(coder, img, codec)
-    out = pop_image(coder, 20, 30, 3, codec)
+    assert codec.information_bits > 0
+    out = pop_image(coder, 20, 30, 3, pixel_codec(model))
     assert np.array_equal(out, img) and np.array_equal(coder.get_compressed(), below)
 
 
-def test_corrupted_payload_is_refused(tiny_codec):
-    data = bytearray(tiny_codec.compress(smooth_image(30, 30, seed=6), lossless=True))
+def test_mixture_parameters_and_posteriors_do_not_depend_on_the_batch(tiny_mixture_model):
+    m = tiny_mixture_model
+    img = smooth_image(9, 13, seed=2).astype(np.int32)
+    buf = padded_tile(img, 9, 13, 3)
+    rows, cols = np.divmod(np.arange(9 * 13), 13)
+    for k in range(3):
+        ctx, ref = gather_context(buf, rows, cols, k)
+        params = m.mixture_params(ctx, ref, 3, k)
+        levels = img[rows, cols, k]
+        prior, post = m.prior_weights(params), m.posterior_weights(params, levels)
+        assert prior.dtype == post.dtype == np.int64 and prior.min() >= 1 and post.min() >= 1
+        assert np.all(prior.max(axis=1) == 2**20) and np.all(post.max(axis=1) == 2**20)
+        for i in (0, 5, 60, 116):
+            one = m.mixture_params(ctx[i:i + 1], ref[i:i + 1], 3, k)
+            assert np.array_equal(one.mean[0], params.mean[i])
+            assert np.array_equal(m.posterior_weights(one, levels[i:i + 1])[0], post[i])
+    # The posterior leans towards the component whose mean is nearest the grey level.
+    near = m.posterior_weights(params, np.round(params.mean[:, 0]).astype(np.int32))
+    far = m.posterior_weights(params, np.round(params.mean[:, 0]).astype(np.int32) + 40)
+    assert np.mean(near[:, 0] / near.sum(1)) > np.mean(far[:, 0] / far.sum(1))
+
+
+def test_corrupted_payload_is_refused(any_lossless_codec):
+    data = bytearray(any_lossless_codec.compress(smooth_image(30, 30, seed=6), lossless=True))
     header, words = unpack(bytes(data))
     rng = np.random.default_rng(0)
     for _ in range(10):
@@ -86,21 +114,21 @@ def test_corrupted_payload_is_refused(tiny_codec):
         if w[-1] == 0:
             continue
         with pytest.raises(FormatError):
-            tiny_codec.decompress(pack(header, w))
+            any_lossless_codec.decompress(pack(header, w))
 
 
-def test_truncated_file_is_refused(tiny_codec):
-    data = tiny_codec.compress(smooth_image(30, 30, seed=7), lossless=True)
+def test_truncated_file_is_refused(any_lossless_codec):
+    data = any_lossless_codec.compress(smooth_image(30, 30, seed=7), lossless=True)
     for cut in (1, 5, len(data) // 2):
         with pytest.raises(FormatError):
-            tiny_codec.decompress(data[:-cut])
+            any_lossless_codec.decompress(data[:-cut])
     header, words = unpack(data)
     with pytest.raises(FormatError):  # re-CRC'd, cut to half its words
-        tiny_codec.decompress(pack(header, words[words.size // 2:]))
+        any_lossless_codec.decompress(pack(header, words[words.size // 2:]))
 
 
-def test_forged_tiny_file_declaring_a_huge_image_is_refused_at_once(tiny_codec):
-    data = tiny_codec.compress(np.zeros((4, 4, 3), np.uint8), lossless=True)
+def test_forged_tiny_file_declaring_a_huge_image_is_refused_at_once(any_lossless_codec):
+    data = any_lossless_codec.compress(np.zeros((4, 4, 3), np.uint8), lossless=True)
     header = unpack(data)[0]
     words = np.random.default_rng(0).integers(1, 2**32, 8, dtype=np.uint32)
     for w, h in ((8192, 8192), (65535, 1024), (1024, 65535), (300, 300)):
@@ -109,7 +137,7 @@ def test_forged_tiny_file_declaring_a_huge_image_is_refused_at_once(tiny_codec):
         assert len(forged) < 80
         start = time.process_time()
         with pytest.raises(FormatError, match="too short"):
-            tiny_codec.decompress(forged)
+            any_lossless_codec.decompress(forged)
         assert time.process_time() - start < 1.0
 
 
@@ -160,9 +188,9 @@ def test_codec_with_pixel_model_pickles(tiny_codec):
     assert again.compress(img, lossless=True) == tiny_codec.compress(img, lossless=True)
 
 
-def test_required_bits_bound_holds_for_a_flat_image(tiny_codec):
+def test_required_bits_bound_holds_for_a_flat_image(any_lossless_codec):
     img = np.zeros((64, 64, 3), np.uint8)
-    enc = tiny_codec.encode(img, lossless=True)
+    enc = any_lossless_codec.encode(img, lossless=True)
     assert 32 * unpack(enc.data)[1].size >= required_bits(64, 64, 3)
 
 
@@ -174,6 +202,22 @@ def test_shipped_pixel_model_beats_png_on_a_photo(shipped_codec):
     buf = __import__("io").BytesIO()
     Image.fromarray(img).save(buf, "PNG", optimize=True)
     assert len(data) < 0.85 * len(buf.getvalue())
+
+
+def test_new_lossless_files_use_the_mixture_and_earlier_ones_still_decode(shipped_codec):
+    """0.2's lossless files name the single-Laplace pixel model; a default codec finds it by that id."""
+    from vaecodec.api import LOSSLESS_MODEL_ID
+
+    img = kodak_crop(40, 32, 120, 60)
+    earlier = Codec(pixel_model=shipped_codec._shipped_pixel_model("px12-h64"))
+    old = earlier.compress(img, lossless=True)
+    assert read_header(old).model_id == "px12-h64"
+    assert np.array_equal(shipped_codec.decompress_array(old), img)
+    new = shipped_codec.compress(img, lossless=True)
+    assert read_header(new).model_id == LOSSLESS_MODEL_ID and shipped_codec.lossless_model.components == 3
+    assert np.array_equal(shipped_codec.decompress_array(new), img)
+    with pytest.raises(ModelMismatchError):  # a codec told to use one pixel model uses that one
+        earlier.decompress_array(new)
 
 
 def test_cli_round_trip_is_exact(tmp_path):
@@ -216,21 +260,21 @@ def test_pillow_saves_and_opens_lossless(tmp_path, monkeypatch, tiny_codec):
 
 @pytest.mark.parametrize("lossless", [False, True])
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
-def test_alpha_plane_round_trips_exactly(tiny_codec, mode, lossless):
+def test_alpha_plane_round_trips_exactly(any_lossless_codec, mode, lossless):
     colour = smooth_image(19, 23, seed=14, channels=3 if mode == "RGBA" else 1)
     alpha = np.zeros((19, 23), np.uint8)
     alpha[3:15, 4:20] = 255
     alpha[9, 2:22] = np.arange(20) * 12
     px = np.dstack([colour, alpha])
-    data = tiny_codec.compress(Image.fromarray(px, mode), lossless=lossless, quality=40)
+    data = any_lossless_codec.compress(Image.fromarray(px, mode), lossless=lossless, quality=40)
     assert read_header(data).mode == mode
-    out = tiny_codec.decompress(data)
+    out = any_lossless_codec.decompress(data)
     assert out.mode == mode and np.array_equal(np.asarray(out)[:, :, -1], alpha)
     if lossless:
         assert np.array_equal(np.asarray(out), px)
     else:  # the colour is the colour of the same image coded without alpha
-        assert np.array_equal(np.asarray(out)[:, :, :-1].squeeze(), tiny_codec.decompress_array(
-            tiny_codec.compress(colour, quality=40)))
+        assert np.array_equal(np.asarray(out)[:, :, :-1].squeeze(), any_lossless_codec.decompress_array(
+            any_lossless_codec.compress(colour, quality=40)))
 
 
 def test_a_target_size_codes_alpha_the_same_prepared_or_not(tiny_codec, monkeypatch):

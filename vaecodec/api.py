@@ -64,7 +64,7 @@ from .errors import FormatError, ModelMismatchError, VaecodecError
 from .image import (PaddedPixels, load_image, metadata_info, mode_of, split_alpha, split_batch, to_output_pixels,
                     with_alpha)
 from .latent_codec import LATENT_TILE, Latents, latent_codec
-from .lossless_codec import PixelCodec, pop_image, prepare_image, push_image, required_bits
+from .lossless_codec import pixel_codec, pop_image, prepare_image, push_image, required_bits
 from .pixel_model import PixelModel
 from .refine import DEFAULT_EFFORT, EFFORTS, MAX_REFINE_PIXELS, rd_cost, refine_latents
 
@@ -77,7 +77,12 @@ written by an earlier shipped model still decodes after the default changes."""
 SHIPPED_MODEL = "vaecodec-cb64.pt"
 """The default model: what new files are written with."""
 SHIPPED_PIXEL_MODEL = "vaecodec-px12-h64.npz"
-"""Lossless mode's pixel model."""
+"""The pixel model of lossy files' alpha planes (one discretized Laplace per sub-pixel)."""
+LOSSLESS_MODEL_ID = "px12-h64-m3"
+"""The pixel model new lossless files are written with (a mixture of 3, coded by bits-back)."""
+SHIPPED_PIXEL_MODELS = {"px12-h64": SHIPPED_PIXEL_MODEL, "px12-h64-m3": "vaecodec-px12-h64-m3.npz"}
+"""Every pixel model the package shipped, by the id lossless files name: a file written by an earlier default
+still decodes."""
 _PREPARED_ALPHA_LIMIT = 4 << 20
 """Largest alpha plane (pixels) held prepared across a target size's trials (~20 bytes per pixel)."""
 
@@ -87,12 +92,12 @@ def _load_shipped(filename: str) -> CodingModel:
         return CodingModel.load(path)
 
 
-def _load_pixel_model(model: PixelModel | str | Path | None) -> PixelModel:
+def _load_pixel_model(model: PixelModel | str | Path | None, shipped: str = SHIPPED_PIXEL_MODEL) -> PixelModel:
     if isinstance(model, PixelModel):
         return model
     if model is not None:
         return PixelModel.load(model)
-    with resources.as_file(resources.files("vaecodec") / "weights" / SHIPPED_PIXEL_MODEL) as path:
+    with resources.as_file(resources.files("vaecodec") / "weights" / shipped) as path:
         return PixelModel.load(path)
 
 
@@ -132,8 +137,11 @@ class Codec:
     Args:
       model: a :class:`CodingModel`, a path to a model file, or None for the
         shipped model.
-      pixel_model: lossless mode's :class:`PixelModel`, a path to one, or
-        None for the shipped one (loaded on first lossless use).
+      pixel_model: the :class:`PixelModel` of lossless files and alpha
+        planes, a path to one, or None for the shipped ones (loaded on first
+        use): new lossless files get the mixture model, alpha planes of lossy
+        files the single-Laplace one, and a lossless file decodes with the
+        shipped model it names.
 
     Instances are safe to share between threads (coding is serialized), and
     pickle as their model, so they can be handed to process pools::
@@ -146,6 +154,7 @@ class Codec:
                  pixel_model: PixelModel | str | Path | None = None):
         self._pixel_source = pixel_model
         self._pixel_model: PixelModel | None = pixel_model if isinstance(pixel_model, PixelModel) else None
+        self._pixel_models: dict[str, PixelModel] = {}
         self._shipped = model is None
         self._earlier: dict[str, Codec] = {}
         if model is None:
@@ -164,16 +173,32 @@ class Codec:
         self.model, self._shipped = state["model"], state["shipped"]
         self._pixel_source = state["pixel_model"]
         self._pixel_model = self._pixel_source if isinstance(self._pixel_source, PixelModel) else None
+        self._pixel_models = {}
         self.latents = latent_codec(self.model)
         self._earlier = {}
         self._lock = threading.Lock()
 
     @property
     def pixel_model(self) -> PixelModel:
-        """Lossless mode's pixel model, loaded on first use."""
+        """The pixel model of lossy files' alpha planes (the given one, if any), loaded on first use."""
         if self._pixel_model is None:
             self._pixel_model = _load_pixel_model(self._pixel_source)
         return self._pixel_model
+
+    @property
+    def lossless_model(self) -> PixelModel:
+        """The pixel model new lossless files are written with (the given one, if any)."""
+        if self._pixel_source is not None:
+            return self.pixel_model
+        return self._shipped_pixel_model(LOSSLESS_MODEL_ID)
+
+    def _shipped_pixel_model(self, model_id: str) -> PixelModel | None:
+        """A shipped pixel model by id (None if the package never shipped one of that id), kept once loaded."""
+        if model_id not in SHIPPED_PIXEL_MODELS:
+            return None
+        if model_id not in self._pixel_models:
+            self._pixel_models[model_id] = _load_pixel_model(None, SHIPPED_PIXEL_MODELS[model_id])
+        return self._pixel_models[model_id]
 
     # ----- encoding ---------------------------------------------------------------
     def compress(self, image, quality: int = DEFAULT_QUALITY, target_bpp: float | None = None,
@@ -250,16 +275,16 @@ class Codec:
 
     def _encode_lossless(self, pixels: np.ndarray, metadata: Metadata) -> Encoded:
         """Check value, [alpha plane,] the tiles' sub-pixels under the pixel model, content check (bottom → top)."""
-        pm = self.pixel_model
+        pm = self.lossless_model
         height, width = pixels.shape[:2]
         header = Header(width, height, mode_of(pixels), 100, pm.model_id, pm.weight_hash,
                         coding="lossless", metadata=metadata)
         colour, alpha = split_alpha(pixels)
-        codec = PixelCodec(pm)
+        codec = pixel_codec(pm)
         with self._lock:
             coder = entropy.new_coder()
             entropy.push_check(coder, _header_check(header))
-            alpha_codec = PixelCodec(pm)
+            alpha_codec = pixel_codec(pm)
             if alpha is not None:  # pushed once, tile by tile: no need to hold it prepared
                 push_image(coder, alpha[:, :, None], alpha_codec)
             push_image(coder, colour.reshape(height, width, -1), codec)
@@ -278,24 +303,26 @@ class Codec:
         if alpha is None:
             return None
         if several_files and alpha.size <= _PREPARED_ALPHA_LIMIT:
-            return alpha, prepare_image(alpha[:, :, None], PixelCodec(self.pixel_model))
+            return alpha, prepare_image(alpha[:, :, None], pixel_codec(self.pixel_model))
         return alpha, alpha[:, :, None]
 
     def _push_alpha(self, coder, prepared: tuple | None) -> float:
         """Push a prepared alpha plane (if any); its information bits."""
         if prepared is None:
             return 0.0
-        codec = PixelCodec(self.pixel_model)
+        codec = pixel_codec(self.pixel_model)
         push_image(coder, prepared[1], codec)
         return codec.information_bits
 
-    def _pop_alpha(self, coder, header: Header, floor: int) -> np.ndarray | None:
-        """Pop an RGBA/LA file's alpha plane (after its colour, before its check value)."""
+    def _pop_alpha(self, coder, header: Header, floor: int, model: PixelModel | None = None) -> np.ndarray | None:
+        """Pop an RGBA/LA file's alpha plane (after its colour, before its check value); ``model``: a lossless
+        file's pixel model (default: the alpha planes' one)."""
         if header.mode not in ("RGBA", "LA"):
             return None
-        if coder.num_valid_bits() < required_bits(header.height, header.width, 1):
+        model = model or self.pixel_model
+        if coder.num_valid_bits() < required_bits(header.height, header.width, 1, model):
             raise FormatError("payload too short for the declared alpha plane (corrupted, truncated or forged file)")
-        return pop_image(coder, header.height, header.width, 1, PixelCodec(self.pixel_model), floor=floor)[:, :, 0]
+        return pop_image(coder, header.height, header.width, 1, pixel_codec(model), floor=floor)[:, :, 0]
 
     def _analyze(self, pixels: np.ndarray, metadata: Metadata = NO_METADATA, several_files: bool = False) -> "_Analysed":
         h, w = pixels.shape[:2]
@@ -447,22 +474,23 @@ class Codec:
         return header, with_alpha(out[:, :, 0] if channels == 1 else out, alpha)
 
     def _decode_lossless(self, header: Header, words: np.ndarray) -> np.ndarray:
-        pm = self.pixel_model
+        pm = (self.pixel_model if self._pixel_source is not None else
+              self._shipped_pixel_model(header.model_id) or self.lossless_model)
         if header.model_id != pm.model_id or header.weight_hash != pm.weight_hash:
             raise ModelMismatchError(
                 f"lossless file was written by pixel model {header.model_id} ({header.weight_hash.hex()}), "
                 f"loaded pixel model is {pm.model_id} ({pm.weight_hash.hex()})")
         channels = 1 if header.mode in ("L", "LA") else 3
         planes = channels + (header.mode in ("LA", "RGBA"))
-        if 32 * words.size < required_bits(header.height, header.width, planes):
+        if 32 * words.size < required_bits(header.height, header.width, planes, pm):
             raise FormatError("payload too short for the declared image (corrupted, truncated or forged file)")
         check = _header_check(header)
         with self._lock:
             coder = entropy.new_coder(words)
             seal = entropy.pop_check(coder) if header.format_version >= 2 else None
             floor = entropy.state_floor(check)
-            pixels = pop_image(coder, header.height, header.width, channels, PixelCodec(pm), floor=floor)
-            alpha = self._pop_alpha(coder, header, floor)
+            pixels = pop_image(coder, header.height, header.width, channels, pixel_codec(pm), floor=floor)
+            alpha = self._pop_alpha(coder, header, floor, pm)
             _require_checks(coder, check, seal, entropy.content_check(pixels), alpha)
         return with_alpha(pixels[:, :, 0] if channels == 1 else pixels, alpha)
 

@@ -97,8 +97,9 @@ def _make(name: str, pixel_model: str | None) -> tuple[str, Callable, Callable]:
         from .api import Codec
 
         codec = Codec(pixel_model=pixel_model)
-        pm = codec.pixel_model
-        return (f"vaecodec {__version__}, pixel model {pm.model_id}",
+        pm = codec.lossless_model
+        how = f"a mixture of {pm.components}, bits-back over the component" if pm.components > 1 else "one Laplace"
+        return (f"vaecodec {__version__}, pixel model {pm.model_id} ({how})",
                 lambda p: codec.compress(p, lossless=True), codec.decompress_array)
     if name == "png":
         return (f"Pillow {PIL.__version__} / zlib, optimize=True", *_pil("PNG", optimize=True))

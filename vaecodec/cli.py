@@ -885,11 +885,13 @@ def sample(count, output, seed, size, quality, force, model):
 @click.option("--steps", type=click.IntRange(1), default=30000, show_default=True)
 @click.option("--samples-per-image", type=click.IntRange(1), default=40000, show_default=True,
               help="Random contexts drawn from each training image.")
-@click.option("--model-id", default=None, help="Model id written into files (default px12-h<hidden>).")
+@click.option("--components", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Discretized Laplaces per sub-pixel; above 1 a mixture, coded by bits-back over the component.")
+@click.option("--model-id", default=None, help="Model id written into files (default px12-h<hidden>[-m<components>]).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Append the log to this file too.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT.")
-def train_lossless(output, data, hidden, steps, samples_per_image, model_id, seed, log_file, force):
+def train_lossless(output, data, hidden, steps, samples_per_image, components, model_id, seed, log_file, force):
     """Train lossless mode's pixel model (RGB and greyscale) and write it to OUTPUT (.npz).
 
     Minutes of one CPU thread, not hours: the model learns from a table of
@@ -903,7 +905,8 @@ def train_lossless(output, data, hidden, steps, samples_per_image, model_id, see
         raise _Failure(f"{output} exists (use --force to overwrite)")
     torch.set_num_threads(1)
     options = PixelTrainOptions(hidden=hidden, steps=steps, samples_per_image=samples_per_image, seed=seed,
-                                model_id=model_id or f"px12-h{hidden}")
+                                components=components,
+                                model_id=model_id or f"px12-h{hidden}" + (f"-m{components}" if components > 1 else ""))
     try:
         model = train_pixel_model(data, options, log=_train_log(log_file))
         tmp = Path(f"{output}.{os.getpid()}.tmp")

@@ -123,6 +123,23 @@ def pop_grey_levels(coder, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return coder.decode(_GREY_LEVELS, mean, scale)
 
 
+_COMPONENTS = _model.Categorical(perfect=False)
+
+
+def push_choices(coder, choices: np.ndarray, weights: np.ndarray) -> None:
+    """Push one choice 0..K−1 per row of integer ``weights`` (n, K), under the pmf ∝ the row, so pop returns them
+    in order. Integer weights passed as float64 are exact, and constriction's quantization of equal floats is
+    deterministic (pure Rust), so both sides see the same model."""
+    coder.encode_reverse(np.ascontiguousarray(choices, dtype=np.int32), _COMPONENTS,
+                         np.ascontiguousarray(weights, dtype=np.float64))
+
+
+def pop_choices(coder, weights: np.ndarray) -> np.ndarray:
+    """Pop one choice per row of ``weights`` (n, K) (int32); in bits-back, a sample of that distribution drawn
+    with the bits on the stack."""
+    return coder.decode(_COMPONENTS, np.ascontiguousarray(weights, dtype=np.float64))
+
+
 def quantize_pmf(probabilities: np.ndarray) -> np.ndarray:
     """Float pmf rows (..., n) → int32 rows that sum to exactly 2^24, every entry ≥ 1.
 

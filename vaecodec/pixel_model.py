@@ -26,10 +26,19 @@ decoder compute the same (mean, scale) on any machine whatever the batch, and
 constriction's Rust turns them into the same probabilities. Nothing here needs
 torch: lossless files decode with numpy and constriction alone.
 
+Mixtures (``components`` K > 1, lossless mode's default model since 0.3): the
+MLP gives each sub-pixel K Laplaces and integer log-weights of a prior over
+them. A mixture beats one Laplace where a neighbourhood leaves two guesses (an
+edge: this side's grey or that side's), and it is coded by bits-back over the
+component, so no 256-entry table is built per sub-pixel; the prior and the
+posterior come out as integer weights from integer tables shipped with the
+weights (:meth:`PixelModel.prior_weights`, :meth:`PixelModel.posterior_weights`).
+
 Typical workflow::
 
     model = PixelModel.load(path)                     # ready to code
-    mean, scale = model.params(context, ref, channel) # per sub-pixel, exact
+    mean, scale = model.params(context, ref, 3, k)    # channel k of RGB, per sub-pixel, exact
+    p = model.mixture_params(context, ref, 3, k)      # a mixture's: K of each
 """
 
 from __future__ import annotations
@@ -42,7 +51,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CONTEXT_OFFSETS", "NUM_OFFSETS", "PAD", "PAD_VALUE", "WAVEFRONT_SLOPE", "MEAN_STEPS", "SCALE_STEPS",
-           "PixelModel", "padded_tile", "gather_context", "context_size", "wavefront_steps"]
+           "LOGIT_STEPS", "MixtureParams", "PixelModel", "padded_tile", "gather_context", "context_size",
+           "wavefront_steps"]
 
 CONTEXT_OFFSETS = ((0, -1), (0, -2), (0, -3), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2),
                    (-2, -1), (-2, 0), (-2, 1), (-3, 0))
@@ -58,6 +68,13 @@ MEAN_STEPS = 64
 SCALE_STEPS = 16
 """Scale index i stands for the scale exp(i / SCALE_STEPS) grey levels (the table ships with the weights)."""
 MEAN_LIMIT = 1 << 15
+LOGIT_STEPS = 16
+"""Mixture models: a component's log-weight is an integer l standing for l / LOGIT_STEPS nats."""
+WEIGHT_BITS = 20
+"""Mixture models: ``exp_table[j] = round(2^WEIGHT_BITS · exp(−j / LOGIT_STEPS))``, the shipped table that turns
+integer log-weights into integer weights (no libm on the coding path)."""
+LOG_WEIGHT_SPAN = 24 * LOGIT_STEPS
+"""Log-weights more than 24 nats below a sub-pixel's best component are clamped there (weight ~4e-11·best)."""
 ACT_FRAC_BITS = 12
 ACT_LIMIT = 2.0**20
 EXACT_LIMIT = 2.0**53
@@ -130,12 +147,33 @@ class _ExactMLP:
         return a  # units 2^-ACT_FRAC_BITS
 
 
+@dataclass(frozen=True)
+class MixtureParams:
+    """A mixture model's exact parameters for n sub-pixels and its K components (arrays (n, K)).
+
+    ``mean``: float64, ref + m/64; ``scale_index``: int64 into the scale table;
+    ``log_weight``: int64, the prior's log-weights in 1/LOGIT_STEPS nats (unnormalized).
+    """
+
+    mean: np.ndarray
+    scale_index: np.ndarray
+    log_weight: np.ndarray
+
+
 class PixelModel:
     """Exact per-sub-pixel (mean, scale) for RGB and for greyscale, ready to code at construction.
 
     ``nets[num_channels]`` is a list with one integer MLP per channel (1 and 3
     channels). Outputs of channel k's MLP: (mean − ref)/32 and ln(scale), in
     units 2^-ACT_FRAC_BITS. ``scales[i - scale_min]`` is the scale of index i.
+
+    A *mixture* model (``components`` K > 1) gives each sub-pixel K discretized
+    Laplaces and a prior over them: its MLPs output K means, then K ln(scale),
+    then K log-weights. Lossless mode codes it by bits-back over the component
+    (:mod:`vaecodec.lossless_codec`), which needs the prior and an approximate
+    posterior q(component | grey level) as *integer* weights on both sides:
+    :meth:`prior_weights` and :meth:`posterior_weights`, computed from shipped
+    integer tables with integer arithmetic only.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], model_id: str):
@@ -147,6 +185,7 @@ class PixelModel:
         if self.scales.shape != (self.scale_max - self.scale_min + 1,) or not np.all(self.scales > 0):
             raise ValueError("bad scale table in pixel model")
         self.nets: dict[int, list[_ExactMLP]] = {}
+        nets_components: dict[str, int] = {}
         for num_channels in (1, 3):
             nets = []
             for k in range(num_channels):
@@ -157,11 +196,24 @@ class PixelModel:
                     shift = int(arrays[f"c{num_channels}k{k}s{j}"])
                     layers.append(_Layer(w, b, shift, frac))
                     frac, j = ACT_FRAC_BITS, j + 1
+                outputs = layers[-1].weight.shape[1] if layers else 0
+                components = 1 if outputs == 2 else outputs // 3
                 if not layers or layers[0].weight.shape[0] != context_size(num_channels, k) \
-                        or layers[-1].weight.shape[1] != 2:
+                        or not (outputs == 2 or (outputs == 3 * components and components > 1)) \
+                        or components != nets_components.setdefault("K", components):
                     raise ValueError(f"pixel model lacks a valid net for channel {k} of {num_channels}")
                 nets.append(_ExactMLP(layers))
             self.nets[num_channels] = nets
+        self.components = nets_components["K"]
+        if self.components > 1:
+            self._exp_table = np.asarray(arrays["exp_table"], dtype=np.int64)
+            self._log_sinh = np.asarray(arrays["log_sinh"], dtype=np.int64)
+            self._inverse_scale = np.asarray(arrays["inverse_scale"], dtype=np.int64)
+            n_scales = self.scales.size
+            if self._exp_table.shape != (LOG_WEIGHT_SPAN + 1,) or self._exp_table[0] != 1 << WEIGHT_BITS \
+                    or self._log_sinh.shape != (n_scales,) or self._inverse_scale.shape != (n_scales,) \
+                    or np.any(self._exp_table < 1) or np.any(self._inverse_scale < 1):
+                raise ValueError("bad mixture tables in pixel model")
         self.weight_hash = hashlib.sha256(b"".join(
             name.encode() + np.ascontiguousarray(arrays[name]).tobytes() for name in sorted(arrays))).digest()[:8]
 
@@ -177,6 +229,45 @@ class PixelModel:
         i = np.floor(out[:, 1] * 2.0 ** (4 - ACT_FRAC_BITS) + 0.5)   # ×SCALE_STEPS = 2^4
         i = np.clip(i, self.scale_min, self.scale_max).astype(np.int64)
         return ref + m * (1.0 / MEAN_STEPS), self.scales[i - self.scale_min]
+
+    def mixture_params(self, context: np.ndarray, ref: np.ndarray, num_channels: int, channel: int
+                       ) -> MixtureParams:
+        """A mixture model's exact parameters per sub-pixel and component."""
+        out = self.nets[num_channels][channel](context.astype(np.float64))
+        k = self.components
+        m = np.floor(out[:, :k] * 2.0 ** (11 - ACT_FRAC_BITS) + 0.5)
+        np.clip(m, -MEAN_LIMIT, MEAN_LIMIT, out=m)
+        i = np.floor(out[:, k:2 * k] * 2.0 ** (4 - ACT_FRAC_BITS) + 0.5)
+        i = np.clip(i, self.scale_min, self.scale_max).astype(np.int64)
+        w = np.floor(out[:, 2 * k:] * 2.0 ** (4 - ACT_FRAC_BITS) + 0.5).astype(np.int64)  # ×LOGIT_STEPS = 2^4
+        return MixtureParams(ref[:, None] + m * (1.0 / MEAN_STEPS), i, w)
+
+    def _weights(self, log_weight: np.ndarray) -> np.ndarray:
+        """Integer weights (n, K) ∝ exp(log_weight / LOGIT_STEPS), the best component 2^WEIGHT_BITS."""
+        gap = np.minimum(log_weight.max(axis=1, keepdims=True) - log_weight, LOG_WEIGHT_SPAN)
+        return self._exp_table[gap]
+
+    def prior_weights(self, params: MixtureParams) -> np.ndarray:
+        """The prior over components, integer weights (n, K)."""
+        return self._weights(params.log_weight)
+
+    def posterior_weights(self, params: MixtureParams, levels: np.ndarray) -> np.ndarray:
+        """An approximate posterior over components given the grey levels, integer weights (n, K).
+
+        log q_k = log-weight_k + log P_k(x), with log P_k of a discretized
+        Laplace at distance d = |x − mean_k| ≥ ½ from its mean (the form used
+        for every d): −d/b + ln sinh(1/2b), capped at 0; the tails on the edge
+        levels are ignored. All in integers of 1/LOGIT_STEPS nats from the
+        shipped tables, so encoder and decoder agree on every machine. It only
+        has to be the same on both sides: a cruder q costs a little rate (its
+        KL to the true posterior), never correctness.
+        """
+        mean_steps = np.round((params.mean - levels[:, None]) * MEAN_STEPS).astype(np.int64)  # exact: m/64 grid
+        j = params.scale_index - self.scale_min
+        # d/b in 1/LOGIT_STEPS nats: |Δ|/64 · inverse_scale/2^16 · 16 = |Δ|·inverse_scale / 2^18.
+        distance = (np.abs(mean_steps) * self._inverse_scale[j] + (1 << 17)) >> 18
+        log_mass = np.minimum(self._log_sinh[j] - distance, 0)
+        return self._weights(params.log_weight + log_mass)
 
     @classmethod
     def from_float(cls, nets: dict[int, list[list[tuple[np.ndarray, np.ndarray]]]], model_id: str,
@@ -198,7 +289,16 @@ class PixelModel:
                     frac = ACT_FRAC_BITS
         lo, hi = scale_range
         arrays["scale_range"] = np.array([lo, hi], dtype=np.int32)
-        arrays["scales"] = np.array([math.exp(i / SCALE_STEPS) for i in range(lo, hi + 1)], dtype=np.float64)
+        scales = [math.exp(i / SCALE_STEPS) for i in range(lo, hi + 1)]
+        arrays["scales"] = np.array(scales, dtype=np.float64)
+        outputs = next(iter(nets.values()))[0][-1][0].shape[1]
+        if outputs > 2:  # a mixture: the integer tables of its prior and posterior ship with it
+            arrays["exp_table"] = np.array([round(2**WEIGHT_BITS * math.exp(-j / LOGIT_STEPS))
+                                            for j in range(LOG_WEIGHT_SPAN + 1)], dtype=np.int64)
+            arrays["exp_table"][arrays["exp_table"] < 1] = 1
+            arrays["log_sinh"] = np.array([round(LOGIT_STEPS * math.log(math.sinh(0.5 / b))) for b in scales],
+                                          dtype=np.int64)
+            arrays["inverse_scale"] = np.array([round(2**16 / b) for b in scales], dtype=np.int64)
         return cls(arrays, model_id)
 
     def save(self, path: str | Path) -> None:

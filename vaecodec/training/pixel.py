@@ -8,11 +8,14 @@ one CPU thread get most of the way; the export quantizes to the integer
 program of :class:`~vaecodec.pixel_model.PixelModel`.
 
 The loss is the coder's: −log2 of the discretized Laplace's mass at the true
-grey level, tails on 0 and 255, in bits per sub-pixel.
+grey level, tails on 0 and 255, in bits per sub-pixel; for a mixture of K
+(``components``), of the mixture's marginal mass, which bits-back over the
+component approaches.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,24 +44,41 @@ class PixelTrainOptions:
     samples_per_image: int = 20000
     seed: int = 0
     model_id: str = "px12-h32"
+    components: int = 1
+    """1: one discretized Laplace per sub-pixel; K > 1: a mixture of K, coded by bits-back over the component."""
 
 
 class PixelNet(nn.Module):
-    """One channel's MLP: context/32 → ((mean − ref)/32, ln scale)."""
+    """One channel's MLP: context/32 → ((mean − ref)/32, ln scale), or for K components K of each and then
+    K log-weights (nats)."""
 
-    def __init__(self, inputs: int, hidden: int, layers: int):
+    def __init__(self, inputs: int, hidden: int, layers: int, components: int = 1):
         super().__init__()
         mods: list[nn.Module] = []
         width = inputs
         for _ in range(layers):
             mods += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        mods.append(nn.Linear(width, 2))
+        self.components = components
+        mods.append(nn.Linear(width, 2 if components == 1 else 3 * components))
         self.net = nn.Sequential(*mods)
 
-    def forward(self, context: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, context: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(mean, scale), each (n,); for a mixture (mean, scale, log-weight), each (n, K)."""
         out = self.net(context / 32.0)
-        return ref + 32.0 * out[:, 0], torch.exp(out[:, 1].clamp(-40 / 16, 72 / 16))
+        if self.components == 1:
+            return ref + 32.0 * out[:, 0], torch.exp(out[:, 1].clamp(-40 / 16, 72 / 16))
+        k = self.components
+        return (ref[:, None] + 32.0 * out[:, :k], torch.exp(out[:, k:2 * k].clamp(-40 / 16, 72 / 16)),
+                out[:, 2 * k:])
+
+    def bits(self, context: torch.Tensor, ref: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """−log2 P(level) per sub-pixel (for a mixture, of the marginal over components)."""
+        if self.components == 1:
+            return laplace_bits(levels, *self(context, ref))
+        mean, scale, log_weight = self(context, ref)
+        log_mass = -laplace_bits(levels[:, None], mean, scale) * math.log(2.0)
+        return -torch.logsumexp(log_mass + torch.log_softmax(log_weight, 1), 1) / math.log(2.0)
 
     def float_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(weight (in, out), bias) per Linear, as PixelModel.from_float takes them."""
@@ -108,7 +128,8 @@ def train_pixel_model(data: str | Path, options: PixelTrainOptions = PixelTrainO
         start = time.process_time()
         table = sample_contexts(files, num_channels, options.samples_per_image, options.seed + num_channels)
         tensors = [tuple(torch.from_numpy(a.astype(np.float32)) for a in per_k) for per_k in table]
-        nets = [PixelNet(context_size(num_channels, k), options.hidden, options.layers) for k in range(num_channels)]
+        nets = [PixelNet(context_size(num_channels, k), options.hidden, options.layers, options.components)
+                for k in range(num_channels)]
         params = [p for net in nets for p in net.parameters()]
         opt = torch.optim.Adam(params, lr=options.learning_rate)
         n = len(table[0][0])
@@ -119,8 +140,7 @@ def train_pixel_model(data: str | Path, options: PixelTrainOptions = PixelTrainO
                 for group in opt.param_groups:
                     group["lr"] = options.learning_rate / 4
             idx = torch.from_numpy(rng.integers(0, n, options.batch))
-            loss = sum(laplace_bits(x[idx], *net(c[idx], ref[idx])).mean()
-                       for net, (c, ref, x) in zip(nets, tensors)) / num_channels
+            loss = sum(net.bits(c[idx], ref[idx], x[idx]).mean() for net, (c, ref, x) in zip(nets, tensors)) / num_channels
             opt.zero_grad()
             loss.backward()
             opt.step()
