@@ -39,7 +39,8 @@ def main() -> int:
         command = "python benchmarks/fuzz.py " + " ".join(sys.argv[1:])
         outcomes = ("refused", "benign", "forgery", "crash", "hang")
         lines = ["# Decoder fuzzing", "", f"Command: `{command}`", "",
-                 f"Shipped models ({codec.model.model_id}, pixel model {codec.pixel_model.model_id}); seed files: "
+                 f"Shipped models ({codec.model.model_id}, lossless pixel model {codec.lossless_model.model_id}, "
+                 f"alpha pixel model {codec.pixel_model.model_id}); seed files: "
                  "lossy RGB, L and RGBA, lossless RGB and LA, a file with EXIF and XMP, a 1×1 image.", "",
                  f"**{report.summary()}**; peak RSS of the whole run {peak_mb:.0f} MB.", "",
                  "| mutation | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
