@@ -220,6 +220,27 @@ def test_new_lossless_files_use_the_mixture_and_earlier_ones_still_decode(shippe
         earlier.decompress_array(new)
 
 
+@pytest.mark.parametrize("shape", [(2, 190, 3), (7, 111, 3)])
+def test_bits_back_files_whose_stack_dips_below_its_start_still_decode(shipped_codec, shape):
+    """Saturated images where drawn components give back more than their pixels cost partway through a tile:
+    without the cushion beneath each tile, the stack fell below its floor and a valid file was refused."""
+    img = np.full(shape, 255, np.uint8)
+    assert np.array_equal(shipped_codec.decompress_array(shipped_codec.compress(img, lossless=True)), img)
+
+
+def test_a_pickled_default_codec_keeps_choosing_the_shipped_pixel_models():
+    import pickle
+
+    from vaecodec.api import LOSSLESS_MODEL_ID
+
+    codec = Codec()
+    codec.pixel_model  # noqa: B018 - the alpha planes' model, loaded by any lossy RGBA file
+    clone = pickle.loads(pickle.dumps(codec))
+    assert clone.lossless_model.model_id == LOSSLESS_MODEL_ID
+    img = kodak_crop(10, 10, 24, 16)
+    assert clone.compress(img, lossless=True) == codec.compress(img, lossless=True)
+
+
 def test_cli_round_trip_is_exact(tmp_path):
     from click.testing import CliRunner
 

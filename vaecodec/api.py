@@ -167,7 +167,8 @@ class Codec:
 
     def __getstate__(self) -> dict:
         """A codec pickles as its model, so it can be handed to process pools (the lock stays behind)."""
-        return {"model": self.model, "shipped": self._shipped, "pixel_model": self._pixel_model or self._pixel_source}
+        # The pixel model as given (None: the shipped ones, chosen per use), never a shipped one loaded since.
+        return {"model": self.model, "shipped": self._shipped, "pixel_model": self._pixel_source}
 
     def __setstate__(self, state: dict) -> None:
         self.model, self._shipped = state["model"], state["shipped"]

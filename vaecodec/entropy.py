@@ -71,7 +71,10 @@ def state_floor(check_value: int) -> int:
     bulk, so until the check is popped a valid stream has either words in its
     bulk or a state at least the one the check value alone leaves. A stream
     that ran dry (a forged or truncated file) falls below it: see
-    :func:`holds_check`.
+    :func:`holds_check`. Bits-back also pops while encoding, so a bits-back
+    section can leave the stack lower than it found it partway through; it
+    puts known words beneath itself first (the lossless codec's cushion), so
+    the dips stay above what lies under it.
     """
     coder = new_coder()
     push_check(coder, check_value)

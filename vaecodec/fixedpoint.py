@@ -103,8 +103,9 @@ PHASE_MIN_OUT_CHANNELS = 16
 
 
 def _phase_taps(conv: _IntConv):
-    """(weights per tap, taps per phase, padding) of a transposed convolution whose output is exactly
-    ``stride`` × its input (the decoder's upsampling layers); None where torch's kernel is kept.
+    """(weights per tap, taps per phase, padding before, padding after) of a transposed convolution whose
+    output is exactly ``stride`` × its input (the decoder's upsampling layers); None where torch's kernel is
+    kept.
 
     Output row ``stride·m + a`` (phase ``a``) sums input rows ``m + d`` weighted by kernel row
     ``k = a + padding − stride·d``: each phase is an ordinary stride-1 correlation with a few taps.
@@ -115,6 +116,8 @@ def _phase_taps(conv: _IntConv):
         return None
     taps = [[(k, (a + p - k) // s) for k in range(kh) if (a + p - k) % s == 0] for a in range(s)]
     offsets = [d for phase in taps for _, d in phase]
+    if not all(taps) or min(offsets) > 0 or max(offsets) < 0:  # a phase without taps, or one-sided padding
+        return None
     weights = conv.weight.permute(2, 3, 1, 0).contiguous()  # [ky, kx] → (cout, cin)
     return weights, taps, -min(offsets), max(offsets)
 
@@ -206,7 +209,7 @@ class _IntInverseGDN:
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
         norm = _round_shift_(F.conv2d(a.abs(), self.gamma, self.beta), self.shift).clamp_(0, ACT_LIMIT)
-        # floor(norm·a·2^-12 + ½) in one fused pass: the product (< 2^41) and the power-of-two scalings
+        # floor(norm·a·2^-12 + ½) in one fused pass: the product (≤ 2^40) and the power-of-two scalings
         # are exact in any order.
         return torch.addcmul(_HALF, norm, a, value=2.0**-ACT_FRAC_BITS, out=norm).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
 

@@ -30,7 +30,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .entropy import PROBABILITY_BITS, holds_check, pop_choices, pop_grey_levels, push_choices, push_grey_levels
+from .entropy import (PROBABILITY_BITS, holds_check, pop_check, pop_choices, pop_grey_levels, push_check, push_choices,
+                      push_grey_levels)
 from .errors import FormatError
 from .pixel_model import PAD, WAVEFRONT_SLOPE, MixtureParams, PixelModel, gather_context, padded_tile, wavefront_steps
 
@@ -154,6 +155,11 @@ def _wavefront(height: int, width: int) -> Iterator[tuple[int, np.ndarray, np.nd
             yield t, rows, t - WAVEFRONT_SLOPE * rows
 
 
+CUSHION_WORDS = 2
+"""Known 32-bit words beneath each bits-back tile (see :class:`BitsBackPixelCodec`)."""
+_CUSHION_VALUE = 0x5A5A5A5A
+
+
 @dataclass(frozen=True)
 class _PreparedMixtureTile:
     """A tile's sub-pixels in pop order with their exact mixture parameters; ``cuts``: where each batch
@@ -186,12 +192,16 @@ class BitsBackPixelCodec:
     on average the mixture's −log2 p(x) plus KL(q ‖ true posterior); q is an
     integer approximation (:meth:`PixelModel.posterior_weights`).
 
-    Initial bits: the first batch ``push`` handles (the tile's last in pop
-    order, one sub-pixel) has nothing of its own to borrow from, so it takes the
-    most probable component under q instead of popping, and ``pop`` gives
-    nothing back for it; every later pop draws on bits this tile has already
-    pushed (and the check value beneath). Cost: at most −log2 q(c | x) of one
-    sub-pixel per tile.
+    Initial bits: beneath each tile, ``push`` first puts :data:`CUSHION_WORDS`
+    known words, which ``pop`` takes back last and checks. A bits-back stream
+    can hold fewer bits partway through a tile than where it started (a drawn
+    component may give back more than its pixel cost), and the cushion keeps
+    such a dip above everything beneath the tile, so the decoder's check that
+    the stack has not run dry (the state above its floor) stays valid. The
+    first batch ``push`` handles (the tile's last in pop order, one sub-pixel)
+    takes the most probable component under q instead of popping, and ``pop``
+    gives nothing back for it. Cost per tile: 32·CUSHION_WORDS bits, plus at
+    most −log2 q(c | x) of one sub-pixel.
     """
 
     def __init__(self, model: PixelModel):
@@ -236,6 +246,9 @@ class BitsBackPixelCodec:
 
     def push_prepared(self, coder, tile: _PreparedMixtureTile) -> None:
         self.marginal_bits += tile.marginal_bits
+        for _ in range(CUSHION_WORDS):
+            push_check(coder, _CUSHION_VALUE)
+        self.information_bits += 32 * CUSHION_WORDS
         last = tile.cuts.size - 2
         chosen = np.empty(tile.levels.size, np.int32)
         for b in range(last, -1, -1):
@@ -262,6 +275,8 @@ class BitsBackPixelCodec:
                 raise FormatError("payload too short for the declared image (corrupted, truncated or forged file)")
             for k in range(num_channels):
                 self._pop_batch(coder, buf, rows, cols, num_channels, k, last=t == last_step and k == num_channels - 1)
+        if any(pop_check(coder) != _CUSHION_VALUE for _ in range(CUSHION_WORDS)):
+            raise FormatError("lossless tile does not decode to its own end (corrupted or forged file)")
         return buf[PAD:, PAD:PAD + width].astype(np.uint8)
 
     def _pop_batch(self, coder, buf: np.ndarray, rows: np.ndarray, cols: np.ndarray, num_channels: int, k: int,

@@ -296,7 +296,7 @@ class HyperpriorModel(nn.Module):
         """
         y = self.analysis(x)
         z = self.hyper_analysis(y)
-        bits_z = -torch.log2(self.hyper_prior.likelihood(_proxy(z, hard)).clamp_min(1e-9))
+        bits_z = -torch.log2(self.hyper_prior.likelihood(_proxy(z.float(), hard)).clamp_min(1e-9))
         log_g = self.log_gain(lmbda)[:, :, None, None]
         g = torch.exp(log_g)
         mu, log2_scale = self.latent_params(y, self.hyper_synthesis(_ste_round(z)), g)

@@ -126,7 +126,7 @@ def learning_rate(step: int, total_steps: int, base: float = 1e-3, warmup: int =
 def native_bfloat16(device: str) -> bool:
     """Whether ``device`` runs bfloat16 convolutions natively (CUDA with bf16 support; a CPU with AMX tiles)."""
     if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         with open("/proc/cpuinfo") as f:
             return any(line.startswith("flags") and " amx_bf16" in line for line in f)
