@@ -122,6 +122,15 @@ def _phase_taps(conv: _IntConv):
     return weights, taps, -min(offsets), max(offsets)
 
 
+def _flat_padded(a: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """``a`` (n, c, h, w) zero-padded on every side and flattened row-major to (n, c, L), with ``before + after``
+    more zeros at the end: the slice a tap at offset (dy, dx) reads for a whole row-major output,
+    ``[(before + dy)·w' + before + dx :][:h·w']`` with w' = w + before + after, then stays inside."""
+    n, c = a.shape[:2]
+    padded = F.pad(a, (before, after, before, after)).reshape(n, c, -1)
+    return torch.cat([padded, padded.new_zeros(n, c, before + after)], 2)
+
+
 def _conv_transpose_by_phases(a: torch.Tensor, stride: int, weights: torch.Tensor, taps: list, before: int,
                               after: int) -> torch.Tensor:
     """A transposed convolution (without its bias) as one GEMM per (phase, tap) on shifted views of the
@@ -140,8 +149,7 @@ def _conv_transpose_by_phases(a: torch.Tensor, stride: int, weights: torch.Tenso
     cout = weights.shape[2]
     wp = w + before + after
     length = h * wp
-    padded = F.pad(a, (before, after, before, after)).reshape(n, cin, -1)
-    flat = torch.cat([padded, padded.new_zeros(n, cin, before + after)], 2)  # the last slices run past the end
+    flat = _flat_padded(a, before, after)
     out = a.new_empty(n, cout, h, stride, w, stride)
     for i in range(n):
         for py, row_taps in enumerate(taps):
@@ -175,8 +183,7 @@ def conv_of_checkerboard(layer: _IntConv, a: torch.Tensor) -> torch.Tensor:
     p = k // 2
     wp = w + 2 * p
     length = h * wp
-    padded = F.pad(a, (p, p, p, p)).reshape(n, cin, -1)
-    flat = torch.cat([padded, padded.new_zeros(n, cin, 2 * p)], 2)
+    flat = _flat_padded(a, p, p)
     weights = layer.weight.permute(2, 3, 0, 1)  # [ky, kx] → (cout, cin)
     out = a.new_empty(n, cout, h, w)
     for i in range(n):

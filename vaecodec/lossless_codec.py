@@ -79,6 +79,21 @@ class PreparedTile:
     information_bits: float
 
 
+def _contexts(pixels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]]:
+    """(rows, cols, channel, context, ref) of every sub-pixel of a tile, in chunks of ``_ENCODE_CHUNK`` pixels.
+
+    The encoder's parameter pass: every context is known, so order does not matter and large chunks keep
+    the MLP's products efficient.
+    """
+    height, width, num_channels = pixels.shape
+    buf = padded_tile(pixels.astype(np.int32), height, width, num_channels)
+    everything = np.arange(height * width)
+    for chunk in np.array_split(everything, max(1, everything.size // _ENCODE_CHUNK)):
+        rows, cols = np.divmod(chunk, width)
+        for k in range(num_channels):
+            yield (rows, cols, k, *gather_context(buf, rows, cols, k))
+
+
 def _decode_order(height: int, width: int, num_channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, cols, channels) of every sub-pixel in the order pop returns them."""
     rows, cols = np.divmod(np.arange(height * width), width)
@@ -114,15 +129,10 @@ class PixelCodec:
     def prepare(self, pixels: np.ndarray) -> PreparedTile:
         """The work of :meth:`push` that does not touch the stack (done once when a tile is pushed many times)."""
         height, width, num_channels = pixels.shape
-        buf = padded_tile(pixels.astype(np.int32), height, width, num_channels)
         mean = np.empty((height, width, num_channels))
         scale = np.empty((height, width, num_channels))
-        everything = np.arange(height * width)
-        for chunk in np.array_split(everything, max(1, everything.size // _ENCODE_CHUNK)):
-            rows, cols = np.divmod(chunk, width)
-            for k in range(num_channels):
-                context, ref = gather_context(buf, rows, cols, k)
-                mean[rows, cols, k], scale[rows, cols, k] = self.model.params(context, ref, num_channels, k)
+        for rows, cols, k, context, ref in _contexts(pixels):
+            mean[rows, cols, k], scale[rows, cols, k] = self.model.params(context, ref, num_channels, k)
         r, c, k = _decode_order(height, width, num_channels)
         symbols = pixels[r, c, k].astype(np.int32)
         mean, scale = mean[r, c, k], scale[r, c, k]
@@ -221,16 +231,11 @@ class BitsBackPixelCodec:
         put in pop order."""
         model = self.model
         height, width, num_channels = pixels.shape
-        buf = padded_tile(pixels.astype(np.int32), height, width, num_channels)
         shape = (height, width, num_channels, model.components)
         mean, index, log_weight = np.empty(shape), np.empty(shape, np.int64), np.empty(shape, np.int64)
-        everything = np.arange(height * width)
-        for chunk in np.array_split(everything, max(1, everything.size // _ENCODE_CHUNK)):
-            rows, cols = np.divmod(chunk, width)
-            for k in range(num_channels):
-                context, ref = gather_context(buf, rows, cols, k)
-                p = model.mixture_params(context, ref, num_channels, k)
-                mean[rows, cols, k], index[rows, cols, k], log_weight[rows, cols, k] = p.mean, p.scale_index, p.log_weight
+        for rows, cols, k, context, ref in _contexts(pixels):
+            p = model.mixture_params(context, ref, num_channels, k)
+            mean[rows, cols, k], index[rows, cols, k], log_weight[rows, cols, k] = p.mean, p.scale_index, p.log_weight
         r, c, k = _decode_order(height, width, num_channels)
         params = MixtureParams(mean[r, c, k], index[r, c, k], log_weight[r, c, k])
         levels = pixels[r, c, k].astype(np.int32)

@@ -185,7 +185,7 @@ class PixelModel:
         if self.scales.shape != (self.scale_max - self.scale_min + 1,) or not np.all(self.scales > 0):
             raise ValueError("bad scale table in pixel model")
         self.nets: dict[int, list[_ExactMLP]] = {}
-        nets_components: dict[str, int] = {}
+        components_seen = set()
         for num_channels in (1, 3):
             nets = []
             for k in range(num_channels):
@@ -199,12 +199,14 @@ class PixelModel:
                 outputs = layers[-1].weight.shape[1] if layers else 0
                 components = 1 if outputs == 2 else outputs // 3
                 if not layers or layers[0].weight.shape[0] != context_size(num_channels, k) \
-                        or not (outputs == 2 or (outputs == 3 * components and components > 1)) \
-                        or components != nets_components.setdefault("K", components):
+                        or not (outputs == 2 or (outputs == 3 * components and components > 1)):
                     raise ValueError(f"pixel model lacks a valid net for channel {k} of {num_channels}")
+                components_seen.add(components)
                 nets.append(_ExactMLP(layers))
             self.nets[num_channels] = nets
-        self.components = nets_components["K"]
+        if len(components_seen) != 1:
+            raise ValueError("pixel model's nets disagree on the number of mixture components")
+        (self.components,) = components_seen
         if self.components > 1:
             self._exp_table = np.asarray(arrays["exp_table"], dtype=np.int64)
             self._log_sinh = np.asarray(arrays["log_sinh"], dtype=np.int64)
@@ -224,23 +226,27 @@ class PixelModel:
                ) -> tuple[np.ndarray, np.ndarray]:
         """(mean, scale) float64 per sub-pixel, exact: mean = ref + m/64, scale from the table."""
         out = self.nets[num_channels][channel](context.astype(np.float64))
-        m = np.floor(out[:, 0] * 2.0 ** (11 - ACT_FRAC_BITS) + 0.5)  # ×32 grey levels ×64 steps = 2^11
+        return self._mean(out[:, 0], ref), self.scales[self._scale_index(out[:, 1]) - self.scale_min]
+
+    @staticmethod
+    def _mean(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """ref + m/64 from the MLP's (mean − ref)/32 output, m an integer (exact in float64)."""
+        m = np.floor(out * 2.0 ** (11 - ACT_FRAC_BITS) + 0.5)  # ×32 grey levels ×64 steps = 2^11
         np.clip(m, -MEAN_LIMIT, MEAN_LIMIT, out=m)
-        i = np.floor(out[:, 1] * 2.0 ** (4 - ACT_FRAC_BITS) + 0.5)   # ×SCALE_STEPS = 2^4
-        i = np.clip(i, self.scale_min, self.scale_max).astype(np.int64)
-        return ref + m * (1.0 / MEAN_STEPS), self.scales[i - self.scale_min]
+        return ref + m * (1.0 / MEAN_STEPS)
+
+    def _scale_index(self, out: np.ndarray) -> np.ndarray:
+        """The scale index (int64) from the MLP's ln(scale) output."""
+        i = np.floor(out * 2.0 ** (4 - ACT_FRAC_BITS) + 0.5)  # ×SCALE_STEPS = 2^4
+        return np.clip(i, self.scale_min, self.scale_max).astype(np.int64)
 
     def mixture_params(self, context: np.ndarray, ref: np.ndarray, num_channels: int, channel: int
                        ) -> MixtureParams:
         """A mixture model's exact parameters per sub-pixel and component."""
         out = self.nets[num_channels][channel](context.astype(np.float64))
         k = self.components
-        m = np.floor(out[:, :k] * 2.0 ** (11 - ACT_FRAC_BITS) + 0.5)
-        np.clip(m, -MEAN_LIMIT, MEAN_LIMIT, out=m)
-        i = np.floor(out[:, k:2 * k] * 2.0 ** (4 - ACT_FRAC_BITS) + 0.5)
-        i = np.clip(i, self.scale_min, self.scale_max).astype(np.int64)
         w = np.floor(out[:, 2 * k:] * 2.0 ** (4 - ACT_FRAC_BITS) + 0.5).astype(np.int64)  # ×LOGIT_STEPS = 2^4
-        return MixtureParams(ref[:, None] + m * (1.0 / MEAN_STEPS), i, w)
+        return MixtureParams(self._mean(out[:, :k], ref[:, None]), self._scale_index(out[:, k:2 * k]), w)
 
     def _weights(self, log_weight: np.ndarray) -> np.ndarray:
         """Integer weights (n, K) ∝ exp(log_weight / LOGIT_STEPS), the best component 2^WEIGHT_BITS."""
