@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--qualities", default="10,30,50,70,90")
     ap.add_argument("--efforts", default="1,2,3,4,5,6,7,8,9")
-    ap.add_argument("--schedule", default=None, help="lr,tau_start,tau_end,anneal_iterations[,lr_end] instead of "
+    ap.add_argument("--schedule", default=None, help="lr,tau_start,tau_end,anneal_iterations[,lr_end[,hard_z_from]] instead of "
                     "the shipped schedule (an experiment: the files are then not what encode() writes)")
     ap.add_argument("--iterations", default=None, help="iterations of efforts 2..9, comma-separated, instead of EFFORTS")
     ap.add_argument("--model", default=None)

@@ -50,19 +50,27 @@ def test_decoder_recovers_exactly_what_the_encoder_predicted(any_tiny_codec, rgb
 
 
 def test_checkerboard_context_changes_the_coding_distribution():
-    """The tiny checkerboard model's context is live: the non-anchors' parameters differ from the hyper's."""
+    """The tiny checkerboard model's context is live: the non-anchors' parameters differ from the hyper's, and
+    equal the whole grid's context and entropy-parameter programs at every position of the pass."""
     from vaecodec.image import to_model_input
 
     codec = Codec(make_tiny_model(kind="checkerboard"))
     m = codec.model
-    lat = codec.latents.analyze(to_model_input(smooth_image(64, 64), 64))
+    lat = codec.latents.analyze(to_model_input(smooth_image(64, 80), 64))
     hyper = m.hyper_decode(lat.z_symbols)
     anchor = m.anchor_mask(lat.y.shape)
-    q = m.quantize(lat.y, m.context_params(hyper, None), 80)
-    y_hat_a = m.dequantize(q, m.context_params(hyper, None), 80) * anchor
-    with_ctx = m.context_params(hyper, y_hat_a)
-    without = m.context_params(hyper, None)
+    q = m.quantize(lat.y, m.context_params(hyper, None, anchor), 80)
+    y_hat_a = m.dequantize(q, m.context_params(hyper, None, anchor), 80) * anchor
+    with_ctx = m.context_params(hyper, y_hat_a, ~anchor)
+    without = m.context_params(hyper, None, ~anchor)
     assert not torch.equal(with_ctx.mean, without.mean)
+    p = torch.cat([hyper.mean, hyper.log2_scale], 1)
+    for ctx, got, where in [(m.context.run(y_hat_a), with_ctx, ~anchor),
+                            (torch.zeros_like(m.context.run(y_hat_a)), m.context_params(hyper, None, anchor), anchor)]:
+        full = p + m.entropy_parameters.run(torch.cat([p, ctx], 1))
+        mask = where.expand_as(got.mean)
+        assert torch.equal(got.mean[mask], full.chunk(2, 1)[0][mask])
+        assert torch.equal(got.log2_scale[mask], full.chunk(2, 1)[1][mask])
 
 
 def test_inputs_as_array_pil_path_and_bytes_agree(tiny_codec, rgb_image, tmp_path):

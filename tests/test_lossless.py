@@ -429,3 +429,30 @@ def test_cli_pixel_model_option(tmp_path, tiny_pixel_model):
     r = CliRunner().invoke(cli, ["compress", "--lossless", str(tmp_path / "in.png"), "-o", str(tmp_path / "c.vae"),
                                  "--pixel-model", str(tmp_path / "bad.npz")])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_the_pixel_models_products_run_on_one_blas_thread(any_lossless_codec, monkeypatch):
+    """Coding limits numpy's BLAS to one thread around the MLP (small products: other threads only spin), and
+    gives the caller's setting back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from vaecodec.pixel_model import _ExactMLP
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+    mlp = _ExactMLP.__call__
+
+    def spy(self, a):
+        seen.append(blas_threads())
+        return mlp(self, a)
+
+    monkeypatch.setattr(_ExactMLP, "__call__", spy)
+    img = smooth_image(20, 24, seed=8)
+    with threadpool_limits(limits=2, user_api="blas"):  # as numpy starts on a 2-core machine
+        before = blas_threads()
+        data = any_lossless_codec.compress(img, lossless=True)
+        assert np.array_equal(any_lossless_codec.decompress_array(data), img)
+        assert blas_threads() == before
+    assert seen and all(s <= {1} for s in seen)

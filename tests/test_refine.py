@@ -129,3 +129,23 @@ def test_progress_is_reported_per_iteration(codec):
     calls.clear()
     codec.encode(smooth_image(24, 24, seed=7), quality=30, progress=lambda d, t: calls.append((d, t)))
     assert calls == []
+
+
+def test_schedule_spec_and_holding_z_after_a_switch(codec):
+    """The benchmarks' schedule strings parse field by field; with ``hard_z_from`` ẑ stops moving at the switch
+    (held at its rounding) while y keeps moving."""
+    from vaecodec.refine import Schedule, refine_path
+
+    assert Schedule.parse("0.03,0.5,0.05,160") == Schedule(0.03, 0.5, 0.05, 160, None, None)
+    assert Schedule.parse("0.03,0.5,0.05,160,0.003,128") == Schedule(0.03, 0.5, 0.05, 160, 0.003, 128)
+    img = smooth_image(32, 48, seed=6)
+    with torch.no_grad():
+        analysed = codec._analyze(img)
+    held = Schedule(lr=0.5, hard_z_from=2)  # a large step, so that a moving z would change its rounding
+    free = Schedule(lr=0.5)
+    args = (codec.model, analysed.x.tensor(), analysed.latents, 40, [2, 12], 32, 48)
+    h2, h12 = refine_path(*args, schedule=held)
+    f2, f12 = refine_path(*args, schedule=free)
+    assert torch.equal(h2.z_symbols, f2.z_symbols) and torch.equal(h2.y, f2.y)  # the same run up to the switch
+    assert torch.equal(h12.z_symbols, h2.z_symbols) and not torch.equal(h12.y, h2.y)
+    assert not torch.equal(f12.z_symbols, f2.z_symbols)

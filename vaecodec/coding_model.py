@@ -38,7 +38,7 @@ import torch
 
 from .entropy import IndexedPmfs, quantize_pmf
 from .errors import ModelFileError
-from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, conv_of_checkerboard, round_shift, to_fixed
+from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, conv_of_checkerboard_at, round_shift, to_fixed
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
                     build_model, checkerboard_anchor_mask, interpolate_rows)
 
@@ -59,7 +59,7 @@ SYNTHESIS_TILE = 32  # latents; with a 3-latent halo (the synthesis sees ±2 lat
 SYNTHESIS_HALO = 3  # latents around a synthesis tile or band (it sees ±2)
 DOWNSAMPLING_LATENT = 16  # pixels per latent along each side
 _HYPER_HALO = 3  # hyper-latents around a region of the hyper-synthesis
-CONTEXT_HALO = 2  # latents: the context network is one 5×5 convolution
+_PARAMS_CHUNK = 2048  # latent positions per pass of the context and entropy parameters (bounds their memory)
 _SYMBOL_LIMIT = 2.0**24  # |q| beyond this only reaches the synthesis clamped (it is still coded exactly)
 _Z_CLAMP = 255  # likewise for ẑ entering the hyper-synthesis
 
@@ -292,27 +292,29 @@ class CodingModel:
         mean, log2_scale = out.chunk(2, dim=1)
         return HyperParams(mean, log2_scale)
 
-    def context_params(self, hyper: HyperParams, anchors_y_hat: torch.Tensor | None) -> HyperParams:
-        """Exact, checkerboard models: the hyper's parameters corrected by the context.
+    def context_params(self, hyper: HyperParams, anchors_y_hat: torch.Tensor | None, where: torch.Tensor) -> HyperParams:
+        """Exact, checkerboard models: the hyper's parameters corrected by the context, at the positions
+        ``where`` (1, 1, h, w) of the pass being coded; elsewhere the hyper's own (unused).
 
         ``anchors_y_hat``: fixed-point ŷ, zero except at the anchors (None for
-        the anchors' own pass, whose context is zero). Only the returned
-        values at the positions being coded are used.
+        the anchors' own pass, whose context is zero). The entropy parameters
+        are 1×1 convolutions and the context is read only at ``where``, so
+        only those positions are computed: half the work of the whole grid.
         """
         p = torch.cat([hyper.mean, hyper.log2_scale], 1)
-        if anchors_y_hat is None:
-            c = self.context.layers[0]
-            ctx = p.new_zeros(p.shape[0], c.weight.shape[0], *p.shape[2:])
-        else:
-            ctx = run_tiled(self._context_of_anchors, anchors_y_hat, SYNTHESIS_TILE, CONTEXT_HALO, 1)
-        delta = run_tiled(self.entropy_parameters.run, torch.cat([p, ctx], 1), SYNTHESIS_TILE, 0, 1)
-        mean, log2_scale = (p + delta).chunk(2, dim=1)
+        n, c, h, w = p.shape
+        positions = where.reshape(-1).nonzero().squeeze(1)
+        out = p.clone()
+        for i in range(0, len(positions), _PARAMS_CHUNK):
+            chunk = positions[i:i + _PARAMS_CHUNK]
+            if anchors_y_hat is None:
+                ctx = p.new_zeros(n, self.context.layers[0].weight.shape[0], len(chunk))
+            else:
+                ctx = conv_of_checkerboard_at(self.context.layers[0], anchors_y_hat, chunk)
+            x = torch.cat([p.reshape(n, c, h * w)[:, :, chunk], ctx], 1)
+            out.view(n, c, h * w)[:, :, chunk] += self.entropy_parameters.run(x[..., None])[..., 0]
+        mean, log2_scale = out.chunk(2, dim=1)
         return HyperParams(mean, log2_scale)
-
-    def _context_of_anchors(self, anchors_y_hat: torch.Tensor) -> torch.Tensor:
-        """The context network (one convolution) where it is used: at the non-anchors, from the anchors."""
-        (layer,) = self.context.layers
-        return conv_of_checkerboard(layer, anchors_y_hat)
 
     def scale_indexes(self, params: HyperParams, quality: int) -> torch.Tensor:
         """Exact: index j of the pmf table for each latent, 0..num_scales−1 (int64)."""

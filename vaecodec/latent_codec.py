@@ -219,10 +219,10 @@ class CheckerboardLatentCodec(HyperpriorLatentCodec):
     def _push_tile(self, coder, y: torch.Tensor, hyper: HyperParams, quality: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         m = self.model
         anchor = m.anchor_mask(y.shape)
-        p_a = m.context_params(hyper, None)
+        p_a = m.context_params(hyper, None, anchor)
         q_a = m.quantize(y, p_a, quality)
         y_hat_a = m.dequantize(q_a, p_a, quality) * anchor
-        p_n = m.context_params(hyper, y_hat_a)
+        p_n = m.context_params(hyper, y_hat_a, ~anchor)
         q_n = m.quantize(y, p_n, quality)
         bits = self._push_y(coder, q_n, p_n, quality, ~anchor)
         bits += self._push_y(coder, q_a, p_a, quality, anchor)
@@ -232,12 +232,12 @@ class CheckerboardLatentCodec(HyperpriorLatentCodec):
     def _pop_tile(self, coder, hyper: HyperParams, quality: int, floor: int) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         anchor = m.anchor_mask(hyper.mean.shape)
-        p_a = m.context_params(hyper, None)
+        p_a = m.context_params(hyper, None, anchor)
         q = torch.zeros(hyper.mean.shape, dtype=torch.long)
         self._pop_y(coder, p_a, quality, q, anchor)
         _require_bits(coder, floor)
         y_hat_a = m.dequantize(q, p_a, quality) * anchor
-        p_n = m.context_params(hyper, y_hat_a)
+        p_n = m.context_params(hyper, y_hat_a, ~anchor)
         self._pop_y(coder, p_n, quality, q, ~anchor)
         return q, torch.where(anchor, y_hat_a, m.dequantize(q, p_n, quality))
 

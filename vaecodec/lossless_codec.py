@@ -33,7 +33,8 @@ import numpy as np
 from .entropy import (PROBABILITY_BITS, holds_check, pop_check, pop_choices, pop_grey_levels, push_check, push_choices,
                       push_grey_levels)
 from .errors import FormatError
-from .pixel_model import PAD, WAVEFRONT_SLOPE, MixtureParams, PixelModel, gather_context, padded_tile, wavefront_steps
+from .pixel_model import (PAD, WAVEFRONT_SLOPE, MixtureParams, PixelModel, gather_context, one_blas_thread, padded_tile,
+                          wavefront_steps)
 
 __all__ = ["TILE", "PixelCodec", "BitsBackPixelCodec", "PreparedTile", "pixel_codec", "tiles", "prepare_image",
            "push_image", "pop_image", "required_bits"]
@@ -316,7 +317,8 @@ def _laplace_bits(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndar
 def prepare_image(pixels: np.ndarray, codec: PixelCodec) -> list:
     """Every tile of uint8 (H, W, C) pixels made ready to push, in raster order."""
     height, width, _ = pixels.shape
-    return [codec.prepare(pixels[top:top + h, left:left + w]) for top, left, h, w in tiles(height, width)]
+    with one_blas_thread():
+        return [codec.prepare(pixels[top:top + h, left:left + w]) for top, left, h, w in tiles(height, width)]
 
 
 def push_image(coder, pixels: np.ndarray | list[PreparedTile], codec: PixelCodec,
@@ -327,18 +329,20 @@ def push_image(coder, pixels: np.ndarray | list[PreparedTile], codec: PixelCodec
             codec.push_prepared(coder, tile)
         return
     height, width, _ = pixels.shape
-    for top, left, h, w in tiles(height, width):
-        codec.push(coder, pixels[top:top + h, left:left + w])
-        if progress:
-            progress(h * w)
+    with one_blas_thread():
+        for top, left, h, w in tiles(height, width):
+            codec.push(coder, pixels[top:top + h, left:left + w])
+            if progress:
+                progress(h * w)
 
 
 def pop_image(coder, height: int, width: int, num_channels: int, codec: PixelCodec,
               progress: Callable[[int], None] | None = None, floor: int = 0) -> np.ndarray:
     """Pop the tiles :func:`push_image` pushed (last tile first) into uint8 (H, W, C). ``floor``: see PixelCodec.pop."""
     out = np.empty((height, width, num_channels), dtype=np.uint8)
-    for top, left, h, w in reversed(list(tiles(height, width))):
-        out[top:top + h, left:left + w] = codec.pop(coder, h, w, num_channels, floor)
-        if progress:
-            progress(h * w)
+    with one_blas_thread():
+        for top, left, h, w in reversed(list(tiles(height, width))):
+            out[top:top + h, left:left + w] = codec.pop(coder, h, w, num_channels, floor)
+            if progress:
+                progress(h * w)
     return out

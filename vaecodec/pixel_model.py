@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,27 @@ def gather_context(buf: np.ndarray, rows: np.ndarray, cols: np.ndarray, channel:
     if channel:
         parts.append(buf[r, c, :channel] - ref[:, :channel])
     return np.concatenate(parts, axis=1), ref[:, channel]
+
+
+_BLAS_CONTROLLER = None
+
+
+@contextmanager
+def one_blas_thread():
+    """numpy's BLAS limited to one thread for a block: the pixel MLP's products run inside one.
+
+    Why: they are small (one wavefront step's sub-pixels × 64 hidden units), so
+    OpenBLAS's other threads gain no wall time and spin on whatever else the
+    machine runs (``python benchmarks/lossless_threads.py``). The previous limit
+    is restored when the block ends, so an application's own numpy keeps its threads.
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:  # scans the loaded libraries once (numpy's BLAS is loaded by now)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
+        yield
 
 
 @dataclass(frozen=True)

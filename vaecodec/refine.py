@@ -56,12 +56,16 @@ class Schedule:
     """τ falls exponentially from ``tau_start`` to ``tau_end`` over this many iterations, then stays."""
     lr_end: float | None = 0.003
     """If set, the learning rate falls exponentially from ``lr`` to this over the same iterations."""
+    hard_z_from: int | None = None
+    """If set, from this iteration on ẑ is held at round(z) (what the file will carry) and only y moves."""
 
     @classmethod
     def parse(cls, spec: str) -> "Schedule":
-        """``"lr,tau_start,tau_end,anneal_iterations[,lr_end]"`` (the benchmarks' command-line form)."""
-        v = spec.split(",")
-        return cls(float(v[0]), float(v[1]), float(v[2]), int(v[3]), float(v[4]) if len(v) > 4 else None)
+        """``"lr,tau_start,tau_end,anneal_iterations[,lr_end[,hard_z_from]]"`` (the benchmarks' command-line form;
+        an empty field keeps its default)."""
+        v = spec.split(",") + [""] * 2
+        return cls(float(v[0]), float(v[1]), float(v[2]), int(v[3]), float(v[4]) if v[4] else None,
+                   int(v[5]) if v[5] else None)
 
     def tau(self, t: int) -> float:
         return self.tau_start * (self.tau_end / self.tau_start) ** min(1.0, t / self.anneal_iterations)
@@ -170,7 +174,8 @@ def refine_path(model: CodingModel, x: torch.Tensor, latents: Latents, quality: 
             tau = schedule.tau(t)
             for group in opt.param_groups:
                 group["lr"] = schedule.learning_rate(t)
-            z_soft = _soft_round(z, tau, generator)
+            hard_z = schedule.hard_z_from is not None and t >= schedule.hard_z_from
+            z_soft = torch.round(z.detach()) if hard_z else _soft_round(z, tau, generator)
             hyper = net.hyper_synthesis(z_soft)
 
             def coded(mu, log2_scale):
