@@ -452,7 +452,35 @@ def test_the_pixel_models_products_run_on_one_blas_thread(any_lossless_codec, mo
     img = smooth_image(20, 24, seed=8)
     with threadpool_limits(limits=2, user_api="blas"):  # as numpy starts on a 2-core machine
         before = blas_threads()
+        assert before == {2}  # threadpoolctl sees numpy's BLAS (else the check below would hold vacuously)
         data = any_lossless_codec.compress(img, lossless=True)
         assert np.array_equal(any_lossless_codec.decompress_array(data), img)
         assert blas_threads() == before
     assert seen and all(s <= {1} for s in seen)
+
+
+def test_coding_in_other_threads_leaves_blas_as_the_application_set_it(tiny_codec):
+    """Only the main thread limits BLAS (one process-wide pool; a limit cannot be given back from another
+    thread): two threads coding at once see, and leave, the application's setting."""
+    import threading
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    img = smooth_image(16, 20, seed=9)
+    results = []
+
+    def work():
+        data = Codec(tiny_codec.model, pixel_model=tiny_codec.pixel_model).compress(img, lossless=True)
+        results.append(np.array_equal(tiny_codec.decompress_array(data), img))
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results == [True, True]
+        assert blas_threads() == {2}

@@ -175,6 +175,10 @@ class CodingModel:
         if self.has_context:
             self.context = FixedPointProgram.from_sequential(net.context)
             self.entropy_parameters = FixedPointProgram.from_sequential(net.entropy_parameters)
+            # context_params relies on both: one context convolution, and entropy parameters position by position.
+            if len(self.context.layers) != 1 or any(getattr(layer, "weight", torch.empty(1, 1, 1, 1)).shape[2:] != (1, 1)
+                                                    for layer in self.entropy_parameters.layers):
+                raise ValueError("a checkerboard model needs one context convolution and 1×1 entropy parameters")
         self.y_pmfs = IndexedPmfs(self.tables["y_pmfs"], Y_RADIUS)
         if self.y_pmfs.num_tables != config.num_scales:
             raise ValueError("scale table does not match the model")

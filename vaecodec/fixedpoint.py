@@ -180,11 +180,19 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     _, c, k, _ = layer.weight.shape
     if layer.transposed or layer.stride != 1 or k % 2 == 0 or layer.padding != k // 2:
         raise ValueError("conv_of_checkerboard_at takes a stride-1 'same' convolution with an odd kernel")
-    _, _, h, w = a.shape
+    n, _, h, w = a.shape
+    if n != 1:
+        raise ValueError("conv_of_checkerboard_at takes one image")
+    if len(positions) == 0:
+        return a.new_empty(1, layer.weight.shape[0], 0)
     p = k // 2
     wp = w + 2 * p
-    flat = F.pad(a[0], (p, p, p, p)).reshape(c, -1)
-    base = (positions // w) * wp + positions % w  # the padded input's (y, x) for tap (0, 0) is (y − p, x − p)
+    rows = positions // w
+    r0, r1 = int(rows.min()), int(rows.max()) + 1
+    # Only the rows these positions read (r0 − p .. r1 + p), zero-padded: memory follows the positions asked for.
+    band = a[0, :, max(0, r0 - p):min(h, r1 + p)]
+    flat = F.pad(band, (p, p, max(0, p - r0), max(0, r1 + p - h))).reshape(c, -1)
+    base = (rows - r0) * wp + positions % w  # the band's (row, col) for tap (0, 0) is (y − p, x − p)
     taps = [(ky, kx) for ky in range(k) for kx in range(k) if (ky + kx) % 2 == 1]  # odd offset: an anchor
     weights = torch.cat([layer.weight[:, :, ky, kx] for ky, kx in taps], 1)  # (out, taps·c)
     inputs = torch.cat([flat[:, base + ky * wp + kx] for ky, kx in taps], 0)  # (taps·c, positions)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +127,16 @@ def one_blas_thread():
 
     Why: they are small (one wavefront step's sub-pixels × 64 hidden units), so
     OpenBLAS's other threads gain no wall time and spin on whatever else the
-    machine runs (``python benchmarks/lossless_threads.py``). The previous limit
-    is restored when the block ends, so an application's own numpy keeps its threads.
+    machine runs (``python benchmarks/lossless_threads.py``). The previous
+    setting is given back when the block ends. Only in the main thread: BLAS
+    has one thread pool per process, threadpoolctl lets one thread at a time
+    set it, and a limit set from one thread cannot be given back from another;
+    so coding in other threads leaves BLAS as the application set it.
     """
     global _BLAS_CONTROLLER
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     if _BLAS_CONTROLLER is None:  # scans the loaded libraries once (numpy's BLAS is loaded by now)
         from threadpoolctl import ThreadpoolController
 

@@ -62,7 +62,7 @@ class Schedule:
     @classmethod
     def parse(cls, spec: str) -> "Schedule":
         """``"lr,tau_start,tau_end,anneal_iterations[,lr_end[,hard_z_from]]"`` (the benchmarks' command-line form;
-        an empty field keeps its default)."""
+        a missing or empty ``lr_end`` means a constant learning rate, a missing or empty ``hard_z_from`` never)."""
         v = spec.split(",") + [""] * 2
         return cls(float(v[0]), float(v[1]), float(v[2]), int(v[3]), float(v[4]) if v[4] else None,
                    int(v[5]) if v[5] else None)
