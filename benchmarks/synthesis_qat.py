@@ -59,7 +59,7 @@ def main() -> None:
     from vaecodec.image import load_pixels, to_output_pixels
     from vaecodec.metrics import psnr
     from vaecodec.model import build_model
-    from vaecodec.training.data import CropPool
+    from vaecodec.training.data import CropPool, image_files
 
     codec = vaecodec.Codec()
     model = codec.model
@@ -109,7 +109,8 @@ def main() -> None:
         return y_hat.float() * 2.0**-ACT_FRAC_BITS
 
     rng = np.random.default_rng(0)
-    crops = CropPool(args.data, crop=args.crop, crops_per_image=2, seed=0).crops
+    per_image = max(2, -(-args.pool // len(image_files(args.data))))  # enough crops for the pool
+    crops = CropPool(args.data, crop=args.crop, crops_per_image=per_image, seed=0).crops
     crops = crops[rng.permutation(len(crops))[:args.pool]]
     t0 = time.process_time()
     pool_q = rng.integers(1, 101, len(crops))
