@@ -3,7 +3,7 @@
 
     python benchmarks/synthesis_qat.py [--data ../shared/data/train] [--pool 300] [--crop 192] [--steps 1500]
         [--batch 4] [--lr 1e-4] [--weight-bits 8] [--activation-bits 8] [--eval-count 6] [--qualities 20,50,90]
-        [--out benchmarks/results/synthesis-qat.json] [--save FILE]
+        [--learn-steps] [--step-lr 1e-3] [--out benchmarks/results/synthesis-qat.json] [--save FILE]
 
 An 8-bit integer synthesis would decode ~3× faster than the exact float64 one
 (``benchmarks/synthesis_cost.py``) but, rounded as it is, loses PSNR
@@ -11,12 +11,14 @@ An 8-bit integer synthesis would decode ~3× faster than the exact float64 one
 fine-tuned with its weights (per output channel) and activations and inverse-GDN
 norms (per channel, scales calibrated once on the training crops) rounded to
 those bits in the forward pass (straight-through gradients), everything else
-frozen. Inputs are the exact decoder's ŷ of training crops coded at random
-qualities (the file's latents, so only the decoder learns); the loss is the
-distortion term of the rate–distortion objective, λ(quality)·255²·MSE. Kodak
-images (never trained on) are evaluated before (rounding alone) and after,
-with the exact path's PSNR beside them. Simulated in float: it measures what
-the numbers can reach, not an integer decoder.
+frozen; with ``--learn-steps`` the activations' rounding steps are learned
+too (LSQ), starting from the calibration. Inputs are the exact decoder's ŷ of
+training crops coded at random qualities (the file's latents, so only the
+decoder learns); the loss is the distortion term of the rate–distortion
+objective, λ(quality)·255²·MSE. Kodak images (never trained on) are evaluated
+before (rounding alone) and after, with the exact path's PSNR beside them.
+Simulated in float: it measures what the numbers can reach, not an integer
+decoder.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--eval-count", type=int, default=6)
     ap.add_argument("--qualities", default="20,50,90")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "synthesis-qat.json"))
+    ap.add_argument("--learn-steps", action="store_true", help="learn the activations' rounding steps (LSQ)")
+    ap.add_argument("--step-lr", type=float, default=1e-3, help="Adam's learning rate for the log-steps")
     ap.add_argument("--save", default=None, help="write the fine-tuned synthesis' float state here")
     args = ap.parse_args()
 
@@ -79,12 +83,17 @@ def main() -> None:
         return fake_round(w, torch.exp2(torch.floor(torch.log2(top_w / peak))), top_w)
 
     scales: dict = {}
+    log_steps: dict = {}
 
     def act(key, v: torch.Tensor, calibrate: bool) -> torch.Tensor:
         if calibrate:
             peak = v.detach().abs().amax(dim=(0, 2, 3), keepdim=True)
             scales[key] = peak if key not in scales else torch.maximum(scales[key], peak)
             return v
+        if key in log_steps:  # learned step (LSQ, Esser et al. 2020): gradients reach it through v/step and ·step
+            step = torch.exp(log_steps[key])
+            u = v / step
+            return (u + (torch.round(u) - u).detach()).clamp(-top_a, top_a) * step
         return fake_round(v, torch.exp2(torch.floor(torch.log2(top_a / scales[key].clamp_min(1e-12)))), top_a)
 
     def forward(y: torch.Tensor, calibrate: bool = False) -> torch.Tensor:
@@ -145,7 +154,14 @@ def main() -> None:
     exact = {q: float(np.mean([e[4] for e in evals if e[0] == q])) for q in qualities}
     history = [{"step": 0, "psnr": evaluate()}]
     print("exact", exact, "\nstep 0 (rounding alone)", history[-1]["psnr"], flush=True)
-    opt = torch.optim.Adam(synthesis.parameters(), lr=args.lr)
+    groups = [{"params": list(synthesis.parameters()), "lr": args.lr}]
+    if args.learn_steps:  # start from the calibrated power-of-two steps, then learn them (any positive value:
+        # an integer decoder re-quantizes with a fixed-point multiplier and shift)
+        for key, peak in scales.items():
+            start = torch.exp2(-torch.floor(torch.log2(top_a / peak.clamp_min(1e-12))))
+            log_steps[key] = torch.nn.Parameter(torch.log(start))
+        groups.append({"params": list(log_steps.values()), "lr": args.step_lr})
+    opt = torch.optim.Adam(groups)
     t0 = time.process_time()
     for step in range(1, args.steps + 1):
         idx = torch.from_numpy(rng.integers(0, len(pool_y), args.batch))
@@ -162,7 +178,8 @@ def main() -> None:
         torch.save(synthesis.state_dict(), args.save)
     result = {"command": "python benchmarks/synthesis_qat.py " + " ".join(sys.argv[1:]),
               "model": f"{model.model_id} {model.weight_hash.hex()}", "weight_bits": args.weight_bits,
-              "activation_bits": args.activation_bits, "activation_scale": "per channel", "pool": len(pool_y),
+              "activation_bits": args.activation_bits,
+              "activation_scale": "per channel, learned (LSQ)" if args.learn_steps else "per channel, calibrated once", "pool": len(pool_y),
               "crop": args.crop, "batch": args.batch, "lr": args.lr, "pool_cpu_s": pool_s,
               "eval_images": args.eval_count, "qualities": qualities, "exact_psnr": exact, "history": history}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
