@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import vaecodec  # noqa: E402
+from vaecodec.api import SHIPPED_MODEL  # noqa: E402
 from vaecodec.model import build_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -77,7 +78,16 @@ def main():
         command = ("`vaecodec train checkpoints/cb-stable.pt --model cb64-w128-m256 --data ../shared/data/train "
                    "--eval ../shared/data/kodak` (resumed every session), then `vaecodec anneal checkpoints/cb-stable.pt "
                    "checkpoints/cb-annealed.pt --data ../shared/data/train --steps 6000` and `bin/export-model "
-                   "checkpoints/cb-annealed.pt vaecodec/weights/vaecodec-cb64.pt`")
+                   f"checkpoints/cb-annealed.pt vaecodec/weights/{SHIPPED_MODEL} --model-id {m.model_id}`")
+        if cfg.synthesis_bits == 8:
+            recipe += ("; the synthesis trained as the 8-bit decoder computes (quantization-aware: weights and "
+                       "activations rounded in the forward pass, straight-through gradients, the activations' "
+                       "per-channel steps learned, LSQ)")
+            command = ("`vaecodec train checkpoints/cb-stable.pt --model cb64-w128-m256 --data ../shared/data/train "
+                       "--eval ../shared/data/kodak` (resumed every session), then `vaecodec fork-int8 "
+                       "checkpoints/cb-stable.pt checkpoints/cb-s8-stable.pt --data ../shared/data/train`, `vaecodec "
+                       "anneal checkpoints/cb-s8-stable.pt checkpoints/cb-s8-annealed.pt --data ../shared/data/train "
+                       f"--steps 6000` and `bin/export-model checkpoints/cb-s8-annealed.pt vaecodec/weights/{SHIPPED_MODEL}`")
         seen = ""
     else:
         architecture = (
@@ -105,8 +115,13 @@ def main():
         f"(anchor positions {training.get('quality_span')}; no quality lies beyond the trained anchors unless the span says so)",
         f"- parameters: {m.num_parameters:,} (shipped in fp16, with integer coding tables)",
         *[f"- {k}: {v / 1e3:.1f} kMAC per pixel" for k, v in macs.items()],
-        "- decoder arithmetic: integer fixed point (12 fractional bits for activations, 14-bit weights) evaluated "
-        "exactly in float64; the encoder's analysis runs in float32.", "",
+        ("- decoder arithmetic: the synthesis is an 8-bit integer program (int8 activations and weights, per-channel "
+         "steps, int32 sums by int8 matrix products, integer rescaling; `vaecodec/int8_synthesis.py`); the "
+         "hyper-synthesis and context networks are integer fixed point (12 fractional bits for activations, 14-bit "
+         "weights) evaluated exactly in float64; every decoder number is an integer, the same on any machine. The "
+         "encoder's analysis runs in float32." if cfg.synthesis_bits == 8 else
+         "- decoder arithmetic: integer fixed point (12 fractional bits for activations, 14-bit weights) evaluated "
+         "exactly in float64; the encoder's analysis runs in float32."), "",
         "## Training", "",
         "- data: `shared/data/train` (231 photos, about 150 Mpixel); random downscaling (0.5–1×), random crops with "
         "flips; Kodak never used for training (only for the periodic estimate in the log)",
@@ -114,6 +129,13 @@ def main():
         f"- recipe: {recipe}",
         f"- command: {command}", "",
     ]
+    forked = [h for h in training.get("history", []) if "int8_synthesis_from_step" in h]
+    if forked:
+        lines.insert(len(lines) - 1,
+                     f"- 8-bit synthesis: forked from the stable run at step {forked[0]['int8_synthesis_from_step']:,} "
+                     f"(`vaecodec fork-int8`: every weight kept, the rounding steps calibrated on "
+                     f"{forked[0]['calibration_crops']} training crops), then annealed with the synthesis rounded as "
+                     "it decodes")
     widened = [h for h in training.get("history", []) if "widened_from" in h]
     if widened:
         lines.insert(len(lines) - 1,
@@ -149,10 +171,14 @@ def main():
               f"Per Kodak image at quality 50, 1 thread: encode {enc:.0f} ms, decode {dec:.0f} ms of CPU time, "
               f"{speed['vs_avif']['encode_plus_decode']:.2f}× AVIF speed 6's encode + decode of the same images in the same run "
               f"(`{speed['command']}`; stage split in `benchmarks/results/speed.md`; machines of this kind differ ~3.5× "
-              "in speed, the ratio is what carries). The exact synthesis dominates decoding.",
+              "in speed, the ratio is what carries)." + ("" if cfg.synthesis_bits == 8 else
+                                                         " The exact synthesis dominates decoding."),
               "", "## Limitations", "",
               "- Trained for a few CPU-hours: far from the GPU-trained published models of the same family; see the BD-rates above.",
-              "- Decoding is exact on any IEEE-754 machine, but the exact decoder runs in float64 on the CPU and is slower than a float32 one would be.",
+              ("- Decoding is exact on any machine; int8 matrix products run through `torch._int_mm` where a probe at "
+               "load finds them exact, else through float32 products of at most 1,040 terms (exact, slower)."
+               if cfg.synthesis_bits == 8 else
+               "- Decoding is exact on any IEEE-754 machine, but the exact decoder runs in float64 on the CPU and is slower than a float32 one would be."),
               "- Quality is tuned for PSNR (MSE loss)."]
     (ROOT / "vaecodec" / "weights" / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print("wrote vaecodec/weights/MODEL_CARD.md")

@@ -22,14 +22,11 @@ not bind it). Quality is not measured here: a narrower synthesis has to be
 trained to know what it loses, and an 8-bit one's loss before retraining is
 ``benchmarks/synthesis_precision.py``'s question.
 
-The int8 prototype is not the decoder, but every number in it is an integer on
-a path exact on any machine: int8 activations (channels last) × int8 weights
-summed in int32 by ``torch._int_mm`` (no sum can overflow: K·127² < 2^31),
-re-quantized by an integer add and arithmetic shift and clamped to ±127; the
-inverse GDN as an int8 product for its norm, then an int32 multiply and
-shift. Upsampling layers run by phases (one GEMM per phase over the taps'
-shifted inputs side by side); the 3-output last layer takes all taps' products
-in one GEMM and adds them shifted.
+``int8:WxN`` runs the decoder's own 8-bit program
+(:class:`vaecodec.int8_synthesis.Int8SynthesisProgram`, int8 products summed in
+int32, integer rescaling) built from the seeded stack with its rounding steps
+calibrated on the real ŷ. (Session 7's figures came from a stand-alone
+prototype of the same pipeline, before it became library code.)
 """
 
 from __future__ import annotations
@@ -44,104 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-KERNEL, STRIDE, PAD = 5, 2, 2
-SHIFT = 14
-LIMIT = 127
-
-
-def _phase_taps():
-    """Per output phase a, the (kernel row, input offset) pairs of a 5×5 stride-2 transposed convolution."""
-    return [[(k, (a + PAD - k) // STRIDE) for k in range(KERNEL) if (a + PAD - k) % STRIDE == 0] for a in range(STRIDE)]
-
-
-class _Deconv:
-    """int8 (h, w, cin) → int8 (2h, 2w, cout): one int8 GEMM per phase, taps side by side."""
-
-    def __init__(self, cin: int, cout: int, g: torch.Generator):
-        self.cout = cout
-        w = torch.randint(-LIMIT, LIMIT + 1, (cin, cout, KERNEL, KERNEL), generator=g, dtype=torch.int8)
-        taps = _phase_taps()
-        offsets = [d for t in taps for _, d in t]
-        self.before, self.after = -min(offsets), max(offsets)
-        self.phases = []
-        for py, rows in enumerate(taps):
-            for px, cols in enumerate(taps):
-                chosen = [(ky, dy, kx, dx) for ky, dy in rows for kx, dx in cols]
-                weights = torch.cat([w[:, :, ky, kx] for ky, _, kx, _ in chosen]).contiguous()
-                self.phases.append((py, px, [(dy, dx) for _, dy, _, dx in chosen], weights))
-        self.all_taps = w.permute(0, 2, 3, 1).reshape(cin, -1).contiguous()  # (cin, k·k·cout), the narrow form
-        self.offset = torch.randint(-2**20, 2**20, (cout,), generator=g, dtype=torch.int32) + (1 << (SHIFT - 1))
-
-    def _flat(self, a):
-        h, w, c = a.shape
-        b, f = self.before, self.after
-        flat = F.pad(a, (0, 0, b, f, b, f)).reshape(-1, c)
-        return torch.cat([flat, flat.new_zeros(b + f, c)]), w + b + f
-
-    def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        h, w, _ = a.shape
-        flat, wp = self._flat(a)
-        length, b = h * wp, self.before
-        out = torch.empty(h, STRIDE, w, STRIDE, self.cout, dtype=torch.int8)
-        for py, px, offsets, weights in self.phases:
-            x = torch.cat([flat[(b + dy) * wp + b + dx:][:length] for dy, dx in offsets], 1)
-            acc = torch._int_mm(x, weights).add_(self.offset).bitwise_right_shift_(SHIFT).clamp_(-LIMIT, LIMIT)
-            out[:, py, :, px] = acc.view(h, wp, self.cout)[:, :w]
-        return out.view(STRIDE * h, STRIDE * w, self.cout)
-
-    def narrow(self, a: torch.Tensor) -> torch.Tensor:
-        """For few outputs: (positions, cin) @ (cin, taps·cout) once, then each phase adds its taps' rows shifted;
-        int32 (cout, 2h, 2w)."""
-        h, w, _ = a.shape
-        flat, wp = self._flat(a)
-        length, b = h * wp, self.before
-        products = torch._int_mm(flat, self.all_taps).t().contiguous().view(KERNEL, KERNEL, self.cout, -1)
-        out = torch.empty(self.cout, h, STRIDE, w, STRIDE, dtype=torch.int32)
-        taps = _phase_taps()
-        for py, rows in enumerate(taps):
-            for px, cols in enumerate(taps):
-                acc = None
-                for ky, dy in rows:
-                    for kx, dx in cols:
-                        x = products[ky, kx, :, (b + dy) * wp + b + dx:][:, :length]
-                        acc = x.clone() if acc is None else acc.add_(x)
-                acc.add_(self.offset[:, None]).bitwise_right_shift_(SHIFT)
-                out[:, :, py, :, px] = acc.view(self.cout, h, wp)[:, :, :w]
-        return out.view(self.cout, STRIDE * h, STRIDE * w)
-
-
-class _InverseGDN:
-    """a·(β + Γ|a|) in integers: the norm by an int8 GEMM, shifted into 0..127, then an int32 product, shifted."""
-
-    def __init__(self, c: int, g: torch.Generator):
-        self.gamma = torch.randint(0, LIMIT + 1, (c, c), generator=g, dtype=torch.int8)
-        self.beta = torch.randint(0, 2**16, (c,), generator=g, dtype=torch.int32)
-
-    def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        h, w, c = a.shape
-        flat = a.view(-1, c)
-        norm = torch._int_mm(flat.abs(), self.gamma).add_(self.beta).bitwise_right_shift_(12).clamp_(0, LIMIT)
-        return norm.mul_(flat).bitwise_right_shift_(7).clamp_(-LIMIT, LIMIT).to(torch.int8).view(h, w, c)
-
-
-class Int8Synthesis:
-    """Stands in for the exact program in ``CodingModel.synthesize`` (``run``: float64 NCHW tile in and out)."""
-
-    def __init__(self, m: int, wide: int, n: int, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.layers = [_Deconv(m, wide, g), _InverseGDN(wide, g), _Deconv(wide, n, g), _InverseGDN(n, g),
-                       _Deconv(n, n, g), _InverseGDN(n, g)]
-        self.last = _Deconv(n, 3, g)
-
-    def run(self, y: torch.Tensor) -> torch.Tensor:
-        a = y[0].permute(1, 2, 0).mul(2.0**-9).round_().clamp_(-LIMIT, LIMIT).to(torch.int8)  # ŷ on an int8 grid
-        for layer in self.layers:
-            a = layer(a)
-        return self.last.narrow(a)[None].to(torch.float64)
-
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,7 +56,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import vaecodec
-    from vaecodec.fixedpoint import FixedPointProgram
+    from vaecodec.fixedpoint import ACT_FRAC_BITS, FixedPointProgram
+    from vaecodec.int8_synthesis import Int8Synthesis, Int8SynthesisProgram
     from vaecodec.image import load_pixels
     from vaecodec.model import SimplifiedGDN, _deconv
 
@@ -183,6 +83,13 @@ def main() -> None:
                 x = layer(x)
         return total / (x.shape[2] * x.shape[3])
 
+    y_hats = []
+    for path in sorted(Path(args.images).glob("*.png"))[:args.count]:
+        with torch.no_grad():
+            analysed = codec._analyze(load_pixels(path))
+            _, y_hat = codec._code(analysed, analysed.latents, 50, keep_y_hat=True)
+        y_hats.append(y_hat)
+
     shipped = model.synthesis
     # The shipped program with its trained weights; its MACs are those of its widths.
     variants = {"shipped": (shipped, macs_per_pixel(stack(model.config.wide, model.config.channels)))}
@@ -190,15 +97,13 @@ def main() -> None:
         int8 = spec.startswith("int8:")
         w, n = (int(v) for v in spec.removeprefix("int8:").split("x"))
         seq = stack(w, n)
-        program = Int8Synthesis(m, w, n) if int8 else FixedPointProgram.from_sequential(seq)
+        if int8:
+            module = Int8Synthesis(*seq)
+            module.calibrate(y_hats[0].float() * 2.0**-ACT_FRAC_BITS)
+            program = Int8SynthesisProgram.from_module(module)
+        else:
+            program = FixedPointProgram.from_sequential(seq)
         variants[spec] = (program, macs_per_pixel(seq))
-
-    y_hats = []
-    for path in sorted(Path(args.images).glob("*.png"))[:args.count]:
-        with torch.no_grad():
-            analysed = codec._analyze(load_pixels(path))
-            _, y_hat = codec._code(analysed, analysed.latents, 50, keep_y_hat=True)
-        y_hats.append(y_hat)
 
     seconds = {name: [] for name in variants}
     try:

@@ -16,8 +16,11 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
     from vaecodec.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    net = build_model(ModelConfig(**(TINY_CHECKERBOARD if kind == "checkerboard" else TINY_CONFIG)))
-    if kind == "checkerboard":
+    config = TINY_CONFIG if kind == "hyperprior" else TINY_CHECKERBOARD
+    net = build_model(ModelConfig(**config, synthesis_bits=8 if kind == "int8" else 0))
+    if kind == "int8":  # an 8-bit synthesis, its steps calibrated on latents of the tiny model's range
+        net.synthesis.calibrate(torch.randn(2, config["latent_channels"], 8, 8) * 3)
+    if kind != "hyperprior":
         # A new model's context correction starts at zero; give it one, so tests see the context at work.
         with torch.no_grad():
             net.entropy_parameters[-1].weight.normal_(0, 0.2)
@@ -80,7 +83,7 @@ def any_lossless_codec(request, tiny_model, tiny_pixel_model, tiny_mixture_model
     return Codec(tiny_model, tiny_pixel_model if request.param == "laplace" else tiny_mixture_model)
 
 
-@pytest.fixture(scope="session", params=["hyperprior", "checkerboard"])
+@pytest.fixture(scope="session", params=["hyperprior", "checkerboard", "int8"])
 def any_tiny_codec(request):
     """A tiny codec of each architecture."""
     from vaecodec.api import Codec

@@ -1,6 +1,6 @@
 """Regenerate the golden files in tests/data/ — only when the format changes on purpose.
 
-    python tests/make_golden.py [hyperprior|checkerboard|v2|v3]
+    python tests/make_golden.py [hyperprior|checkerboard|int8|v2|v3]
 
 Writes a tiny seeded model (golden-model.pt), a .vae file of a seeded image
 (golden.vae) and the SHA-256 of its decoded pixels (golden.json); for the
@@ -10,7 +10,9 @@ writes version-2 files with the checkerboard model and a tiny pixel model
 (golden-px.npz): lossy RGBA (golden-v2-rgba) and lossless RGB
 (golden-v2-lossless). ``v3`` writes a version-3 file whose latents span two
 tiles (golden-v3-tiles, 1100 × 24 RGB, checkerboard model; rewriting the v2
-files would turn them into version 3). A format change must bump container.FORMAT_VERSION;
+files would turn them into version 3). ``int8`` writes a version-3 file of a tiny checkerboard model
+with an 8-bit synthesis (golden-s8: its integer program's tables are in the model file, and the
+file pins the integers it computes). A format change must bump container.FORMAT_VERSION;
 then add goldens of the new version and commit.
 """
 
@@ -28,7 +30,8 @@ from conftest import DATA, make_tiny_model, make_tiny_pixel_model, smooth_image 
 from vaecodec.api import Codec  # noqa: E402
 
 
-GOLDEN = {"hyperprior": ("golden", "golden-tiny"), "checkerboard": ("golden-cb", "golden-tiny-cb")}
+GOLDEN = {"hyperprior": ("golden", "golden-tiny"), "checkerboard": ("golden-cb", "golden-tiny-cb"),
+          "int8": ("golden-s8", "golden-tiny-s8")}
 
 
 def write(prefix: str, codec: Codec, data: bytes) -> None:

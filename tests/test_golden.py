@@ -39,3 +39,14 @@ def test_version_3_golden_file_with_two_tiles_decodes_to_its_checksum():
     pixels = np.ascontiguousarray(Codec(DATA / "golden-cb-model.pt").decompress_array(data))
     assert list(pixels.shape) == expected["shape"] and expected["shape"][1] > 1024
     assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected["pixels_sha256"]
+
+
+def test_an_8_bit_synthesis_golden_file_decodes_to_its_checksum():
+    """The integers of the 8-bit synthesis program (int8 products, int32 rescaling) stay those of 0.3."""
+    expected = json.loads((DATA / "golden-s8.json").read_text())
+    data = (DATA / "golden-s8.vae").read_bytes()
+    codec = Codec(DATA / "golden-s8-model.pt")
+    assert codec.model.config.synthesis_bits == 8
+    pixels = np.ascontiguousarray(codec.decompress_array(data))
+    assert list(pixels.shape) == expected["shape"]
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected["pixels_sha256"]

@@ -766,6 +766,8 @@ train_options = [
     click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Small-patch batch."),
     click.option("--patch", type=click.IntRange(64), default=128, show_default=True, help="Small-patch size."),
     click.option("--crops-per-image", type=click.IntRange(1), default=20, show_default=True),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+                 help="Learning rate (the stable phase's; an anneal decays from it)."),
 ]
 
 
@@ -777,12 +779,12 @@ def _apply(options):
     return wrap
 
 
-def _train_options(device, threads, precision, save_every, eval_every, batch_size, patch, crops_per_image, **extra):
+def _train_options(device, threads, precision, save_every, eval_every, batch_size, patch, crops_per_image, lr, **extra):
     from .training import TrainOptions
 
     return TrainOptions(device=device, threads=threads, precision=precision, save_every_s=save_every, eval_every_s=eval_every,
                         batch_size=batch_size, patch=patch, large_batch=max(1, batch_size // 4),
-                        crops_per_image=crops_per_image, **extra)
+                        crops_per_image=crops_per_image, lr=lr, **extra)
 
 
 @cli.command()
@@ -834,6 +836,30 @@ def anneal(stable, annealed, data, eval_folder, log_file, steps, **kw):
     except (ValueError, OSError) as e:
         raise _Failure(str(e)) from None
     _train_log(log_file)(f"annealed to step {state.step}, {state.cpu_seconds / 3600:.3f} CPU-h")
+
+
+@cli.command("fork-int8")
+@click.argument("stable", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Training images; a few crops calibrate the rounding steps.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Append the log to this file too.")
+def fork_int8(stable, output, data, log_file):
+    """Fork STABLE into OUTPUT, whose synthesis trains as the 8-bit integer decoder computes.
+
+    \b
+    OUTPUT is a new stable checkpoint with every weight of STABLE (of an
+    annealed checkpoint: its EMA): continue it with `vaecodec train OUTPUT ...`
+    (quantization-aware training), or fine-tune it with a short
+    `vaecodec anneal OUTPUT FINAL --lr 1e-4 ...`, and export; its files decode
+    through int8 products, ~3× faster.
+    """
+    from .training.int8 import fork_int8_synthesis
+
+    try:
+        fork_int8_synthesis(stable, output, data, log=_train_log(log_file))
+    except (ValueError, OSError) as e:
+        raise _Failure(str(e)) from None
 
 
 def _size(value: str) -> tuple[int, int]:

@@ -39,6 +39,7 @@ import torch
 from .entropy import IndexedPmfs, quantize_pmf
 from .errors import ModelFileError
 from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, conv_of_checkerboard_at, round_shift, to_fixed
+from .int8_synthesis import Int8SynthesisProgram
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
                     build_model, checkerboard_anchor_mask, interpolate_rows)
 
@@ -170,7 +171,10 @@ class CodingModel:
         self.analysis = net.analysis
         self.hyper_analysis = net.hyper_analysis
         self.hyper_synthesis = FixedPointProgram.from_sequential(net.hyper_synthesis)
-        self.synthesis = FixedPointProgram.from_sequential(net.synthesis)
+        if config.synthesis_bits == 8:  # the integer tables computed at export; no float math decides them here
+            self.synthesis = Int8SynthesisProgram.from_tables(self.tables, config.latent_channels)
+        else:
+            self.synthesis = FixedPointProgram.from_sequential(net.synthesis)
         self.has_context = config.kind == "checkerboard"
         if self.has_context:
             self.context = FixedPointProgram.from_sequential(net.context)
@@ -209,6 +213,8 @@ class CodingModel:
         frozen.load_state_dict({k: v.float() for k, v in weights.items()})
         tables = {"y_pmfs": _gaussian_pmfs(Y_RADIUS, net.config.num_scales), "z_pmfs": _factorized_pmfs(frozen, Z_RADIUS),
                   **_quality_tables(frozen, quality_span)}
+        if net.config.synthesis_bits == 8:
+            tables.update(Int8SynthesisProgram.from_module(frozen.synthesis).tables())
         return cls(net.config, weights, tables, model_id)
 
     def quality_lambda(self, quality: int) -> float:
@@ -247,6 +253,10 @@ class CodingModel:
     def _hash(self) -> bytes:
         h = hashlib.sha256()
         h.update(_decoder_constants().encode())
+        if self.config.synthesis_bits == 8:  # the 8-bit program's own constants (absent from older models' hashes)
+            from . import int8_synthesis as s8
+
+            h.update(f"s8 top{s8.ACT_TOP} out{s8.OUTPUT_LIMIT} mult{s8.MULTIPLIER_BITS} norm{s8.NORM_BIAS_BITS}".encode())
         h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         for name in sorted(self.weights):
             t = self.weights[name]

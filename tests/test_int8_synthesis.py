@@ -1,0 +1,223 @@
+"""The 8-bit synthesis: its integer program is exact, trains as it decodes, and forks from a float checkpoint."""
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vaecodec import int8_synthesis
+from vaecodec.fixedpoint import ACT_FRAC_BITS, ACT_LIMIT
+from vaecodec.int8_synthesis import ACT_TOP, Int8Synthesis, Int8SynthesisProgram, _Int8Deconv, int_matmul
+from vaecodec.model import SimplifiedGDN, _deconv
+
+from conftest import make_tiny_model, smooth_image
+
+
+def _synthesis(seed: int = 0, m: int = 16, w: int = 12, n: int = 8) -> Int8Synthesis:
+    torch.manual_seed(seed)
+    s = Int8Synthesis(_deconv(m, w), SimplifiedGDN(w, True), _deconv(w, n), SimplifiedGDN(n, True), _deconv(n, 3))
+    with torch.no_grad():
+        for layer in s:
+            if isinstance(layer, SimplifiedGDN):
+                layer.gamma.uniform_(0, 0.1)
+                layer.beta.uniform_(0.5, 1.5)
+    s.calibrate(torch.randn(2, m, 6, 7) * 3)
+    return s
+
+
+def _rescaled(v: torch.Tensor, m: torch.Tensor, shift: torch.Tensor, limit: int) -> torch.Tensor:
+    """floor(v·m / 2^shift + ½) in int64 by division, no pre-clamp: the exact rescaling, another way."""
+    num = 2 * v * torch.as_tensor(m).long() + 2**shift.long()
+    return torch.div(num, 2 * 2**shift.long(), rounding_mode="floor").clamp(-limit, limit)
+
+
+def _reference(program: Int8SynthesisProgram, a: torch.Tensor) -> torch.Tensor:
+    """The program's integer arithmetic written plainly: torch's own transposed convolution on float64 integers,
+    int64 elsewhere."""
+    x = _rescaled(a[0].permute(1, 2, 0).long(), program.input_multiplier, program.input_shift, ACT_TOP)
+    for layer in program.layers:
+        r = layer.rescale
+        if isinstance(layer, _Int8Deconv):
+            acc = F.conv_transpose2d(x.permute(2, 0, 1)[None].double(), layer.weight.double(), None, layer.stride,
+                                     layer.padding, layer.stride - 1)[0].permute(1, 2, 0).long()
+            x = _rescaled(_rescaled(acc + layer.bias, 1, r.pre_shift, 2**40), r.multiplier, r.shift, r.limit)
+        else:
+            norm = (x.abs().double() @ layer.gamma.double()).long() + layer.beta
+            x = _rescaled(_rescaled(norm * x, 1, r.pre_shift, 2**40), r.multiplier, r.shift, r.limit)
+    return x.permute(2, 0, 1)[None].double()
+
+
+def _fixed(y: torch.Tensor) -> torch.Tensor:
+    return torch.round(y.double() * 2.0**ACT_FRAC_BITS)
+
+
+def test_the_program_computes_its_integer_arithmetic_exactly():
+    program = Int8SynthesisProgram.from_module(_synthesis())
+    y = _fixed(torch.randn(1, 16, 5, 9, generator=torch.Generator().manual_seed(1)) * 4)
+    out = program.run(y)
+    assert out.shape == (1, 3, 40, 72)  # three stride-2 layers
+    assert torch.equal(out, _reference(program, y))
+    assert torch.equal(Int8SynthesisProgram.from_tables(program.tables()).run(y), out)
+
+
+def test_the_float32_path_gives_the_int8_kernels_integers(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(-ACT_TOP, ACT_TOP + 1, (70, 2500), generator=g, dtype=torch.int8)  # more terms than one chunk
+    w = torch.randint(-ACT_TOP, ACT_TOP + 1, (2500, 24), generator=g, dtype=torch.int8)
+    x[:5] = ACT_TOP
+    w[:, :3] = ACT_TOP
+    expected = x.long() @ w.long()
+    assert torch.equal(int_matmul(x, w).long(), expected)
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")
+    assert torch.equal(int_matmul(x, w).long(), expected)
+    program = Int8SynthesisProgram.from_module(_synthesis(seed=3))
+    y = _fixed(torch.randn(1, 16, 4, 6, generator=g) * 4)
+    assert torch.equal(program.run(y), _reference(program, y))
+
+
+def test_training_sees_what_the_decoder_computes():
+    """The training forward rounds where the program rounds: its output is the program's up to the few
+    rounding ties the fixed-point multipliers move, far closer than the float synthesis is to either."""
+    s = _synthesis(seed=4)
+    y = torch.round(torch.randn(1, 16, 6, 6, generator=torch.Generator().manual_seed(5)) * 4 * 64) / 64
+    program_out = Int8SynthesisProgram.from_module(s).run(_fixed(y)) * 2.0**-ACT_FRAC_BITS
+    with torch.no_grad():
+        trained = s(y).double()
+        float_out = torch.nn.Sequential(*s)(y).double()
+    assert (trained - program_out).abs().mean() < 0.1 * (float_out - program_out).abs().mean()
+
+
+def test_steps_get_gradients_and_calibration_clips_almost_nothing():
+    s = _synthesis(seed=6)
+    y = torch.randn(2, 16, 6, 7) * 3
+    s(y).pow(2).mean().backward()
+    assert all(getattr(s, f"log_step{i}").grad.abs().sum() > 0 for i in range(len(s)))
+    assert (y.abs() / torch.exp(s.log_step0)[None, :, None, None] > ACT_TOP).float().mean() < 0.01
+
+
+def test_a_model_file_keeps_the_program_and_decodes_the_same(tmp_path):
+    from vaecodec.api import Codec
+    from vaecodec.coding_model import CodingModel
+
+    model = make_tiny_model(seed=1, kind="int8")
+    assert isinstance(model.synthesis, Int8SynthesisProgram)
+    assert any(k.startswith("s8.") for k in model.tables)
+    model.save(tmp_path / "m.pt")
+    loaded = CodingModel.load(tmp_path / "m.pt")
+    assert loaded.weight_hash == model.weight_hash
+    image = smooth_image(70, 90, seed=1)
+    data = Codec(model).compress(image, quality=80)
+    assert np.array_equal(Codec(loaded).decompress_array(data), Codec(model).decompress_array(data))
+
+
+def test_tiles_join_without_seams():
+    from vaecodec.api import Codec
+
+    codec = Codec(make_tiny_model(seed=2, kind="int8"))
+    image = smooth_image(150, 170, seed=2)
+    data = codec.compress(image, quality=60)
+    whole = codec.decompress_array(data)
+    codec.model.synthesis_tile = 3  # latents per tile: many tiles, each with its halo
+    assert np.array_equal(codec.decompress_array(data), whole)
+
+
+def test_fork_keeps_the_weights_and_trains_on(tmp_path):
+    from vaecodec.model import ModelConfig
+    from vaecodec.training import TrainOptions, anneal, load_checkpoint, train
+    from vaecodec.training.int8 import fork_int8_synthesis
+
+    from test_training import FAST, TINY_CB
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(256, 264, seed=i)).save(folder / f"{i}.png")
+    stable, forked, annealed = tmp_path / "s.pt", tmp_path / "f.pt", tmp_path / "a.pt"
+    quiet = dict(options=FAST, log=lambda *_: None)
+    train(folder, stable, config=ModelConfig(**TINY_CB), steps=3, **quiet)
+    fork_int8_synthesis(stable, forked, folder, crops=2, log=lambda *_: None)
+    with pytest.raises(ValueError, match="exists"):
+        fork_int8_synthesis(stable, forked, folder, crops=2, log=lambda *_: None)
+    before = load_checkpoint(stable)
+    state, model, _, opt = load_checkpoint(forked)
+    assert state.config.synthesis_bits == 8 and state.step == before[0].step and state.phase == "stable"
+    old = before[1].state_dict()
+    assert all(torch.equal(v, old[k]) for k, v in model.state_dict().items() if "log_step" not in k)
+    steps = [getattr(model.synthesis, f"log_step{i}") for i in range(len(model.synthesis))]
+    assert all(torch.isfinite(s).all() and s.std() > 0 for s in steps)  # calibrated, per channel
+    # Adam's statistics follow the parameters by name.
+    names = [n for n, _ in model.named_parameters()]
+    old_names = [n for n, _ in before[1].named_parameters()]
+    j, i = names.index("analysis.0.weight"), old_names.index("analysis.0.weight")
+    assert torch.equal(opt["state"][j]["exp_avg_sq"], before[3]["state"][i]["exp_avg_sq"])
+    assert train(folder, forked, steps=2, **quiet).step == state.step + 2
+    assert anneal(folder, forked, annealed, 2, **quiet).config.synthesis_bits == 8
+
+
+def test_forking_an_annealed_float_model_takes_its_ema(tmp_path):
+    """The short quantization-aware fine-tune of a finished model: fork its EMA, anneal the fork again."""
+    from vaecodec.model import ModelConfig
+    from vaecodec.training import anneal, load_checkpoint, train
+    from vaecodec.training.int8 import fork_int8_synthesis
+
+    from test_training import FAST, TINY_CB
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(smooth_image(256, 264, seed=3)).save(folder / "a.png")
+    stable, annealed, forked, tuned = (tmp_path / f"{n}.pt" for n in ("s", "a", "f", "t"))
+    quiet = dict(options=FAST, log=lambda *_: None)
+    train(folder, stable, config=ModelConfig(**TINY_CB), steps=2, **quiet)
+    anneal(folder, stable, annealed, 3, **quiet)
+    fork_int8_synthesis(annealed, forked, folder, crops=1, log=lambda *_: None)
+    state, model, _, _ = load_checkpoint(forked)
+    ema = load_checkpoint(annealed)[2].state_dict()
+    assert state.phase == "stable" and state.config.synthesis_bits == 8
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items() if "log_step" not in k)
+    low = dataclasses.replace(FAST, lr=1e-4)
+    assert anneal(folder, forked, tuned, 2, options=low, log=lambda *_: None).step == state.step + 2
+
+
+def test_cli_fork_refuses_an_existing_output(tmp_path, tiny_model_file):
+    out = tmp_path / "out.pt"
+    out.write_bytes(b"keep")
+    r = subprocess.run([sys.executable, "-m", "vaecodec", "fork-int8", str(tiny_model_file), str(out), "--data",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and out.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("damage", ["minus 128", "wide weight", "short shift", "no gamma", "huge pre-shift", "int32 bias"])
+def test_damaged_tables_are_refused(damage):
+    tables = {k: v.copy() for k, v in Int8SynthesisProgram.from_module(_synthesis(seed=7)).tables().items()}
+    if damage == "minus 128":
+        tables["s8.0.weight"].flat[5] = -128
+    elif damage == "wide weight":
+        tables["s8.2.weight"] = tables["s8.2.weight"][:, :, :, :4]
+    elif damage == "short shift":
+        tables["s8.1.shift"] = tables["s8.1.shift"][:1]
+    elif damage == "no gamma":
+        del tables["s8.3.gamma"]
+    elif damage == "huge pre-shift":
+        tables["s8.1.pre_shift"][:] = 40
+    else:
+        tables["s8.0.bias"] = tables["s8.0.bias"].astype(np.int64) + 2**40
+    with pytest.raises(ValueError):
+        Int8SynthesisProgram.from_tables(tables)
+
+
+def test_a_silent_channel_still_exports():
+    s = _synthesis(seed=8)
+    with torch.no_grad():
+        s[2].weight[:, 3] = 0  # output channel 3 of the second layer: its bias alone
+        s.log_step0[2] = -40.0  # and a step far below the rest
+    s.calibrate(torch.randn(2, 16, 6, 7) * 3)
+    with torch.no_grad():
+        s[2].weight[:, 3] = 0
+    y = _fixed(torch.randn(1, 16, 4, 4) * 4)
+    program = Int8SynthesisProgram.from_module(s)
+    assert torch.equal(program.run(y), _reference(program, y))
