@@ -71,10 +71,11 @@ from .refine import DEFAULT_EFFORT, EFFORTS, MAX_REFINE_PIXELS, rd_cost, refine_
 __all__ = ["Codec", "Encoded", "compress", "decompress", "default_codec", "DEFAULT_QUALITY", "SHIPPED_MODEL"]
 
 DEFAULT_QUALITY = 75
-SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt", "cb64-w128-m256-vr": "vaecodec-cb64.pt"}
+SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt", "cb64-w128-m256-vr": "vaecodec-cb64.pt",
+                  "cb64-w128-m256-vr-r2": "vaecodec-cb64-r2.pt"}
 """Every model the package ships, by model id. Files name the model that wrote them, so a file
 written by an earlier shipped model still decodes after the default changes."""
-SHIPPED_MODEL = "vaecodec-cb64.pt"
+SHIPPED_MODEL = "vaecodec-cb64-r2.pt"
 """The default model: what new files are written with."""
 SHIPPED_PIXEL_MODEL = "vaecodec-px12-h64.npz"
 """The pixel model of lossy files' alpha planes (one discretized Laplace per sub-pixel)."""
