@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Encoder effort: BD-rate against effort 1 and CPU seconds per image, for each effort level.
 
-    python benchmarks/effort.py [--images DIR] [--count 8] [--qualities 10,30,50,70,90] \
+    python benchmarks/effort.py [--images DIR] [--count 8] [--offset 0] [--qualities 10,30,50,70,90] \
         [--efforts 1,2,3,4,5,6,7,8,9] [--model FILE] [--out benchmarks/results/effort]
+    python benchmarks/effort.py --merge A.json B.json [--out ...]   # parts run side by side, one table
 
 For every image × quality × effort: the file's bytes (rate), PSNR of the
 decoded pixels, encode and decode CPU seconds (1 thread). Each effort's curve
@@ -46,6 +47,9 @@ def main() -> None:
     ap.add_argument("--iterations", default=None, help="iterations of efforts 2..9, comma-separated, instead of EFFORTS")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "effort"))
+    ap.add_argument("--offset", type=int, default=0, help="skip this many images (to run parts in parallel)")
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="summarize the rows of earlier runs' JSON files (same model, qualities and efforts) instead")
     args = ap.parse_args()
 
     import torch
@@ -64,17 +68,23 @@ def main() -> None:
         iterations.update({e: int(n) for e, n in zip(range(2, 10), args.iterations.split(","))})
 
     codec = vaecodec.Codec(args.model)
-    images = sorted(Path(args.images).glob("*.png"))[:args.count]
+    images = sorted(Path(args.images).glob("*.png"))[args.offset:args.offset + args.count]
     qualities = [int(q) for q in args.qualities.split(",")]
     efforts = [int(e) for e in args.efforts.split(",")]
+    parts = [json.loads(Path(f).read_text()) for f in args.merge or []]
+    if parts:
+        if len({(p["model"], tuple(p["qualities"]), tuple(p["iterations"])) for p in parts}) != 1:
+            raise SystemExit("--merge takes runs of one model, qualities and efforts")
+        qualities, efforts = parts[0]["qualities"], [int(e) for e in parts[0]["iterations"]]
+        images = [Path(args.images) / name for p in parts for name in p["images"]]
     if efforts[0] != 1 or efforts != sorted(set(efforts)):
         raise SystemExit("efforts must ascend and start at 1 (the reference)")
     refined_levels = efforts[1:]
     stops = [iterations[e] for e in refined_levels]
-    rows = []
+    rows = [r for p in parts for r in p["rows"]]
     avif = make_codec("avif")
-    avif_s = []
-    for path in images:
+    avif_s = [p["avif_speed6_encode_cpu_s_mean"] for p in parts for _ in p["images"]]
+    for path in images if not parts else []:
         px = load_pixels(path)
         t = time.process_time()
         avif.encode(px, ("quality", 55))
@@ -142,10 +152,13 @@ def main() -> None:
             "decode_cpu_s_mean": float(np.mean([r["decode_cpu_s"] for r in sel])),
         })
     avif_mean = float(np.mean(avif_s))
-    result = {"command": "python benchmarks/effort.py " + " ".join(sys.argv[1:]),
+    command = "python benchmarks/effort.py " + " ".join(sys.argv[1:])
+    if parts:
+        command += " (of: " + "; ".join(f"`{p['command']}`" for p in parts) + ")"
+    result = {"command": command,
               "schedule": (schedule or SCHEDULE).__dict__,
               "iterations": {e: iterations[e] for e in efforts},
-              "model": f"{codec.model.model_id} {codec.model.weight_hash.hex()}",
+              "model": parts[0]["model"] if parts else f"{codec.model.model_id} {codec.model.weight_hash.hex()}",
               "images": [p.name for p in images], "qualities": qualities,
               "avif_speed6_encode_cpu_s_mean": avif_mean, "summary": summary, "rows": rows}
     out = Path(args.out)
