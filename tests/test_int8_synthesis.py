@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vaecodec import int8_synthesis
-from vaecodec.fixedpoint import ACT_FRAC_BITS, ACT_LIMIT
+from vaecodec.fixedpoint import ACT_FRAC_BITS
 from vaecodec.int8_synthesis import ACT_TOP, Int8Synthesis, Int8SynthesisProgram, _Int8Deconv, int_matmul
 from vaecodec.model import SimplifiedGDN, _deconv
 
@@ -128,7 +127,7 @@ def test_tiles_join_without_seams():
 
 def test_fork_keeps_the_weights_and_trains_on(tmp_path):
     from vaecodec.model import ModelConfig
-    from vaecodec.training import TrainOptions, anneal, load_checkpoint, train
+    from vaecodec.training import anneal, load_checkpoint, train
     from vaecodec.training.int8 import fork_int8_synthesis
 
     from test_training import FAST, TINY_CB

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT
+from .fixedpoint import ACT_FRAC_BITS
 from .model import SimplifiedGDN
 
 __all__ = ["ACT_TOP", "Int8Synthesis", "Int8SynthesisProgram", "int_matmul", "int_mm_is_exact"]
@@ -305,13 +305,15 @@ class _Int8Deconv:
         self.taps = _phase_taps(k, self.stride, self.padding)
         offsets = [d for phase in self.taps for _, d in phase]
         self.before, self.after = -min(offsets), max(offsets)
-        self.phases = []
+        if self.last:  # the narrow form: every tap's products in one matrix product
+            self.all_taps = self.weight.permute(0, 2, 3, 1).reshape(cin, -1).contiguous()  # (cin, k·k·cout)
+            return
+        self.phases = []  # by phases: each phase's taps side by side
         for py, rows in enumerate(self.taps):
             for px, cols in enumerate(self.taps):
                 chosen = [(ky, dy, kx, dx) for ky, dy in rows for kx, dx in cols]
                 stacked = torch.cat([self.weight[:, :, ky, kx] for ky, _, kx, _ in chosen]).contiguous()
                 self.phases.append((py, px, [(dy, dx) for _, dy, _, dx in chosen], stacked))
-        self.all_taps = self.weight.permute(0, 2, 3, 1).reshape(cin, -1).contiguous()  # (cin, k·k·cout)
 
     def _flat(self, a: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Zero-padded, flattened row-major, with spare zeros at the end: tap (dy, dx) of every output of a phase
@@ -330,7 +332,7 @@ class _Int8Deconv:
             k = self.weight.shape[2]
             products = int_matmul(flat, self.all_taps).t().reshape(k, k, cout, -1)
             out = torch.empty(cout, h, s, w, s, dtype=torch.int32)
-            for py, px, _, _ in self.phases:
+            for py, px in ((py, px) for py in range(s) for px in range(s)):
                 acc = None
                 for ky, dy in self.taps[py]:
                     for kx, dx in self.taps[px]:
