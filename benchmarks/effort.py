@@ -16,7 +16,9 @@ depends on the iteration number only (``vaecodec.refine.Schedule``), so the
 run stopped after EFFORTS[e] iterations *is* effort e's run (a test checks
 it, and here every image's effort-2 file is checked byte for byte against
 ``Codec.encode(effort=2)``). Effort e's encode time is what ``encode`` spends
-on it: the analysis and the unrefined file, the iterations up to its stop,
+on it: the analysis and the unrefined file, the iterations up to its stop
+(with the estimates that choose among late iterates: in this shared run also
+those lower levels choose among, so a level's time is slightly overstated),
 and coding and comparing its refined file. AVIF (libaom speed 6, one thread)
 encodes the same images in the same run, so encode times read as ratios to it:
 machines of this kind differ ~3.5× in speed. Writes OUT.json and OUT.md.
@@ -42,7 +44,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--qualities", default="10,30,50,70,90")
     ap.add_argument("--efforts", default="1,2,3,4,5,6,7,8,9")
-    ap.add_argument("--schedule", default=None, help="lr,tau_start,tau_end,anneal_iterations[,lr_end[,hard_z_from]] instead of "
+    ap.add_argument("--schedule", default=None, help="lr,tau_start,tau_end,anneal_iterations[,lr_end[,hard_z_from[,straight_through_from[,select_every]]]] instead of "
                     "the shipped schedule (an experiment: the files are then not what encode() writes)")
     ap.add_argument("--iterations", default=None, help="iterations of efforts 2..9, comma-separated, instead of EFFORTS")
     ap.add_argument("--model", default=None)

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--qualities", default="25,75")
     ap.add_argument("--stops", default="8,16,32,48,64,96,128,160")
     ap.add_argument("--variant", action="append", default=None,
-                    help="lr,tau_start,tau_end,anneal_iterations[,lr_end[,hard_z_from]] (repeatable; default: the shipped schedule)")
+                    help="lr,tau_start,tau_end,anneal_iterations[,lr_end[,hard_z_from[,straight_through_from[,select_every]]]] (repeatable; default: the shipped schedule)")
     ap.add_argument("--bf16", action="store_true", help="the shadow's convolutions in bfloat16 (autocast)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "effort-tune.json"))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vaecodec.fixedpoint import ACT_FRAC_BITS
-from vaecodec.int8_synthesis import ACT_TOP, Int8Synthesis, Int8SynthesisProgram, _Int8Deconv, int_matmul
+from vaecodec.int8_synthesis import ACT_TOP, INPUT_TOP, Int8Synthesis, Int8SynthesisProgram, _Int8Deconv, int_matmul
 from vaecodec.model import SimplifiedGDN, _deconv
 
 from conftest import make_tiny_model, smooth_image
@@ -38,7 +38,7 @@ def _rescaled(v: torch.Tensor, m: torch.Tensor, shift: torch.Tensor, limit: int)
 def _reference(program: Int8SynthesisProgram, a: torch.Tensor) -> torch.Tensor:
     """The program's integer arithmetic written plainly: torch's own transposed convolution on float64 integers,
     int64 elsewhere."""
-    x = _rescaled(a[0].permute(1, 2, 0).long(), program.input_multiplier, program.input_shift, ACT_TOP)
+    x = _rescaled(a[0].permute(1, 2, 0).long(), program.input_multiplier, program.input_shift, INPUT_TOP)
     for layer in program.layers:
         r = layer.rescale
         if isinstance(layer, _Int8Deconv):
@@ -62,6 +62,25 @@ def test_the_program_computes_its_integer_arithmetic_exactly():
     assert out.shape == (1, 3, 40, 72)  # three stride-2 layers
     assert torch.equal(out, _reference(program, y))
     assert torch.equal(Int8SynthesisProgram.from_tables(program.tables()).run(y), out)
+
+
+def test_the_16_bit_input_is_multiplied_exactly_as_two_int8_digits():
+    g = torch.Generator().manual_seed(4)
+    program = Int8SynthesisProgram.from_module(_synthesis(seed=4))
+    first = program.layers[0]
+    assert first.digits and not any(layer.digits for layer in program.layers[1:] if isinstance(layer, _Int8Deconv))
+    edges = torch.tensor([0, 1, -1, 127, -127, 128, -128, 254, 255, -255, 256, 32385, -32385, INPUT_TOP, -INPUT_TOP])
+    x = torch.randint(-INPUT_TOP, INPUT_TOP + 1, (40, 16 * 9), generator=g)
+    x[:, :len(edges)] = edges
+    x[0] = INPUT_TOP  # the largest sums a digit's product can reach
+    w = first.phases[0][3]
+    assert torch.equal(first._matmul(x.to(torch.int16), w), x @ w.long())
+    # ŷ far beyond the input's range saturates at ±32512, as the training forward clamps it
+    y = _fixed(torch.randn(1, 16, 3, 4, generator=g) * 4)
+    y[0, :, 0, 0] = 2.0**20
+    y[0, :, 1, 1] = -2.0**20
+    assert program.quantize_input(y).abs().max() == INPUT_TOP
+    assert torch.equal(program.run(y), _reference(program, y))
 
 
 def test_the_float32_path_gives_the_int8_kernels_integers(monkeypatch):
@@ -96,7 +115,7 @@ def test_steps_get_gradients_and_calibration_clips_almost_nothing():
     y = torch.randn(2, 16, 6, 7) * 3
     s(y).pow(2).mean().backward()
     assert all(getattr(s, f"log_step{i}").grad.abs().sum() > 0 for i in range(len(s)))
-    assert (y.abs() / torch.exp(s.log_step0)[None, :, None, None] > ACT_TOP).float().mean() < 0.01
+    assert (y.abs() / torch.exp(s.log_step0)[None, :, None, None] > INPUT_TOP).float().mean() < 0.01  # 16 bits at ŷ
 
 
 def test_a_model_file_keeps_the_program_and_decodes_the_same(tmp_path):

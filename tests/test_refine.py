@@ -136,16 +136,39 @@ def test_schedule_spec_and_holding_z_after_a_switch(codec):
     (held at its rounding) while y keeps moving."""
     from vaecodec.refine import Schedule, refine_path
 
-    assert Schedule.parse("0.03,0.5,0.05,160") == Schedule(0.03, 0.5, 0.05, 160, None, None)
-    assert Schedule.parse("0.03,0.5,0.05,160,0.003,128") == Schedule(0.03, 0.5, 0.05, 160, 0.003, 128)
+    assert Schedule.parse("0.03,0.5,0.05,160") == Schedule(0.03, 0.5, 0.05, 160, None, None, select_every=None)
+    assert Schedule.parse("0.03,0.5,0.05,160,0.003,128") == Schedule(0.03, 0.5, 0.05, 160, 0.003, 128,
+                                                                     select_every=None)
+    assert Schedule.parse("0.05,0.5,0.1,160,0.003,,,8") == Schedule()
     img = smooth_image(32, 48, seed=6)
     with torch.no_grad():
         analysed = codec._analyze(img)
-    held = Schedule(lr=0.5, hard_z_from=2)  # a large step, so that a moving z would change its rounding
-    free = Schedule(lr=0.5)
+    held = Schedule(lr=0.5, hard_z_from=2, select_every=None)  # a large step: a moving z would change its rounding
+    free = Schedule(lr=0.5, select_every=None)
     args = (codec.model, analysed.x.tensor(), analysed.latents, 40, [2, 12], 32, 48)
     h2, h12 = refine_path(*args, schedule=held)
     f2, f12 = refine_path(*args, schedule=free)
     assert torch.equal(h2.z_symbols, f2.z_symbols) and torch.equal(h2.y, f2.y)  # the same run up to the switch
     assert torch.equal(h12.z_symbols, h2.z_symbols) and not torch.equal(h12.y, h2.y)
     assert not torch.equal(f12.z_symbols, f2.z_symbols)
+
+
+def test_a_stop_chooses_among_its_candidate_iterations(codec):
+    """With ``select_every`` a run stopped at n returns the latents of one of its candidate iterations (the
+    optimization itself is unchanged: the estimates take no gradient and no randomness), and stopping at
+    several levels still gives each level its own run's latents."""
+    from vaecodec.refine import Schedule, refine_path
+
+    img = smooth_image(32, 48, seed=7)
+    with torch.no_grad():
+        analysed = codec._analyze(img)
+    args = (codec.model, analysed.x.tensor(), analysed.latents, 30)
+    selecting = Schedule(lr=0.3, select_every=2)
+    assert selecting.candidates(12) == [8, 10, 12] and selecting.candidates(1) == [1]
+    every = refine_path(*args, list(range(1, 13)), 32, 48, schedule=Schedule(lr=0.3, select_every=None))
+    chosen = refine_path(*args, [12], 32, 48, schedule=selecting)[0]
+    assert any(torch.equal(chosen.y, every[c - 1].y) and torch.equal(chosen.z_symbols, every[c - 1].z_symbols)
+               for c in selecting.candidates(12))
+    both = refine_path(*args, [5, 12], 32, 48, schedule=selecting)
+    assert torch.equal(both[1].y, chosen.y)
+    assert torch.equal(both[0].y, refine_path(*args, [5], 32, 48, schedule=selecting)[0].y)

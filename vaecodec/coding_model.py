@@ -256,7 +256,7 @@ class CodingModel:
         if self.config.synthesis_bits == 8:  # the 8-bit program's own constants (absent from older models' hashes)
             from . import int8_synthesis as s8
 
-            h.update(f"s8 top{s8.ACT_TOP} out{s8.OUTPUT_LIMIT} mult{s8.MULTIPLIER_BITS} norm{s8.NORM_BIAS_BITS}".encode())
+            h.update(f"s8 top{s8.ACT_TOP} in{s8.INPUT_TOP} out{s8.OUTPUT_LIMIT} mult{s8.MULTIPLIER_BITS} norm{s8.NORM_BIAS_BITS}".encode())
         h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         for name in sorted(self.weights):
             t = self.weights[name]

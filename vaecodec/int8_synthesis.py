@@ -12,7 +12,9 @@ learned step, LSQ: Esser et al. 2020)::
 
     ŷ ─p0─▶ deconv ─p1─▶ iGDN ─p2─▶ deconv ─p3─▶ iGDN ─p4─▶ deconv ─p5─▶ iGDN ─p6─▶ deconv ─▶ x̂
 
-* At point i an activation ``a`` becomes the integer ``ã = clamp(round(a/s_i), ±127)``.
+* At point i an activation ``a`` becomes the integer ``ã = clamp(round(a/s_i), ±127)``; at point 0, ŷ,
+  ``±32512`` (16 bits: the first layer multiplies two int8 digits of it, ``ã = 255·hi + lo``, and adds
+  their int32 sums in int64; that layer is ~9 % of the synthesis' products).
 * A transposed convolution's weights are folded with the steps of its input
   (``w·s_i`` along the input channels) and rounded to ±127 per output channel
   (step ``max|w·s_i| / 127``): its output is an int32 sum times that step.
@@ -53,10 +55,15 @@ from torch import nn
 from .fixedpoint import ACT_FRAC_BITS
 from .model import SimplifiedGDN
 
-__all__ = ["ACT_TOP", "Int8Synthesis", "Int8SynthesisProgram", "int_matmul", "int_mm_is_exact"]
+__all__ = ["ACT_TOP", "INPUT_TOP", "Int8Synthesis", "Int8SynthesisProgram", "int_matmul", "int_mm_is_exact"]
 
 ACT_TOP = 127
 """Largest |integer| of an activation or weight (symmetric 8-bit; −128 is never used)."""
+
+INPUT_DIGIT = 2 * ACT_TOP + 1
+INPUT_TOP = ACT_TOP * INPUT_DIGIT + ACT_TOP
+"""Largest |integer| of ŷ at point 0: 16 bits, two int8 digits q = 255·hi + lo (hi, lo in ±127; every integer
+within ±32512 has exactly one such pair). The rate buys ŷ a precision 8 bits cannot hold at high quality."""
 
 MULTIPLIER_BITS = 15
 """Re-scaling multipliers m have at most 15 bits (relative error below 2^-14 where m ≥ 2^14)."""
@@ -76,9 +83,9 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def _to_grid(a: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """The integers ``clamp(round(a/step), ±127)`` (as floats), with LSQ's gradients for ``a`` and ``step``."""
-    return _ste_round(a / step).clamp(-ACT_TOP, ACT_TOP)
+def _to_grid(a: torch.Tensor, step: torch.Tensor, top: int = ACT_TOP) -> torch.Tensor:
+    """The integers ``clamp(round(a/step), ±top)`` (as floats), with LSQ's gradients for ``a`` and ``step``."""
+    return _ste_round(a / step).clamp(-top, top)
 
 
 def _deconv_steps(weight: torch.Tensor, in_step: torch.Tensor, out_step: torch.Tensor):
@@ -134,8 +141,9 @@ class Int8Synthesis(nn.Sequential):
             values = a.abs().transpose(0, 1).flatten(1)
             values = values[:, ::max(1, values.shape[1] // 65536)].sort(dim=1).values
             # A floor for channels that are (nearly) silent: their step stays in the program's range.
-            peak = values[:, min(values.shape[1] - 1, int(quantile * values.shape[1]))].clamp_min(ACT_TOP * 2.0**-20)
-            getattr(self, f"log_step{i}").copy_(torch.log(peak / ACT_TOP))
+            top = INPUT_TOP if i == 0 else ACT_TOP
+            peak = values[:, min(values.shape[1] - 1, int(quantile * values.shape[1]))].clamp_min(top * 2.0**-20)
+            getattr(self, f"log_step{i}").copy_(torch.log(peak / top))
             a = m(a)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -149,7 +157,7 @@ class Int8Synthesis(nn.Sequential):
         steps = self.steps()
         for i, m in enumerate(self):
             step = steps[i]
-            q = _to_grid(a.float(), _expand(step, 1, 4))  # point i: integers in ±127
+            q = _to_grid(a.float(), _expand(step, 1, 4), INPUT_TOP if i == 0 else ACT_TOP)  # point i's integers
             if isinstance(m, nn.ConvTranspose2d):
                 w, s_w = _deconv_steps(m.weight.float(), step, steps[i + 1].detach())
                 w_q = _ste_round(w / _expand(s_w, 1, 4))
@@ -221,12 +229,13 @@ class _Rescale:
         self.bound = bound.to(torch.int32)
 
     def __call__(self, v: torch.Tensor, channels_first: bool = False) -> torch.Tensor:
-        """``v`` is (..., C), or (C, ...) with ``channels_first``."""
+        """``v`` is int32 or int64 (the 16-bit input's sums; returned as int32), (..., C), or (C, ...) with
+        ``channels_first``."""
         p = [t[:, None] if channels_first else t for t in (self.pre_half, self.pre_shift, self.bound, self.multiplier,
                                                               self.half, self.shift)]
         if self.any_pre:
             v = v.add_(p[0]).bitwise_right_shift_(p[1])
-        v = v.clamp_(-p[2], p[2]).mul_(p[3]).add_(p[4]).bitwise_right_shift_(p[5])
+        v = v.clamp_(-p[2], p[2]).to(torch.int32).mul_(p[3]).add_(p[4]).bitwise_right_shift_(p[5])
         return v.clamp_(-self.limit, self.limit)
 
 
@@ -284,7 +293,8 @@ def _int32(v: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Int8Deconv:
-    """A transposed convolution on int8 channels-last activations (h, w, cin) → (stride·h, stride·w, cout).
+    """A transposed convolution on int8 channels-last activations (h, w, cin) → (stride·h, stride·w, cout);
+    with ``digits`` (the first layer) on 16-bit ones (int16), as two int8 digits.
 
     Upsampling layers run by phases (each output phase an ordinary correlation with a few taps: their
     shifted inputs side by side, one int8 matrix product). Narrow layers (the last, 3 outputs) take every
@@ -299,6 +309,7 @@ class _Int8Deconv:
     stride: int
     padding: int
     last: bool
+    digits: bool = False
 
     def __post_init__(self):
         cin, cout, k, _ = self.weight.shape
@@ -323,6 +334,17 @@ class _Int8Deconv:
         flat = F.pad(a, (0, 0, b, f, b, f)).reshape(-1, c)
         return torch.cat([flat, flat.new_zeros(b + f, c)]), w + b + f
 
+    def _matmul(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x @ w exact: int32, or with ``digits`` int64 from x = 255·hi + lo (hi, lo in ±127; floor division
+        finds them) as one int8 product of [hi; lo] stacked."""
+        if not self.digits:
+            return int_matmul(x, w)
+        q = x.to(torch.int32)
+        hi = torch.div(q + ACT_TOP, INPUT_DIGIT, rounding_mode="floor")
+        lo = q - hi * INPUT_DIGIT
+        both = int_matmul(torch.cat([hi, lo]).to(torch.int8), w)
+        return both[:len(x)].long().mul_(INPUT_DIGIT).add_(both[len(x):])
+
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
         h, w, _ = a.shape
         cout, s = self.weight.shape[1], self.stride
@@ -330,7 +352,7 @@ class _Int8Deconv:
         length, b = h * wp, self.before
         if self.last:  # channels first from here: the 3 output rows stay contiguous
             k = self.weight.shape[2]
-            products = int_matmul(flat, self.all_taps).t().reshape(k, k, cout, -1)
+            products = self._matmul(flat, self.all_taps).t().reshape(k, k, cout, -1)
             out = torch.empty(cout, h, s, w, s, dtype=torch.int32)
             for py, px in ((py, px) for py in range(s) for px in range(s)):
                 acc = None
@@ -344,15 +366,18 @@ class _Int8Deconv:
         out = torch.empty(h, s, w, s, cout, dtype=torch.int8)
         for py, px, offsets, stacked in self.phases:
             x = torch.cat([flat[(b + dy) * wp + b + dx:][:length] for dy, dx in offsets], 1)
-            acc = self.rescale(int_matmul(x, stacked).add_(self.bias))
+            acc = self.rescale(self._matmul(x, stacked).add_(self.bias))
             out[:, py, :, px] = acc.view(h, wp, cout)[:, :w]
         return out.view(s * h, s * w, cout)
 
     def max_abs_sum(self) -> float:
-        """Largest |sum| before rescaling, its pre-shift's rounding half included (int64 abs: −2^31 counts)."""
+        """Largest |sum| in int32 (int64 abs: −2^31 counts): before rescaling, its pre-shift's rounding half
+        included; with ``digits`` each digit's product (their sum is int64)."""
         fan_in = self.weight.shape[0] * math.ceil(self.weight.shape[2] / self.stride) ** 2
-        return (fan_in * ACT_TOP * float(self.weight.long().abs().max()) + float(self.bias.long().abs().max())
-                + float(self.rescale.pre_half.max()))
+        products = fan_in * ACT_TOP * float(self.weight.long().abs().max())
+        if self.digits:
+            return products
+        return products + float(self.bias.long().abs().max()) + float(self.rescale.pre_half.max())
 
 
 @dataclass
@@ -399,6 +424,7 @@ class Int8SynthesisProgram:
     def from_module(cls, module: Int8Synthesis) -> "Int8SynthesisProgram":
         steps = [s.double() for s in module.steps()]
         # The input is rescaled in float64 (|ŷ|·m < 2^36: exact), so its multiplier needs no int32 bound.
+        # Its rescaled value (±32512) and the first layer's sums stay within float64's and int64's exact range.
         ratio = 2.0**-ACT_FRAC_BITS / steps[0]
         sh0 = MULTIPLIER_BITS - torch.frexp(ratio)[1].long()
         m0 = torch.round(torch.ldexp(ratio, sh0)).long()
@@ -413,7 +439,7 @@ class Int8SynthesisProgram:
                 layers.append(_Int8Deconv(torch.round(w / s_w[None, :, None, None]).to(torch.int8),
                                           _int32(torch.round(m.bias.double() / s_w)),
                                           _Rescale(*_multiplier(s_w / steps[i + 1], limit), limit),
-                                          m.stride[0], m.padding[0], last))
+                                          m.stride[0], m.padding[0], last, digits=i == 0))
             else:
                 beta, gamma = (t.double() for t in m.effective_params())
                 g, s_g = _gdn_steps(gamma, beta, steps[i])
@@ -480,12 +506,13 @@ class Int8SynthesisProgram:
                                get(f"s8.{i}.shift", torch.int32, (out,)), limit)
             if f"s8.{i}.weight" in tables:
                 layers.append(_Int8Deconv(w.to(torch.int8), get(f"s8.{i}.bias", torch.int32, (out,)), rescale, stride,
-                                          padding, last))
+                                          padding, last, digits=i == 0))
             else:
                 layers.append(_Int8InverseGDN(g.to(torch.int8), get(f"s8.{i}.beta", torch.int32, (out,)), rescale))
             channels = out
             i += 1
-        if not layers or not isinstance(layers[-1], _Int8Deconv) or channels != 3:
+        if not layers or not isinstance(layers[0], _Int8Deconv) or not isinstance(layers[-1], _Int8Deconv) \
+                or channels != 3:
             raise ValueError("8-bit synthesis tables incomplete")
         m0 = get("s8.in.multiplier", torch.int64, (layers[0].weight.shape[0],))
         if bool((m0 < 2**(MULTIPLIER_BITS - 1)).any()) or bool((m0 > 2**MULTIPLIER_BITS).any()):
@@ -493,9 +520,10 @@ class Int8SynthesisProgram:
         return cls(m0, get("s8.in.shift", torch.int64, (len(m0),)), layers)
 
     def quantize_input(self, a: torch.Tensor) -> torch.Tensor:
-        """Fixed-point ŷ (1, C, h, w) float64 → point 0's int8 (h, w, C): floor(ŷ·m·2^-shift + ½), clamped."""
+        """Fixed-point ŷ (1, C, h, w) float64 → point 0's int16 (h, w, C): floor(ŷ·m·2^-shift + ½), clamped
+        to ±32512."""
         x = a[0].permute(1, 2, 0) * self._input_scale
-        return x.add_(0.5).floor_().clamp_(-ACT_TOP, ACT_TOP).to(torch.int8)
+        return x.add_(0.5).floor_().clamp_(-INPUT_TOP, INPUT_TOP).to(torch.int16)
 
     @torch.no_grad()
     def run(self, a: torch.Tensor) -> torch.Tensor:
