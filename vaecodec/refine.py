@@ -198,10 +198,6 @@ def refine_path(model: CodingModel, x: torch.Tensor, latents: Latents, quality: 
     def snapshot() -> Latents:
         return Latents((u / gain).detach().to(latents.y.dtype), torch.round(z.detach()).long())
 
-    # bf16 (the shadow's convolutions under autocast) was 1.5× faster per iteration on this project's AMX CPU
-    # (0.094 against ~0.14 s on a 256×384 crop) but gains less per iteration, most at high quality: on the crop
-    # both tuning runs share, −5.6 / −1.9 % RD cost at qualities 25 / 75 against −6.1 / −3.4 % in float32
-    # (160 iterations; and CPUs without AMX emulate bf16 many times slower). So float32 by default.
     def rd_estimate(round_z, round_r) -> torch.Tensor:
         """The model's RD cost (bits per pixel + λ·MSE on the 0..255 scale) of (u, z) with these roundings."""
         z_q = round_z(z)
