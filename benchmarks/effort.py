@@ -78,6 +78,7 @@ def main() -> None:
         if len({(p["model"], tuple(p["qualities"]), tuple(p["iterations"])) for p in parts}) != 1:
             raise SystemExit("--merge takes runs of one model, qualities and efforts")
         qualities, efforts = parts[0]["qualities"], [int(e) for e in parts[0]["iterations"]]
+        iterations = {int(e): n for e, n in parts[0]["iterations"].items()}  # as the parts ran, not as today
         images = [Path(args.images) / name for p in parts for name in p["images"]]
     if efforts[0] != 1 or efforts != sorted(set(efforts)):
         raise SystemExit("efforts must ascend and start at 1 (the reference)")

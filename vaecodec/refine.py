@@ -97,9 +97,12 @@ class Schedule:
 
 
 SCHEDULE = Schedule()
-EFFORTS = {1: 0, 2: 8, 3: 16, 4: 32, 5: 48, 6: 64, 7: 96, 8: 128, 9: 160}
+EFFORTS = {1: 0, 2: 16, 3: 24, 4: 32, 5: 48, 6: 64, 7: 96, 8: 128, 9: 160}
 """Adam iterations per effort level (1 = no refinement, the default). Effort 9 is what fits in ~100 CPU-s for
-a Kodak image with the 0.2 model (0.62 s per iteration).
+a Kodak image with the 0.2 model (0.62 s per iteration). The lowest refined level runs 16 iterations: with
+the schedule's large first steps, 8 lowered every quality's RD cost but moved along the RD curve more than
+below it (BD-rate +0.2 % against effort 1 on 8 Kodak images, where 16 gave −3.0 %:
+``benchmarks/results/effort-tune/effort-level2-at-8.md``).
 
 The schedule was tuned on 256×384 crops of three training images at qualities 25 and 75 with the 0.2
 model (``python benchmarks/effort_tune.py``; mean change of the real RD cost at 160 iterations, results in
