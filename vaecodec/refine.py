@@ -227,6 +227,7 @@ def refine_path(model: CodingModel, x: torch.Tensor, latents: Latents, quality: 
     # Each stop's candidates; the latents after each candidate iteration, with their hard-rounded estimate.
     candidates = {stop: schedule.candidates(stop) for stop in stops}
     wanted = set().union(*candidates.values())
+    choosing = any(len(c) > 1 for c in candidates.values())  # else each stop's only candidate is itself
     seen: dict[int, tuple[float, Latents]] = {}
 
     def soft(v: torch.Tensor) -> torch.Tensor:
@@ -250,7 +251,7 @@ def refine_path(model: CodingModel, x: torch.Tensor, latents: Latents, quality: 
             opt.step()
             if t + 1 in wanted:
                 with torch.no_grad():
-                    estimate = float(rd_estimate(torch.round, torch.round)) if len(wanted) > len(stops) else 0.0
+                    estimate = float(rd_estimate(torch.round, torch.round)) if choosing else 0.0
                 seen[t + 1] = (estimate, snapshot())
             if on_iteration is not None:
                 on_iteration(t + 1, n)
