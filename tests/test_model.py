@@ -85,24 +85,47 @@ def test_fixed_point_outputs_are_integers_identical_across_kernels(net):
     (8, 32, 3, 1, 1),
     (8, 16, 4, 1, 0),
     (8, 4, 5, 2, 1),  # too few outputs: torch's kernel is kept
+    (256, 128, 5, 2, 1),  # wide and long (≥ 1024 terms a phase): on int8 kernels where the machine has them
 ])
-def test_transposed_convolutions_by_phases_equal_torchs_kernel_exactly(cin, cout, kernel, padding, output_padding):
-    from vaecodec.fixedpoint import _conv_transpose_by_phases, _IntConv
+@pytest.mark.parametrize("kernels", ["int8", "float32"])
+def test_transposed_convolutions_by_phases_equal_torchs_kernel_exactly(cin, cout, kernel, padding, output_padding,
+                                                                       kernels, monkeypatch):
+    from vaecodec.fixedpoint import _IntConv
 
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", kernels)  # float32: the float64 path, never the int8 kernels
     g = torch.Generator().manual_seed(3)
     layer = _IntConv(weight=torch.randint(-2**14, 2**14, (cin, cout, kernel, kernel), generator=g).double(),
                      bias=torch.randint(-2**30, 2**30, (cout,), generator=g).double(), shift=18, stride=2,
                      padding=padding, output_padding=output_padding, transposed=True)
-    assert (layer._phases is None) == (cout < 16)
+    assert (layer._taps is None) == (cout < 16)
+    assert (layer._taps is not None and layer._taps.digits is not None) == (cout >= 128)
     a = torch.randint(-2**20, 2**20, (2, cin, 5, 7), generator=g).double()  # batch 2, non-square
+    a[0, 0, 0, :3] = torch.tensor([2.0**20, -2.0**20, -2.0**20 + 1])  # the extremes: three digits
     ref = F.conv_transpose2d(a, layer.weight, layer.bias, 2, padding, output_padding)
     assert ref.abs().max() > 2**36  # sums far beyond float32's exact range
-    if layer._phases is not None:
-        no_bias = F.conv_transpose2d(a, layer.weight, None, 2, padding, output_padding)
-        assert torch.equal(_conv_transpose_by_phases(a, 2, *layer._phases), no_bias)
     out = layer(a.clone())
     assert out.shape == (2, cout, 10, 14)
     assert torch.equal(out, torch.floor(ref * 2.0**-18 + 0.5).clamp(-2**20, 2**20))
+    small = (a / 64).round()  # two digits
+    assert torch.equal(layer(small), torch.floor(F.conv_transpose2d(small, layer.weight, layer.bias, 2, padding,
+                                                                     output_padding) * 2.0**-18 + 0.5).clamp(-2**20, 2**20))
+
+
+@pytest.mark.parametrize("cin,cout,kernel", [(12, 8, 3), (120, 128, 3), (40, 128, 1), (6, 5, 5)])
+@pytest.mark.parametrize("kernels", ["int8", "float32"])
+def test_same_convolutions_by_taps_equal_torchs_kernel_exactly(cin, cout, kernel, kernels, monkeypatch):
+    from vaecodec.fixedpoint import _IntConv
+
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", kernels)
+    g = torch.Generator().manual_seed(5)
+    layer = _IntConv(weight=torch.randint(-2**14, 2**14, (cout, cin, kernel, kernel), generator=g).double(),
+                     bias=torch.randint(-2**30, 2**30, (cout,), generator=g).double(), shift=17, stride=1,
+                     padding=kernel // 2, output_padding=0, transposed=False)
+    assert layer._taps is not None and (layer._taps.digits is not None) == (cout >= 128 and cin * kernel**2 >= 1024)
+    for top in (2**20, 127, 30000):  # three digits, one, two
+        a = torch.randint(-top, top + 1, (1, cin, 6, 9), generator=g).double()
+        ref = F.conv2d(a, layer.weight, layer.bias, 1, kernel // 2)
+        assert torch.equal(layer(a.clone()), torch.floor(ref * 2.0**-17 + 0.5).clamp(-2**20, 2**20))
 
 
 @pytest.mark.parametrize("parity", [0, 1])

@@ -168,7 +168,9 @@ class CodingModel:
         net = build_model(config)
         net.load_state_dict({k: v.float() for k, v in self.weights.items()})
         net.eval().requires_grad_(False)
-        self.analysis = net.analysis
+        # Channels-last: oneDNN's convolutions run the float analysis ~1.5× faster so (encoder only; its
+        # floats differ from the contiguous layout's in summation order alone).
+        self.analysis = net.analysis.to(memory_format=torch.channels_last)
         self.hyper_analysis = net.hyper_analysis
         self.hyper_synthesis = FixedPointProgram.from_sequential(net.hyper_synthesis)
         if config.synthesis_bits == 8:  # the integer tables computed at export; no float math decides them here
@@ -282,7 +284,8 @@ class CodingModel:
         tile at a time, so a large image is never held as floats.
         """
         def fn(t: torch.Tensor) -> torch.Tensor:
-            return self.analysis(t if t.is_floating_point() else t.float().div_(255.0))
+            t = t if t.is_floating_point() else t.float().div_(255.0)
+            return self.analysis(t.contiguous(memory_format=torch.channels_last)).contiguous()
 
         y = run_tiled(fn, x, ANALYSIS_TILE, 64, 1 / 16)
         # The hyper-analysis sees ±7 latents (3×3, then two 5×5 stride 2); tiled so that its wide

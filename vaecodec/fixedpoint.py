@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .intmm import DigitMatrix, digits_of, int8_kernels
 from .model import SimplifiedGDN
 
 __all__ = ["ACT_FRAC_BITS", "ACT_LIMIT", "FixedPointProgram", "conv_of_checkerboard_at", "round_shift"]
@@ -76,17 +78,16 @@ class _IntConv:
     transposed: bool
 
     def __post_init__(self):
-        self._phases = _phase_taps(self) if self.transposed else None
+        self._taps = _taps_of(self)
+        # The bias joins the rounding's half: (Σ + b)·2^-s + ½ = Σ·2^-s + (b·2^-s + ½), every term and
+        # partial sum exact (each has at most s fractional bits and stays below 2^(53-s)).
+        self._offset = (self.bias * 2.0**-self.shift + 0.5)[:, None]
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
         # Integer sums are exact in any order, so the bias may be added inside the kernel, and the
-        # phase decomposition below gives the same integers as torch's kernel.
-        if self._phases is not None:
-            # The bias joins the rounding's half: (Σ + b)·2^-s + ½ = Σ·2^-s + (b·2^-s + ½), every term and
-            # partial sum exact (each has at most s fractional bits and stays below 2^(53-s)).
-            acc = _conv_transpose_by_phases(a, self.stride, *self._phases)
-            offset = (self.bias * 2.0**-self.shift + 0.5)[:, None, None]
-            return acc.mul_(2.0**-self.shift).add_(offset).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+        # tap decomposition below gives the same integers as torch's kernel.
+        if self._taps is not None:
+            return _correlate_by_taps(a, self._taps, self.shift, self._offset)
         elif self.transposed:
             acc = F.conv_transpose2d(a, self.weight, self.bias, self.stride, self.padding, self.output_padding)
         else:
@@ -101,25 +102,66 @@ class _IntConv:
 PHASE_MIN_OUT_CHANNELS = 16
 """Transposed convolutions with at least this many outputs run by phases (below, a GEMM is too thin to pay)."""
 
+INT8_MIN_OUT_CHANNELS = 128
+INT8_MIN_TERMS = 1024
+"""Layers with at least this many outputs, and at least this many terms in every output's sum (taps × input
+channels), multiply on exact int8 kernels where the machine has them (:mod:`vaecodec.intmm`). Measured
+on the shipped model (1 thread, a Kodak image): the synthesis' first upsampling (256 → 128, 1024 to 2304
+terms) 16 ms a tile instead of 26, the hyper-synthesis' last convolution (192 → 512, 1728 terms) 25 ms
+instead of 38 for the whole hyper-decoder; narrower or shorter products gained nothing or lost (the
+entropy parameters' 1×1 layers, 256 to 640 terms: 8 ms more a pass), too small to pay for splitting
+into digits and joining them."""
 
-def _phase_taps(conv: _IntConv):
-    """(weights per tap, taps per phase, padding before, padding after) of a transposed convolution whose
-    output is exactly ``stride`` × its input (the decoder's upsampling layers); None where torch's kernel is
-    kept.
 
-    Output row ``stride·m + a`` (phase ``a``) sums input rows ``m + d`` weighted by kernel row
-    ``k = a + padding − stride·d``: each phase is an ordinary stride-1 correlation with a few taps.
+@dataclass
+class _Taps:
+    """A convolution as ``stride``² output phases, each a sum over a few taps of stride-1 shifted inputs.
+
+    ``phases``: (row phase, column phase, the taps' input offsets (dy, dx), their weights side by side
+    (cout, taps·cin), float64 integers); ``digits``: the same weights as :class:`~vaecodec.intmm.DigitMatrix`
+    per phase where the layer runs on int8 kernels, else None.
     """
-    cin, cout, kh, kw = conv.weight.shape
+
+    stride: int
+    before: int  # zero padding before the input, rows and columns
+    after: int
+    phases: list
+    digits: list | None
+
+
+def _taps_of(conv: _IntConv) -> _Taps | None:
+    """The taps of a transposed convolution whose output is exactly ``stride`` × its input (the decoder's
+    upsampling layers), or of a stride-1 'same' convolution (one phase); None where torch's kernel is kept.
+
+    Transposed: output row ``stride·m + a`` (phase ``a``) sums input rows ``m + d``
+    weighted by kernel row ``k = a + padding − stride·d``: each phase is an ordinary
+    stride-1 correlation with a few taps. Stride 1: tap (ky, kx) reads offset
+    (ky − padding, kx − padding).
+    """
     s, p = conv.stride, conv.padding
-    if cout < PHASE_MIN_OUT_CHANNELS or kh != kw or kh + conv.output_padding - 2 * p != s:
-        return None
-    taps = [[(k, (a + p - k) // s) for k in range(kh) if (a + p - k) % s == 0] for a in range(s)]
-    offsets = [d for phase in taps for _, d in phase]
-    if not all(taps) or min(offsets) > 0 or max(offsets) < 0:  # a phase without taps, or one-sided padding
-        return None
-    weights = conv.weight.permute(2, 3, 1, 0).contiguous()  # [ky, kx] → (cout, cin)
-    return weights, taps, -min(offsets), max(offsets)
+    if conv.transposed:
+        cin, cout, kh, kw = conv.weight.shape
+        if cout < PHASE_MIN_OUT_CHANNELS or kh != kw or kh + conv.output_padding - 2 * p != s:
+            return None
+        taps = [[(k, (a + p - k) // s) for k in range(kh) if (a + p - k) % s == 0] for a in range(s)]
+        offsets = [d for phase in taps for _, d in phase]
+        if not all(taps) or min(offsets) > 0 or max(offsets) < 0:  # a phase without taps, or one-sided padding
+            return None
+        phases = [(py, px, [(dy, dx) for _, dy in rows for _, dx in cols],
+                   torch.cat([conv.weight[:, :, ky, kx].t() for ky, _ in rows for kx, _ in cols], 1).contiguous())
+                  for py, rows in enumerate(taps) for px, cols in enumerate(taps)]
+        before, after = -min(offsets), max(offsets)
+    else:
+        cout, cin, kh, kw = conv.weight.shape
+        if s != 1 or kh != kw or kh % 2 == 0 or p != kh // 2:
+            return None
+        chosen = [(ky, kx) for ky in range(kh) for kx in range(kw)]
+        phases = [(0, 0, [(ky - p, kx - p) for ky, kx in chosen],
+                   torch.cat([conv.weight[:, :, ky, kx] for ky, kx in chosen], 1).contiguous())]
+        before = after = p
+    wide = cout >= INT8_MIN_OUT_CHANNELS and min(w.shape[1] for *_, w in phases) >= INT8_MIN_TERMS
+    digits = [DigitMatrix(w) for *_, w in phases] if wide else None
+    return _Taps(s, before, after, phases, digits)
 
 
 def _flat_padded(a: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -131,37 +173,59 @@ def _flat_padded(a: torch.Tensor, before: int, after: int) -> torch.Tensor:
     return torch.cat([padded, padded.new_zeros(n, c, before + after)], 2)
 
 
-def _conv_transpose_by_phases(a: torch.Tensor, stride: int, weights: torch.Tensor, taps: list, before: int,
-                              after: int) -> torch.Tensor:
-    """A transposed convolution (without its bias) as one GEMM per (phase, tap) on shifted views of the
-    padded input.
+BAND_POSITIONS = 2048
+"""Positions (row-major, on the padded width) per band of a layer's output: each band's accumulator
+(channels × band, ~1 MB in float64 at 64 channels) stays in cache through its rounding, clamping and an
+inverse GDN after it, instead of each pass streaming a whole tile's activations through memory (and a
+fresh tile-sized tensor per pass costing its page faults). Measured on the shipped model (1 thread, a
+Kodak tile): the inverse GDN at 1/2 resolution 21 ms instead of 52, the upsampling before it 73 instead
+of 80."""
 
-    Why: torch's float64 kernel (a GEMM, then col2im scattering a 25× larger
-    column buffer) ran the decoder's widest upsampling layer at a third of
-    this speed. With the input padded and flattened row-major, the input
-    seen by tap (dy, dx) for every output of a phase is one contiguous slice,
-    so each tap is a plain ``addmm`` into the phase's accumulator; rows are
-    computed on the padded width and the extra columns dropped when the
-    phase is copied into its interleaved place. Every value is an integer sum below
-    2^53 (the layer's bound), so the result equals torch's exactly.
+
+def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, offset: torch.Tensor,
+                       epilogue: "_IntInverseGDN | None" = None) -> torch.Tensor:
+    """The layer's output, rounded (``floor(Σ·2^-shift + offset)``) and clamped, then ``epilogue`` (an
+    inverse GDN) applied: phase by phase, band by band.
+
+    Why: torch's float64 kernels (a GEMM, then col2im scattering a 25× larger
+    column buffer; or im2col, then a GEMM) ran the decoder's widest layers at a
+    third of this speed. With the input padded and flattened row-major, the
+    input seen by tap (dy, dx) for every output of a phase is one contiguous
+    slice, so in float64 each tap is a plain ``addmm`` into the phase's
+    accumulator; on int8 kernels the taps' slices of the input's digits are
+    stacked into one operand and the phase is one exact digit product
+    (:class:`~vaecodec.intmm.DigitMatrix`). Rows are computed on the padded
+    width and the extra columns dropped when the phase is written into its
+    interleaved place. Every value is an integer sum below 2^53 (the layer's
+    bound), so the result equals torch's kernel's exactly, on either path.
     """
     n, cin, h, w = a.shape
-    cout = weights.shape[2]
-    wp = w + before + after
-    length = h * wp
-    flat = _flat_padded(a, before, after)
-    out = a.new_empty(n, cout, h, stride, w, stride)
+    s, before = taps.stride, taps.before
+    cout = taps.phases[0][3].shape[0]
+    wp = w + before + taps.after
+    rows = max(1, BAND_POSITIONS // wp)
+    flat = _flat_padded(a, before, taps.after)
+    out = a.new_empty(n, cout, h, s, w, s)
+    on_int8 = taps.digits is not None and int8_kernels()
     for i in range(n):
-        for py, row_taps in enumerate(taps):
-            for px, col_taps in enumerate(taps):
-                phase = None
-                for ky, dy in row_taps:
-                    for kx, dx in col_taps:
-                        start = (before + dy) * wp + before + dx
-                        x = flat[i, :, start:start + length]
-                        phase = weights[ky, kx] @ x if phase is None else phase.addmm_(weights[ky, kx], x)
-                out[i, :, :, py, :, px] = phase.view(cout, h, wp)[:, :, :w]
-    return out.view(n, cout, h * stride, w * stride)
+        digits = digits_of(flat[i]) if on_int8 else None  # (cin, digits, L), made once for every band and phase
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            length = (r1 - r0) * wp
+            for k, (py, px, offsets, weights) in enumerate(taps.phases):
+                starts = [(before + dy + r0) * wp + before + dx for dy, dx in offsets]
+                if digits is not None:
+                    acc = taps.digits[k].matmul_digits(torch.cat([digits[:, :, t:t + length] for t in starts]))
+                else:
+                    acc = None
+                    for j, t in enumerate(starts):
+                        x, wt = flat[i, :, t:t + length], weights[:, j * cin:(j + 1) * cin]
+                        acc = wt @ x if acc is None else acc.addmm_(wt, x)
+                acc.mul_(2.0**-shift).add_(offset).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+                if epilogue is not None:
+                    epilogue.apply_(acc)
+                out[i, :, r0:r1, py, :, px] = acc.view(cout, r1 - r0, wp)[:, :, :w]
+    return out.view(n, cout, h * s, w * s)
 
 
 def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -217,15 +281,33 @@ class _IntInverseGDN:
     beta: torch.Tensor  # (C,) float64 integers, in units of 2^-(shift + ACT_FRAC_BITS)
     shift: int
 
+    def __post_init__(self):
+        self._matrix = self.gamma[:, :, 0, 0].contiguous()
+        self._bias = (self.beta + 2.0 ** (self.shift - 1))[:, None]  # with the rounding's half (exact)
+
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        norm = _round_shift_(F.conv2d(a.abs(), self.gamma, self.beta), self.shift).clamp_(0, ACT_LIMIT)
-        # floor(norm·a·2^-12 + ½) in one fused pass: the product (≤ 2^40) and the power-of-two scalings
+        """In place, ``BAND_POSITIONS`` positions at a time (see there)."""
+        n, c, h, w = a.shape
+        flat = a.view(n, c, h * w)
+        for i in range(n):
+            for p0 in range(0, h * w, BAND_POSITIONS):
+                self.apply_(flat[i, :, p0:p0 + BAND_POSITIONS])
+        return a
+
+    def apply_(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on a (C, positions) block, in place."""
+        norm = torch.addmm(self._bias, self._matrix, x.abs()).mul_(2.0**-self.shift).floor_().clamp_(0, ACT_LIMIT)
+        # floor(norm·x·2^-12 + ½) in one fused pass: the product (≤ 2^40) and the power-of-two scalings
         # are exact in any order.
-        return torch.addcmul(_HALF, norm, a, value=2.0**-ACT_FRAC_BITS, out=norm).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+        return torch.addcmul(_HALF, norm, x, value=2.0**-ACT_FRAC_BITS, out=x).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
 
     def bound(self) -> float:
         c = self.gamma.shape[1]
         return max(c * float(self.gamma.abs().max()) * ACT_LIMIT + float(self.beta.abs().max()), float(ACT_LIMIT) ** 2)
+
+
+def _conv_then_gdn(conv: _IntConv, gdn: _IntInverseGDN, a: torch.Tensor) -> torch.Tensor:
+    return _correlate_by_taps(a, conv._taps, conv.shift, conv._offset, epilogue=gdn)
 
 
 def _quantize_conv(layer: nn.Conv2d | nn.ConvTranspose2d) -> _IntConv:
@@ -270,6 +352,15 @@ class FixedPointProgram:
         for layer in layers:
             if layer.bound() >= EXACT_LIMIT:
                 raise ValueError(f"fixed-point layer {layer!r:.60} could exceed 2^53; weights out of range")
+        # What run() calls: a convolution by taps followed by an inverse GDN runs as one step, the GDN on
+        # each band while it is in cache (the same integers as one layer after the other).
+        self._steps = []
+        for layer in layers:
+            previous = self._steps[-1] if self._steps else None
+            if isinstance(layer, _IntInverseGDN) and isinstance(previous, _IntConv) and previous._taps is not None:
+                self._steps[-1] = partial(_conv_then_gdn, previous, layer)
+            else:
+                self._steps.append(layer)
 
     @classmethod
     def from_sequential(cls, seq: nn.Sequential) -> "FixedPointProgram":
@@ -289,8 +380,8 @@ class FixedPointProgram:
     def run(self, a: torch.Tensor) -> torch.Tensor:
         if a.dtype != torch.float64:
             raise TypeError("fixed-point programs take float64 tensors holding integers")
-        for layer in self.layers:
-            a = layer(a)
+        for step in self._steps:
+            a = step(a)
         return a
 
 

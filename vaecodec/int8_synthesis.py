@@ -45,7 +45,6 @@ This module knows nothing of files, bytes or entropy coding.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fixedpoint import ACT_FRAC_BITS
+from .intmm import int_matmul, int_mm_is_exact
 from .model import SimplifiedGDN
 
 __all__ = ["ACT_TOP", "INPUT_TOP", "Int8Synthesis", "Int8SynthesisProgram", "int_matmul", "int_mm_is_exact"]
@@ -76,8 +76,6 @@ NORM_BIAS_BITS = 20
 """Norm steps are at least β/2^20, so |β̃| ≤ 2^20 and ṽ·(β̃ + Γ̃|ṽ|) stays below 2^31 (checked per layer)."""
 
 _INT32_LIMIT = 2**31
-_FLOAT32_EXACT_K = 1040
-"""127²·1040 < 2^24: int8 products summed over this many terms are exact in float32."""
 
 
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -238,46 +236,6 @@ class _Rescale:
             v = v.add_(p[0]).bitwise_right_shift_(p[1])
         v = v.clamp_(-p[2], p[2]).to(torch.int32).mul_(p[3]).add_(p[4]).bitwise_right_shift_(p[5])
         return v.clamp_(-self.limit, self.limit)
-
-
-_INT_MM_EXACT: dict = {}
-"""Probe results by oneDNN setting (``torch._int_mm`` may pick another kernel when it changes)."""
-
-
-def int_mm_is_exact() -> bool:
-    """Whether ``torch._int_mm`` gives exact int32 sums here (probed once per oneDNN setting, on sums that
-    saturate 16-bit intermediates, which some int8 kernels without VNNI use, and on thin and tiny shapes);
-    if not, :func:`int_matmul` runs exact float32. ``VAECODEC_INT8_KERNEL=float32`` in the environment
-    chooses float32 without probing."""
-    if os.environ.get("VAECODEC_INT8_KERNEL") == "float32":
-        return False  # forced: the float32 path (for checking that both give the same integers)
-    key = torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
-    if key not in _INT_MM_EXACT:
-        g = torch.Generator().manual_seed(0)
-
-        def rand(*shape):
-            return torch.randint(-ACT_TOP, ACT_TOP + 1, shape, generator=g, dtype=torch.int8)
-
-        top, bottom = torch.full((32, 2304), ACT_TOP, dtype=torch.int8), torch.full((2304, 24), ACT_TOP, dtype=torch.int8)
-        cases = [(top, bottom), (-top, bottom), (rand(40, 600), rand(600, 75)), (rand(1, 64), rand(64, 3)),
-                 (rand(3, 2304), rand(2304, 128)), (rand(17, 128), rand(128, 128))]
-        try:
-            _INT_MM_EXACT[key] = all(torch.equal(torch._int_mm(x, w).long(), x.long() @ w.long()) for x, w in cases)
-        except (RuntimeError, AttributeError):
-            _INT_MM_EXACT[key] = False
-    return _INT_MM_EXACT[key]
-
-
-def int_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Exact (L, K) int8 @ (K, N) int8 → int32: ``torch._int_mm`` where it is exact, else float32 products
-    over chunks of at most 1040 terms (each partial sum an integer below 2^24) added in float64."""
-    if int_mm_is_exact():
-        return torch._int_mm(x, w)
-    acc = None
-    for k0 in range(0, x.shape[1], _FLOAT32_EXACT_K):
-        part = (x[:, k0:k0 + _FLOAT32_EXACT_K].float() @ w[k0:k0 + _FLOAT32_EXACT_K].float()).double()
-        acc = part if acc is None else acc.add_(part)
-    return acc.to(torch.int32)
 
 
 def _phase_taps(kernel: int, stride: int, padding: int) -> list[list[tuple[int, int]]]:
