@@ -212,7 +212,8 @@ class IndexedPmfs:
         indexes = np.asarray(indexes).ravel()
         if indexes.size and (indexes.min() < 0 or indexes.max() >= self.num_tables):
             raise ValueError(f"table index out of range 0..{self.num_tables - 1}")
-        order = np.argsort(indexes, kind="stable")
+        # Radix sort: numpy's stable sort of 16-bit integers is ~7× faster than of int64 (same order).
+        order = np.argsort(indexes.astype(np.int16) if self.num_tables < 2**15 else indexes, kind="stable")
         cuts = np.searchsorted(indexes[order], np.arange(self.num_tables + 1))
         return order, cuts
 
