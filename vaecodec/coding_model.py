@@ -27,9 +27,11 @@ the entropy coder and the container.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,7 @@ import torch
 from .entropy import IndexedPmfs, quantize_pmf
 from .errors import ModelFileError
 from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, conv_of_checkerboard_at, round_shift, to_fixed
+from .hardware import native_bfloat16
 from .int8_synthesis import Int8SynthesisProgram
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
                     SimplifiedGDN, build_model, checkerboard_anchor_mask, interpolate_rows)
@@ -109,6 +112,11 @@ class HyperParams:
     log2_scale: torch.Tensor  # (1, M, h, w)
 
 
+def _per_channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-channel vector (M,) shaped to broadcast over (1, M, ...) tensors of ``ndim`` dimensions."""
+    return v.view(1, -1, *([1] * (ndim - 2)))
+
+
 def _gaussian_pmfs(radius: int, num_scales: int = NUM_SCALES) -> np.ndarray:
     """Unit-bin masses of N(0, std_j²) on -radius..radius, tails lumped into the edges."""
     stds = 2.0 ** ((torch.arange(num_scales, dtype=torch.float64) + SCALE_MIN_INDEX) / SCALE_STEPS_PER_OCTAVE)
@@ -168,9 +176,12 @@ class CodingModel:
         net = build_model(config)
         net.load_state_dict({k: v.float() for k, v in self.weights.items()})
         net.eval().requires_grad_(False)
-        # Channels-last: oneDNN's convolutions run the float analysis ~1.5× faster so (encoder only; its
-        # floats differ from the contiguous layout's in summation order alone).
+        # Channels-last: oneDNN's convolutions run the float analysis ~1.5× faster so. Where the CPU has
+        # native bfloat16 (AMX) the analysis runs in bfloat16, as it was trained (autocast): 3.7× faster
+        # than float32 and the same rate-distortion (benchmarks/results/analysis-precision.json). Encoder
+        # only: files decode the same whichever precision made them.
         self.analysis = net.analysis.to(memory_format=torch.channels_last)
+        self._analysis_bf16 = copy.deepcopy(self.analysis).to(torch.bfloat16)
         self.hyper_analysis = net.hyper_analysis
         self.hyper_synthesis = FixedPointProgram.from_sequential(net.hyper_synthesis)
         if config.synthesis_bits == 8:  # the integer tables computed at export; no float math decides them here
@@ -283,16 +294,25 @@ class CodingModel:
         :class:`~vaecodec.image.PaddedPixels`), converted to [0, 1] one analysis
         tile at a time, so a large image is never held as floats.
         """
+        net, dtype = (self._analysis_bf16, torch.bfloat16) if self.analysis_in_bfloat16() else (self.analysis, None)
+
         def fn(t: torch.Tensor) -> torch.Tensor:
             t = (t if t.is_floating_point() else t.float().div_(255.0)).contiguous(memory_format=torch.channels_last)
-            for i, layer in enumerate(self.analysis):  # a GDN after a layer overwrites that layer's fresh output
+            t = t if dtype is None else t.to(dtype)
+            for i, layer in enumerate(net):  # a GDN after a layer overwrites that layer's fresh output
                 t = layer.forward_(t) if isinstance(layer, SimplifiedGDN) and i > 0 else layer(t)
-            return t.contiguous()
+            return t.float().contiguous()
 
         y = run_tiled(fn, x, ANALYSIS_TILE, 64, 1 / 16)
         # The hyper-analysis sees ±7 latents (3×3, then two 5×5 stride 2); tiled so that its wide
         # activations are never whole-image (encoder only: float, no exactness at stake).
         return y, torch.round(run_tiled(self.hyper_analysis, y, HYPER_ANALYSIS_TILE, 16, 1 / 4)).long()
+
+    @staticmethod
+    def analysis_in_bfloat16() -> bool:
+        """Whether :meth:`analyze` runs the analysis in bfloat16 here: where the CPU does natively, unless
+        ``VAECODEC_ANALYSIS=float32`` is in the environment."""
+        return os.environ.get("VAECODEC_ANALYSIS") != "float32" and native_bfloat16("cpu")
 
     def hyper_decode(self, z_symbols: torch.Tensor) -> HyperParams:
         """Exact: hyper-latent integers → mean and log2 scale of every latent (the hyperprior's own)."""
@@ -313,45 +333,58 @@ class CodingModel:
 
     def context_params(self, hyper: HyperParams, anchors_y_hat: torch.Tensor | None, where: torch.Tensor) -> HyperParams:
         """Exact, checkerboard models: the hyper's parameters corrected by the context, at the positions
-        ``where`` (1, 1, h, w) of the pass being coded; elsewhere the hyper's own (unused).
+        ``where`` (1, 1, h, w) of the pass being coded; elsewhere the hyper's own (unused). The whole-grid
+        form of :meth:`context_params_at`."""
+        positions = where.reshape(-1).nonzero().squeeze(1)
+        at = self.context_params_at(hyper, anchors_y_hat, positions)
+        n, c, h, w = hyper.mean.shape
+        mean, log2_scale = hyper.mean.clone(), hyper.log2_scale.clone()
+        mean.view(n, c, h * w)[:, :, positions] = at.mean
+        log2_scale.view(n, c, h * w)[:, :, positions] = at.log2_scale
+        return HyperParams(mean, log2_scale)
+
+    def context_params_at(self, hyper: HyperParams, anchors_y_hat: torch.Tensor | None,
+                          positions: torch.Tensor) -> HyperParams:
+        """Exact, checkerboard models: the hyper's parameters corrected by the context at ``positions``
+        (flat indices y·w + x of one pass), as (1, M, len(positions)) tensors.
 
         ``anchors_y_hat``: fixed-point ŷ, zero except at the anchors (None for
         the anchors' own pass, whose context is zero). The entropy parameters
-        are 1×1 convolutions and the context is read only at ``where``, so
-        only those positions are computed: half the work of the whole grid.
+        are 1×1 convolutions and the context is read only at ``positions``, so
+        only those are computed: half the work of the whole grid.
         """
-        p = torch.cat([hyper.mean, hyper.log2_scale], 1)
-        n, c, h, w = p.shape
-        positions = where.reshape(-1).nonzero().squeeze(1)
-        out = p.clone()
+        n, c, h, w = hyper.mean.shape
+        mean, log2_scale = hyper.mean.reshape(n, c, h * w), hyper.log2_scale.reshape(n, c, h * w)
+        out = mean.new_empty(n, 2 * c, len(positions))
         for i in range(0, len(positions), _PARAMS_CHUNK):
             chunk = positions[i:i + _PARAMS_CHUNK]
             if anchors_y_hat is None:
-                ctx = p.new_zeros(n, self.context.layers[0].weight.shape[0], len(chunk))
+                ctx = mean.new_zeros(n, self.context.layers[0].weight.shape[0], len(chunk))
             else:
                 ctx = conv_of_checkerboard_at(self.context.layers[0], anchors_y_hat, chunk)
-            x = torch.cat([p.reshape(n, c, h * w)[:, :, chunk], ctx], 1)
-            out.view(n, c, h * w)[:, :, chunk] += self.entropy_parameters.run(x[..., None])[..., 0]
-        mean, log2_scale = out.chunk(2, dim=1)
-        return HyperParams(mean, log2_scale)
+            own = torch.cat([mean[:, :, chunk], log2_scale[:, :, chunk]], 1)
+            own += self.entropy_parameters.run(torch.cat([own, ctx], 1)[..., None])[..., 0]
+            out[:, :, i:i + len(chunk)] = own
+        return HyperParams(out[:, :c], out[:, c:])
 
     def scale_indexes(self, params: HyperParams, quality: int) -> torch.Tensor:
-        """Exact: index j of the pmf table for each latent, 0..num_scales−1 (int64)."""
-        t = params.log2_scale + self._log2_gain[quality - 1][None, :, None, None]
+        """Exact: index j of the pmf table for each latent, 0..num_scales−1 (int64). Parameters are
+        (1, M, h, w) grids or (1, M, positions)."""
+        t = params.log2_scale + _per_channel(self._log2_gain[quality - 1], params.log2_scale.dim())
         j = round_shift(t * SCALE_STEPS_PER_OCTAVE, ACT_FRAC_BITS) - SCALE_MIN_INDEX
         return j.clamp_(0, self.config.num_scales - 1).long()
 
     @torch.no_grad()
     def quantize(self, y: torch.Tensor, params: HyperParams, quality: int) -> torch.Tensor:
         """Encoder: q = round((y − μ)·g), int64; g = 2^16 / inverse_gain so decoding inverts it."""
-        gain = 2.0**GAIN_FRAC_BITS / self._inverse_gain[quality - 1][None, :, None, None]
+        gain = 2.0**GAIN_FRAC_BITS / _per_channel(self._inverse_gain[quality - 1], y.dim())
         r = (y.double() - params.mean * 2.0**-ACT_FRAC_BITS) * gain
         return torch.round(r).long()
 
     def dequantize(self, y_symbols: torch.Tensor, params: HyperParams, quality: int) -> torch.Tensor:
         """Exact: latent integers → ŷ = q/g + μ in fixed point (float64 integers)."""
         q = y_symbols.double().clamp(-_SYMBOL_LIMIT, _SYMBOL_LIMIT)
-        y_hat = round_shift(q * self._inverse_gain[quality - 1][None, :, None, None], GAIN_FRAC_BITS - ACT_FRAC_BITS)
+        y_hat = round_shift(q * _per_channel(self._inverse_gain[quality - 1], q.dim()), GAIN_FRAC_BITS - ACT_FRAC_BITS)
         return (y_hat + params.mean).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
     def synthesize(self, y_hat: torch.Tensor) -> np.ndarray:

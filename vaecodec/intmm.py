@@ -40,8 +40,8 @@ DIGIT_BITS = 8
 TWO_DIGIT_LIMIT = 127 * DIGIT_BASE + 127
 """Largest |v| with two digits: v = lo + 256·hi, lo in [−128, 127], hi in [−128, 127] (−32 896 … 32 639)."""
 
-MAX_DIGITS = 3
-"""Three digits hold |v| up to ~2^23; the programs' activations stop at 2^20 (checked)."""
+THREE_DIGIT_LIMIT = 127 * (1 + DIGIT_BASE + DIGIT_BASE**2)
+"""Largest |v| with three digits (8 355 711, just under 2^23); the programs' activations stop at 2^20."""
 
 _ACT_TOP = 127
 _INT32_LIMIT = 2**31
@@ -103,14 +103,15 @@ def num_digits(peak: float) -> int:
         return 1
     if peak <= TWO_DIGIT_LIMIT:
         return 2
-    if peak < 2**23:
+    if peak <= THREE_DIGIT_LIMIT:
         return 3
-    raise ValueError("an integer beyond 2^23 has no int8 digits here")
+    raise ValueError(f"an integer beyond ±{THREE_DIGIT_LIMIT} has no int8 digits here")
 
 
 def digits_of(x: torch.Tensor, n: int | None = None) -> torch.Tensor:
     """Integers ``x`` (K, ...) (float64 or an integer dtype) → their int8 digits (K, n, ...), low first:
-    ``x = Σ_i 256^i·d[:, i]``, each digit in [−128, 127]. ``n`` defaults to the fewest that hold ``x``.
+    ``x = Σ_i 256^i·d[:, i]``, each digit in [−128, 127]. ``n`` defaults to the fewest that hold ``x``
+    (:func:`num_digits`); a caller who gives ``n`` vouches that they hold it (not checked: a pass fewer).
 
     The digit axis sits after the first so that slicing along the last axis, then concatenating along
     the first, lays a matrix product's right operand out as (K, n·L), digit-major columns."""
@@ -129,7 +130,7 @@ def digits_of(x: torch.Tensor, n: int | None = None) -> torch.Tensor:
 
 
 class DigitMatrix:
-    """An integer matrix W (N, K) with |W| ≤ 2^15 − 1, held as its two int8 digits stacked, [W_0; W_1]
+    """An integer matrix W (N, K) with |W| ≤ 32 639, held as its two int8 digits stacked, [W_0; W_1]
     (2N, K) with ``W = W_0 + 256·W_1``, ready for exact products with digit operands.
 
     Typical use (the right operand's digits made once, shared by several products)::

@@ -41,6 +41,7 @@ around these and the container around them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,6 +51,7 @@ import torch
 from . import entropy
 from .coding_model import CodingModel, HyperParams
 from .errors import FormatError
+from .model import checkerboard_anchor_mask
 
 __all__ = ["Latents", "LatentCode", "HyperpriorLatentCodec", "CheckerboardLatentCodec", "latent_codec",
            "LATENT_TILE", "tile_regions"]
@@ -109,10 +111,8 @@ class HyperpriorLatentCodec:
 
     def _pop_tile(self, coder, hyper: HyperParams, quality: int, floor: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pop one tile's latents; (symbols q, exact ŷ)."""
-        m = self.model
-        q = torch.empty(hyper.mean.shape, dtype=torch.long)
-        self._pop_y(coder, hyper, quality, q)
-        return q, m.dequantize(q, hyper, quality)
+        q = self._pop_y(coder, hyper, quality)
+        return q, self.model.dequantize(q, hyper, quality)
 
     def _push_z(self, coder, z_symbols: torch.Tensor) -> float:
         m = self.model
@@ -126,21 +126,17 @@ class HyperpriorLatentCodec:
         _require_bits(coder, floor)
         return z
 
-    def _push_y(self, coder, q: torch.Tensor, params: HyperParams, quality: int, where=None) -> float:
+    def _push_y(self, coder, q: torch.Tensor, params: HyperParams, quality: int) -> float:
+        """Push latents ``q`` (a grid or (1, M, positions)), channel by channel, positions in order."""
         m = self.model
-        j = m.scale_indexes(params, quality)
-        sym, idx = (q, j) if where is None else (q[where.expand_as(q)], j[where.expand_as(j)])
-        m.y_pmfs.encode(coder, sym.numpy(), idx.numpy())
-        return m.y_pmfs.information_bits(sym.numpy(), idx.numpy())
+        j = m.scale_indexes(params, quality).numpy()
+        m.y_pmfs.encode(coder, q.numpy(), j)
+        return m.y_pmfs.information_bits(q.numpy(), j)
 
-    def _pop_y(self, coder, params: HyperParams, quality: int, out: torch.Tensor, where=None) -> None:
-        m = self.model
-        j = m.scale_indexes(params, quality)
-        if where is None:
-            out[...] = torch.from_numpy(m.y_pmfs.decode(coder, j.numpy()).reshape(out.shape))
-        else:
-            mask = where.expand_as(out)
-            out[mask] = torch.from_numpy(m.y_pmfs.decode(coder, j[mask].numpy()))
+    def _pop_y(self, coder, params: HyperParams, quality: int) -> torch.Tensor:
+        """Pop what :meth:`_push_y` pushed with these parameters: int64, their shape."""
+        j = self.model.scale_indexes(params, quality)
+        return torch.from_numpy(self.model.y_pmfs.decode(coder, j.numpy()).reshape(j.shape))
 
     # ----- the whole image ----------------------------------------------------------
     @staticmethod
@@ -218,28 +214,44 @@ class CheckerboardLatentCodec(HyperpriorLatentCodec):
 
     def _push_tile(self, coder, y: torch.Tensor, hyper: HyperParams, quality: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         m = self.model
-        anchor = m.anchor_mask(y.shape)
-        p_a = m.context_params(hyper, None, anchor)
-        q_a = m.quantize(y, p_a, quality)
-        y_hat_a = m.dequantize(q_a, p_a, quality) * anchor
-        p_n = m.context_params(hyper, y_hat_a, ~anchor)
-        q_n = m.quantize(y, p_n, quality)
-        bits = self._push_y(coder, q_n, p_n, quality, ~anchor)
-        bits += self._push_y(coder, q_a, p_a, quality, anchor)
-        y_hat = torch.where(anchor, y_hat_a, m.dequantize(q_n, p_n, quality))
-        return bits, torch.where(anchor.expand_as(q_a), q_a, q_n), y_hat
+        n, c, h, w = y.shape
+        anchors, others = _checkerboard_positions(h, w)
+        y_flat = y.reshape(n, c, h * w)
+        p_a = m.context_params_at(hyper, None, anchors)
+        q_a = m.quantize(y_flat[:, :, anchors], p_a, quality)
+        y_hat = torch.zeros((n, c, h * w), dtype=torch.float64)
+        y_hat[:, :, anchors] = m.dequantize(q_a, p_a, quality)
+        p_n = m.context_params_at(hyper, y_hat.view(n, c, h, w), others)
+        q_n = m.quantize(y_flat[:, :, others], p_n, quality)
+        bits = self._push_y(coder, q_n, p_n, quality)
+        bits += self._push_y(coder, q_a, p_a, quality)
+        y_hat[:, :, others] = m.dequantize(q_n, p_n, quality)
+        q = torch.empty((n, c, h * w), dtype=torch.long)
+        q[:, :, anchors], q[:, :, others] = q_a, q_n
+        return bits, q.view(n, c, h, w), y_hat.view(n, c, h, w)
 
     def _pop_tile(self, coder, hyper: HyperParams, quality: int, floor: int) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
-        anchor = m.anchor_mask(hyper.mean.shape)
-        p_a = m.context_params(hyper, None, anchor)
-        q = torch.zeros(hyper.mean.shape, dtype=torch.long)
-        self._pop_y(coder, p_a, quality, q, anchor)
+        n, c, h, w = hyper.mean.shape
+        anchors, others = _checkerboard_positions(h, w)
+        q = torch.empty((n, c, h * w), dtype=torch.long)
+        y_hat = torch.zeros((n, c, h * w), dtype=torch.float64)
+        p_a = m.context_params_at(hyper, None, anchors)
+        q[:, :, anchors] = q_a = self._pop_y(coder, p_a, quality)
         _require_bits(coder, floor)
-        y_hat_a = m.dequantize(q, p_a, quality) * anchor
-        p_n = m.context_params(hyper, y_hat_a, ~anchor)
-        self._pop_y(coder, p_n, quality, q, ~anchor)
-        return q, torch.where(anchor, y_hat_a, m.dequantize(q, p_n, quality))
+        y_hat[:, :, anchors] = m.dequantize(q_a, p_a, quality)
+        p_n = m.context_params_at(hyper, y_hat.view(n, c, h, w), others)
+        q[:, :, others] = q_n = self._pop_y(coder, p_n, quality)
+        y_hat[:, :, others] = m.dequantize(q_n, p_n, quality)
+        return q.view(n, c, h, w), y_hat.view(n, c, h, w)
+
+
+@functools.lru_cache(maxsize=64)
+def _checkerboard_positions(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices (y·w + x, ascending) of a tile's anchors and of its other latents: the two passes.
+    Their order is the bitstream's: within a pass, latents go channel by channel, positions in order."""
+    anchor = checkerboard_anchor_mask(h, w).bool().reshape(-1)
+    return anchor.nonzero().squeeze(1), (~anchor).nonzero().squeeze(1)
 
 
 def _require_bits(coder, floor: int) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..hardware import native_bfloat16
 from ..model import HyperpriorModel, ModelConfig, build_model
 from .data import CropPool
 from .evaluate import evaluate_estimate
@@ -121,17 +122,6 @@ def learning_rate(step: int, total_steps: int, base: float = 1e-3, warmup: int =
         return base
     t = min(1.0, (step - start) / max(1.0, total_steps - start))
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def native_bfloat16(device: str) -> bool:
-    """Whether ``device`` runs bfloat16 convolutions natively (CUDA with bf16 support; a CPU with AMX tiles)."""
-    if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
 
 
 def resolve_precision(precision: str, device: str) -> str:
