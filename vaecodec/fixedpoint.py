@@ -172,9 +172,13 @@ def _flat_padded(a: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """``a`` (n, c, h, w) zero-padded on every side and flattened row-major to (n, c, L), with ``before + after``
     more zeros at the end: the slice a tap at offset (dy, dx) reads for a whole row-major output,
     ``[(before + dy)·w' + before + dx :][:h·w']`` with w' = w + before + after, then stays inside."""
-    n, c = a.shape[:2]
-    padded = F.pad(a, (before, after, before, after)).reshape(n, c, -1)
-    return torch.cat([padded, padded.new_zeros(n, c, before + after)], 2)
+    n, c, h, w = a.shape
+    if before == after == 0:  # 1×1 layers: the input as it is
+        return a.reshape(n, c, h * w)
+    wp = w + before + after
+    flat = a.new_zeros(n, c, (h + before + after) * wp + before + after)  # one tensor, one copy
+    flat[:, :, :(h + before + after) * wp].view(n, c, -1, wp)[:, :, before:before + h, before:before + w] = a
+    return flat
 
 
 BAND_POSITIONS = 2048
