@@ -197,12 +197,20 @@ def main():
     ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
     ap.add_argument("--no-scale", action="store_true", help="skip part 2")
     ap.add_argument("--scale-mpx", default="1,4,16,64", help="image sizes of part 2, Mpixel")
+    ap.add_argument("--load", default="not stated", help="what else ran on the machine meanwhile (recorded)")
     args = ap.parse_args()
     images = sorted(Path(args.images).glob("*.png"))[:args.count]
     result = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]), "platform": platform.platform(),
               "model": None, "stages": {}, "scale": []}
     codec = vaecodec.Codec(args.model)
     result["model"] = f"{codec.model.model_id} {codec.model.weight_hash.hex()}"
+    # What the ratio depends on besides the machine's speed: the encoder's analysis precision (bfloat16
+    # where the CPU has AMX) and whether the decoder's widest products ran on exact int8 kernels.
+    from vaecodec.intmm import int8_kernels
+
+    result["analysis"] = "bfloat16" if codec.model.analysis_in_bfloat16() else "float32"
+    result["int8_kernels"] = int8_kernels()
+    result["machine_load"] = args.load
     for threads in (1, 2):
         print(f"stages, {threads} thread(s), {len(images)} images, quality {QUALITY}", flush=True)
         result["stages"][str(threads)] = part_stages(images, threads, args.model)
@@ -234,7 +242,9 @@ def main():
 
 
 def write_markdown(result, path):
-    lines = ["# vaecodec speed", "", f"Command: `{result['command']}`  ", f"Model: {result['model']}; {result['platform']}", "",
+    lines = ["# vaecodec speed", "", f"Command: `{result['command']}`  ", f"Model: {result['model']}; {result['platform']}  ",
+             f"Encoder analysis in {result.get('analysis', '?')}; exact int8 kernels for the widest decoder products: "
+             f"{'yes' if result.get('int8_kernels') else 'no'}; machine load: {result.get('machine_load', 'not stated')}", "",
              "## Stages (mean per image, quality 50)", "", "| stage | 1 thread CPU ms | 1 thread wall ms | 2 threads CPU ms | 2 threads wall ms |", "|---|---|---|---|---|"]
     for k in result["stages"]["1"]:
         a, b = result["stages"]["1"][k], result["stages"]["2"][k]

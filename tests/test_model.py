@@ -206,3 +206,18 @@ def test_quality_span_maps_qualities_onto_anchor_positions():
     assert wide.weight_hash != default.weight_hash
     gains = wide.tables["log2_gain"].mean(axis=1)
     assert np.all(np.diff(gains) > 0)
+
+
+def test_native_bfloat16_on_cpu_needs_amx_and_onednn(monkeypatch):
+    from vaecodec import hardware
+
+    monkeypatch.setattr(hardware, "_cpu_has_amx_bf16", lambda: True)
+    was = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        assert not hardware.native_bfloat16("cpu")  # torch would emulate bfloat16: slower than float32
+    finally:
+        torch._C._set_mkldnn_enabled(was)
+    assert hardware.native_bfloat16("cpu") == torch.backends.mkldnn.is_available()
+    monkeypatch.setattr(hardware, "_cpu_has_amx_bf16", lambda: False)
+    assert not hardware.native_bfloat16("cpu")

@@ -269,3 +269,28 @@ def test_precision_auto_is_bfloat16_only_where_it_is_native(monkeypatch):
     assert loop.resolve_precision("auto", "cpu") == "bfloat16"
     with pytest.raises(ValueError, match="unknown precision"):
         loop.resolve_precision("float16", "cpu")
+
+
+def test_reanchoring_keeps_the_model_inside_the_old_span_and_training_continues_over_the_new(tmp_path, data):
+    from vaecodec.training.warm_start import reanchor
+
+    stable, wider = tmp_path / "s.pt", tmp_path / "w.pt"
+    cfg = ModelConfig(**TINY_CB)
+    train(data, stable, config=cfg, steps=2, options=FAST, log=lambda *_: None)
+    old_state, old_model, _, _ = load_checkpoint(stable)
+    top = cfg.lambdas[-1]
+    state = reanchor(stable, wider, cfg.lambdas + (2 * top, 4 * top))
+    assert state.config.lambdas[-1] == 4 * top and state.step == old_state.step
+    assert state.cpu_seconds == old_state.cpu_seconds and state.history[-1]["reanchored"]["to"][-1] == 4 * top
+    _, new_model, _, opt = load_checkpoint(wider)
+    lam = torch.tensor([cfg.lambdas[0], cfg.lambdas[3] * 1.3, top])  # inside the old span: the same gains
+    assert torch.allclose(new_model.log_gain(lam), old_model.log_gain(lam), atol=1e-5)
+    assert new_model.log_gains.shape[0] == len(cfg.lambdas) + 2
+    state = train(data, wider, steps=2, options=FAST, log=lambda *_: None)  # Adam's state fits the new gains
+    assert state.step == old_state.step + 2 and state.config.lambdas[-1] == 4 * top
+    for bad in ((top,), (2 * top, top), (0.0, top)):
+        with pytest.raises(ValueError):
+            reanchor(stable, tmp_path / "x.pt", bad)
+    run = subprocess.run([sys.executable, "-m", "vaecodec", "reanchor", str(stable), str(stable), "--lambdas", "a,b"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "Traceback" not in run.stderr

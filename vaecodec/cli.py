@@ -862,6 +862,35 @@ def fork_int8(stable, output, data, log_file):
         raise _Failure(str(e)) from None
 
 
+@cli.command()
+@click.argument("stable", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--lambdas", required=True, help="The new λ anchors, ascending, comma-separated (e.g. the old ones "
+              "and 1.6384,3.2768 to reach higher qualities).")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Append the log to this file too.")
+def reanchor(stable, output, lambdas, log_file):
+    """Copy STABLE into OUTPUT with other λ anchors: the span of qualities the model trains and offers.
+
+    \b
+    The weights stay; the gains are read off at the new anchors (extrapolated
+    along the end segments), so the model is unchanged inside the old span.
+    Continue OUTPUT with `vaecodec train OUTPUT ...`: training then samples λ
+    over the new span. OUTPUT may be STABLE itself (replaced atomically).
+    """
+    from .training.warm_start import reanchor as run
+
+    try:
+        values = tuple(float(v) for v in lambdas.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{lambdas!r} is not a comma-separated list of numbers") from None
+    try:
+        state = run(stable, output, values)
+    except (ValueError, OSError, KeyError) as e:
+        raise _Failure(str(e)) from None
+    _train_log(log_file)(f"re-anchored {stable} at step {state.step} ({state.cpu_seconds / 3600:.3f} CPU-h) into "
+                         f"{output}: λ {', '.join(f'{v:g}' for v in values)}")
+
+
 def _size(value: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in value.lower().split("x"))

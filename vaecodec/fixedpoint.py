@@ -14,6 +14,13 @@ layers activations are re-quantized with ``floor(v·2^-s + ½)`` (a power-of-two
 scaling, exact) and clamped to ``±ACT_LIMIT``; this clamp is what makes the
 2^53 bound a guarantee rather than a hope (checked per layer at construction).
 
+Speed, with the same integers: convolutions run as sums over taps of shifted
+slices of the padded input, band by band so that each band's accumulator is
+rounded (and an inverse GDN after it applied) while it is in cache; the widest
+layers multiply on exact int8 kernels as sums of int8 digits where the
+machine has them (:mod:`vaecodec.intmm`). Any path gives the same integers,
+so which one ran never shows in the pixels.
+
 Supported layers: Conv2d, ConvTranspose2d, ReLU and the inverse simplified
 GDN (a product with a 1×1 convolution of ``|a|``, no square root).
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..model import SCALE_MIN, HyperpriorModel, ModelConfig, SimplifiedGDN, build_model, interpolate_rows
 
-__all__ = ["widen"]
+__all__ = ["reanchor", "widen"]
 
 
 def _embed_conv(new: nn.Conv2d | nn.ConvTranspose2d, old: nn.Conv2d | nn.ConvTranspose2d,
@@ -117,3 +117,48 @@ def widen(old: HyperpriorModel, config: ModelConfig, seed: int = 0) -> Hyperprio
         top = float(new.log_gains.data[:, m_old:].max()) / math.log(2)
         head.bias.data[m_new + m_old:] = math.log2(SCALE_MIN) - top - 1.0
     return new
+
+
+def reanchor(checkpoint, out, lambdas: tuple[float, ...]):
+    """Write to ``out`` the stable checkpoint ``checkpoint`` with the λ anchors ``lambdas``; returns its state.
+
+    Why: the qualities a model offers are its anchors' span, and training
+    samples λ log-uniformly over it; reaching further (a quality 100 with
+    more fidelity) means training new anchors, not extrapolating to them.
+    The weights stay; the gains are read off at the new anchors as the model
+    interpolates (extrapolated along the end segments, so the function is
+    unchanged inside the old span), and Adam's step sizes for the gains are
+    taken from the nearest old anchors. Steps and CPU-hours carry on; the
+    history records the change.
+    """
+    from dataclasses import replace
+
+    from .loop import load_checkpoint, save_checkpoint
+
+    lambdas = tuple(float(v) for v in lambdas)
+    if len(lambdas) < 2 or any(b <= a for a, b in zip(lambdas, lambdas[1:])) or lambdas[0] <= 0:
+        raise ValueError("λ anchors must be at least two positive values, strictly ascending")
+    state, model, _, opt = load_checkpoint(checkpoint)
+    if state.phase != "stable":
+        raise ValueError(f"{checkpoint} is {state.phase}; re-anchor a stable checkpoint")
+    old = state.config
+    config = replace(old, lambdas=lambdas)
+    anchors = torch.log(torch.tensor(old.lambdas, dtype=torch.float64))
+    pos = (torch.log(torch.tensor(lambdas, dtype=torch.float64)) - anchors[0]) / (anchors[-1] - anchors[0]) \
+        * (len(anchors) - 1)
+    weights = model.state_dict()
+    weights["log_gains"] = interpolate_rows(weights["log_gains"].double(), pos).float()
+    new = build_model(config)
+    new.load_state_dict(weights)
+    index = [name for name, _ in model.named_parameters()].index("log_gains")
+    moments = opt["state"].get(index, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in moments:  # positive quantities: interpolated within the old span, never extrapolated
+            moments[key] = interpolate_rows(moments[key].double(), pos.clamp(0, len(anchors) - 1)).float()
+    optimizer = torch.optim.Adam(new.parameters())
+    optimizer.load_state_dict(opt)
+    state = replace(state, config=config, history=state.history + [
+        {"reanchored": {"from": list(old.lambdas), "to": list(lambdas)}, "step": state.step,
+         "cpu_hours": state.cpu_seconds / 3600}])
+    save_checkpoint(out, state, new, new, optimizer)
+    return state
