@@ -177,7 +177,7 @@ class CodingModel:
         net.load_state_dict({k: v.float() for k, v in self.weights.items()})
         net.eval().requires_grad_(False)
         # Channels-last: oneDNN's convolutions run the float analysis ~1.5× faster so. Where the CPU has
-        # native bfloat16 (AMX) the analysis runs in bfloat16, as it was trained (autocast): 3.7× faster
+        # native bfloat16 (AMX) the analysis runs in bfloat16, as it was trained (autocast): 3.1× faster
         # than float32 and the same rate-distortion (benchmarks/results/analysis-precision.json). Encoder
         # only: files decode the same whichever precision made them.
         self.analysis = net.analysis.to(memory_format=torch.channels_last)

@@ -107,7 +107,8 @@ class _IntConv:
 
     def bound(self) -> float:
         fan_in = self.weight[0].numel() if not self.transposed else self.weight[:, 0].numel()
-        return fan_in * float(self.weight.abs().max()) * ACT_LIMIT + float(self.bias.abs().max())
+        # The rounding's half joins the sums on the tap paths (see __post_init__).
+        return fan_in * float(self.weight.abs().max()) * ACT_LIMIT + float(self.bias.abs().max()) + 2.0 ** self.shift
 
 
 PHASE_MIN_OUT_CHANNELS = 16
