@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .intmm import DigitMatrix, digits_of, int8_kernels
+from .intmm import DigitMatrix, digits_of, int_mm_is_exact
 from .model import SimplifiedGDN
 
 __all__ = ["ACT_FRAC_BITS", "ACT_LIMIT", "FixedPointProgram", "conv_of_checkerboard_at", "round_shift"]
@@ -152,7 +152,7 @@ def _taps_of(conv: _IntConv) -> _Taps | None:
     """
     s, p = conv.stride, conv.padding
     if conv.transposed:
-        cin, cout, kh, kw = conv.weight.shape
+        _, cout, kh, kw = conv.weight.shape
         if cout < PHASE_MIN_OUT_CHANNELS or kh != kw or kh + conv.output_padding - 2 * p != s:
             return None
         taps = [[(k, (a + p - k) // s) for k in range(kh) if (a + p - k) % s == 0] for a in range(s)]
@@ -164,7 +164,7 @@ def _taps_of(conv: _IntConv) -> _Taps | None:
                   for py, rows in enumerate(taps) for px, cols in enumerate(taps)]
         before, after = -min(offsets), max(offsets)
     else:
-        cout, cin, kh, kw = conv.weight.shape
+        cout, _, kh, kw = conv.weight.shape
         if s != 1 or kh != kw or kh % 2 == 0 or p != kh // 2:
             return None
         chosen = [(ky, kx) for ky in range(kh) for kx in range(kw)]
@@ -223,7 +223,7 @@ def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Ten
     flat = _flat_padded(a, before, taps.after)
     out = a.new_empty(n, cout, h, s, w, s)
     scratch = a.new_empty(3, cout * min(h, rows) * wp)  # the accumulator and the epilogue's two, reused
-    on_int8 = taps.digits is not None and int8_kernels()
+    on_int8 = taps.digits is not None and int_mm_is_exact()
     for i in range(n):
         digits = digits_of(flat[i]) if on_int8 else None  # (cin, digits, L), made once for every band and phase
         for r0 in range(0, h, rows):

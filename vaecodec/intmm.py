@@ -21,7 +21,7 @@ take 2 (|w| ≤ 2^14 < 128·256).
 
 ``torch._int_mm`` is used only where a probe finds it exact (some int8 kernels
 without VNNI saturate 16-bit intermediates); elsewhere, and with
-``VAECODEC_INT8_KERNEL=float32`` in the environment, :func:`int8_kernels` is
+``VAECODEC_INT8_KERNEL=float32`` in the environment, :func:`int_mm_is_exact` is
 False and callers keep their float64 path (the same integers, slower).
 
 This module knows nothing of models, files or bytes.
@@ -33,7 +33,7 @@ import os
 
 import torch
 
-__all__ = ["DigitMatrix", "digits_of", "int8_kernels", "int_matmul", "int_mm_is_exact"]
+__all__ = ["DigitMatrix", "digits_of", "int_matmul", "int_mm_is_exact"]
 
 DIGIT_BASE = 256
 DIGIT_BITS = 8
@@ -77,11 +77,6 @@ def int_mm_is_exact() -> bool:
         except (RuntimeError, AttributeError):
             _INT_MM_EXACT[key] = False
     return _INT_MM_EXACT[key]
-
-
-def int8_kernels() -> bool:
-    """Whether exact int8 kernels are in use here (see the module docstring)."""
-    return int_mm_is_exact()
 
 
 def int_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
