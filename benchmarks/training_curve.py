@@ -12,13 +12,24 @@ file bytes in ``--jpeg`` (``benchmarks/kodak.py`` writes it). Estimates are not
 files: a file's rate is the estimate plus 0.1–1 % (see the model card); the
 final point of each shipped model is measured from files in ``kodak.json``.
 
-Writes ``OUT.json`` (the points) and ``OUT.png`` (the plot, with matplotlib).
+Each point also gets its BD-rate over a fixed PSNR window (``--window``,
+27–37 dB), which every evaluation of the stable run since ~8 CPU-h covers:
+the full-range figure moves when the trained λ range moves (the stable run
+was re-anchored at 21.45 CPU-h to reach higher PSNR, where JPEG is
+strongest), the window figure does not. The fit is a line in log2(CPU-hours)
+through the window figures of the last run's stable points (``--fit-from``
+CPU-h on): the gain per doubling of training, and where it reaches the
+target (``--target``, −40 %) once the latest point's full-range−window
+offset is added back.
+
+Writes ``OUT.json`` (the points and the fit) and ``OUT.png`` (the plot, with matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -48,12 +59,37 @@ def jpeg_curve(path: Path) -> tuple[list[float], list[float]]:
     return [p["bpp"] for p in curve["points"]], [p["psnr"] for p in curve["points"]]
 
 
+def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None:
+    """Least squares bd_window = a + b·log2(CPU-h) over the stable points from ``fit_from`` on; the
+    CPU-hours where a + b·log2(h) + (full − window of the latest point) reaches ``target``."""
+    pts = [p for p in points if p["phase"] == "stable" and p["cpu_hours"] >= fit_from
+           and p["bd_rate_vs_jpeg_window"] is not None]
+    if len(pts) < 3:
+        return None
+    x = [math.log2(p["cpu_hours"]) for p in pts]
+    y = [p["bd_rate_vs_jpeg_window"] for p in pts]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    b = sum((u - mx) * (v - my) for u, v in zip(x, y)) / sum((u - mx) ** 2 for u in x)
+    a = my - b * mx
+    resid = math.sqrt(sum((v - a - b * u) ** 2 for u, v in zip(x, y)) / (len(x) - 2))
+    last = pts[-1]
+    offset = last["bd_rate_vs_jpeg"] - last["bd_rate_vs_jpeg_window"]
+    target_hours = 2 ** ((target - offset - a) / b) if b < 0 else math.inf
+    return {"points": len(pts), "from_cpu_hours": fit_from, "intercept": a, "per_doubling": b,
+            "residual_sd": resid, "latest_offset_full_minus_window": offset, "target": target,
+            "target_cpu_hours": target_hours, "remaining_cpu_hours": target_hours - last["cpu_hours"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sources", nargs="*", type=Path, default=DEFAULT_SOURCES)
     ap.add_argument("--jpeg", type=Path, default=ROOT / "benchmarks" / "results" / "kodak.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training-curve")
+    ap.add_argument("--window", default="27,37", help="PSNR window (dB) of the fixed-footing BD-rate")
+    ap.add_argument("--fit-from", type=float, default=8.0, help="first CPU-hour of the fit")
+    ap.add_argument("--target", type=float, default=-40.0, help="full-range BD-rate the fit projects to")
     args = ap.parse_args()
+    window = tuple(float(v) for v in args.window.split(","))
     jr, jq = jpeg_curve(args.jpeg)
     runs = []
     for src in args.sources:
@@ -66,19 +102,31 @@ def main() -> None:
             if "estimate" not in row:
                 continue
             est = row["estimate"]
-            bd = bd_rate(jr, jq, [e["bpp"] for e in est], [e["psnr"] for e in est])
+            rates, psnrs = [e["bpp"] for e in est], [e["psnr"] for e in est]
+            bd = bd_rate(jr, jq, rates, psnrs)
+            covers = min(psnrs) <= window[0] and max(psnrs) >= window[1]
+            bd_window = bd_rate(jr, jq, rates, psnrs, quality_window=window) if covers else None
             points.append({"step": row["step"], "cpu_hours": row["cpu_hours"], "gpu_hours": row.get("gpu_hours", 0.0),
                            "phase": row.get("phase", "stable"), "bd_rate_vs_jpeg": bd,
+                           "bd_rate_vs_jpeg_window": bd_window,
                            "psnr_range": [min(e["psnr"] for e in est), max(e["psnr"] for e in est)]})
         runs.append({"source": str(src.relative_to(ROOT) if src.is_relative_to(ROOT) else src), "name": name,
                      "points": points})
         for p in points:
             bd = "n/a" if p["bd_rate_vs_jpeg"] is None else f"{p['bd_rate_vs_jpeg']:+.1f}%"
-            print(f"{name:<32} step {p['step']:>7} {p['cpu_hours']:6.2f} CPU-h  {p['phase']:<9} BD-rate vs JPEG {bd}")
+            bw = "n/a" if p["bd_rate_vs_jpeg_window"] is None else f"{p['bd_rate_vs_jpeg_window']:+.1f}%"
+            print(f"{name:<32} step {p['step']:>7} {p['cpu_hours']:6.2f} CPU-h  {p['phase']:<9} "
+                  f"BD-rate vs JPEG {bd} (window {bw})")
+    fit = fit_curve(runs[-1]["points"], args.fit_from, args.target) if runs else None
+    if fit:
+        print(f"fit ({fit['points']} points from {args.fit_from:g} CPU-h, {window[0]:g}-{window[1]:g} dB): "
+              f"{fit['per_doubling']:+.2f}% per doubling of CPU-hours; {args.target:g}% full-range at "
+              f"~{fit['target_cpu_hours']:.0f} CPU-h ({fit['remaining_cpu_hours']:.0f} more)")
     result = {"command": "python benchmarks/training_curve.py " + " ".join(sys.argv[1:]),
               "jpeg": str(args.jpeg.relative_to(ROOT) if args.jpeg.is_relative_to(ROOT) else args.jpeg),
-              "note": "BD-rate of the model's rate estimate on Kodak (24 images) against JPEG measured from files",
-              "runs": runs}
+              "note": "BD-rate of the model's rate estimate on Kodak (24 images) against JPEG measured from files; "
+                      f"bd_rate_vs_jpeg_window: over {window[0]:g}-{window[1]:g} dB only",
+              "window_db": list(window), "fit": fit, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     try:
@@ -94,6 +142,18 @@ def main() -> None:
         pts = [p for p in run["points"] if p["bd_rate_vs_jpeg"] is not None]
         if pts:
             ax.plot([p["cpu_hours"] for p in pts], [p["bd_rate_vs_jpeg"] for p in pts], marker="o", label=run["name"])
+    last = [p for p in runs[-1]["points"] if p["bd_rate_vs_jpeg_window"] is not None] if runs else []
+    if last:
+        ax.plot([p["cpu_hours"] for p in last], [p["bd_rate_vs_jpeg_window"] for p in last], marker=".",
+                linestyle=":", label=f"{runs[-1]['name']}, {window[0]:g}-{window[1]:g} dB only")
+    if fit and math.isfinite(fit["target_cpu_hours"]):
+        hours = [fit["from_cpu_hours"] * 2 ** (k / 20) for k in range(200)]
+        hours = [h for h in hours if h <= fit["target_cpu_hours"] * 1.05]
+        shift = fit["intercept"] + fit["latest_offset_full_minus_window"]
+        ax.plot(hours, [shift + fit["per_doubling"] * math.log2(h) for h in hours], color="grey", linestyle="--",
+                linewidth=1, label=f"fit, full range ({fit['per_doubling']:+.1f}% per doubling)")
+        ax.axhline(args.target, color="red", linewidth=0.8, linestyle="--")
+        ax.set_xscale("log", base=2)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("training CPU-hours (cumulative, inherited hours included)")
     ax.set_ylabel("Kodak BD-rate vs JPEG [%] (estimate)")

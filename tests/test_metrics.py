@@ -30,6 +30,16 @@ def test_bd_rate_needs_overlap():
     assert bd_rate(RATES, PSNRS, RATES, [p + 20 for p in PSNRS]) is None
 
 
+def test_bd_rate_window_narrows_the_average():
+    half_below_31 = [0.1, 0.2, 0.8, 1.6]  # half the rate at 28 and 31 dB, the same at 34 and 37
+    full = bd_rate(RATES, PSNRS, half_below_31, PSNRS)
+    low = bd_rate(RATES, PSNRS, half_below_31, PSNRS, quality_window=(28.0, 31.0))
+    high = bd_rate(RATES, PSNRS, half_below_31, PSNRS, quality_window=(34.0, 37.0))
+    assert low < full < high
+    assert bd_rate(RATES, PSNRS, [r / 2 for r in RATES], PSNRS, quality_window=(29.0, 33.0)) == pytest.approx(-50, abs=1e-9)
+    assert bd_rate(RATES, PSNRS, RATES, PSNRS, quality_window=(40.0, 45.0)) is None
+
+
 def test_pchip_interpolates_and_stays_monotone():
     f = pchip([0, 1, 2, 3], [0, 1, 1, 2])
     assert f(np.array([0, 1, 2, 3])) == pytest.approx([0, 1, 1, 2])

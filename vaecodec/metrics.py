@@ -140,16 +140,21 @@ def _monotone(rates, qualities):
     return r[keep], q[keep]
 
 
-def bd_rate(rates_ref, quality_ref, rates_test, quality_test, samples: int = 1000) -> float | None:
+def bd_rate(rates_ref, quality_ref, rates_test, quality_test, samples: int = 1000,
+            quality_window: tuple[float, float] | None = None) -> float | None:
     """Average rate difference of test vs reference at equal quality, in percent.
 
-    Negative is better (fewer bits). None when the quality ranges do not overlap.
+    Negative is better (fewer bits). The average runs over the quality range
+    both curves cover, narrowed to ``quality_window`` if given (to compare
+    curves whose ranges differ on one footing). None when nothing overlaps.
     """
     r1, q1 = _monotone(rates_ref, quality_ref)
     r2, q2 = _monotone(rates_test, quality_test)
     if q1.size < 2 or q2.size < 2:
         return None
     lo, hi = max(q1[0], q2[0]), min(q1[-1], q2[-1])
+    if quality_window is not None:
+        lo, hi = max(lo, quality_window[0]), min(hi, quality_window[1])
     if not hi > lo:
         return None
     grid = np.linspace(lo, hi, samples)
