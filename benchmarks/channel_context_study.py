@@ -95,16 +95,12 @@ class ChannelCheckerboard(nn.Module):
         y = y[:, self.order]
         log_g = log_g[:, self.order]
         g = torch.exp(log_g)
+        inverse = torch.argsort(self.order)  # back to the shipped order, which the networks read
         out_bits = []
         y_hat = torch.zeros_like(y)
-        base = {}
         for parity, mask in ((0, anchor), (1, 1 - anchor)):
-            if parity == 0:
-                base[0] = self._params(p, None)
-            else:
-                inv = torch.argsort(self.order)
-                base[1] = self._params(p, self.context((y_hat * anchor)[:, inv]))
-            mu_all, ls_all = base[parity]
+            ctx = None if parity == 0 else self.context((y_hat * anchor)[:, inverse])
+            mu_all, ls_all = self._params(p, ctx)
             start = 0
             for s, c in enumerate(self.slices):
                 sl = slice(start, start + c)
@@ -119,8 +115,7 @@ class ChannelCheckerboard(nn.Module):
                 out_bits.append((b * mask).flatten(1).sum(1))
                 y_hat[:, sl] = y_hat[:, sl] + (_ste(r) / g[:, sl] + mu) * mask
                 start += c
-        inv = torch.argsort(self.order)
-        return torch.stack(out_bits, 0).sum(0), y_hat[:, inv]
+        return torch.stack(out_bits, 0).sum(0), y_hat[:, inverse]
 
 
 @torch.no_grad()
