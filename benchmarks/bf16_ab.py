@@ -35,7 +35,7 @@ ARMS = ("float32", "bfloat16")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", nargs="?", type=Path, default=ROOT / "checkpoints" / "cb-stable.pt")
+    ap.add_argument("checkpoint", nargs="?", type=Path, default=ROOT / "checkpoints" / "cc-stable.pt")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "train")
     ap.add_argument("--kodak", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
     ap.add_argument("--steps", type=int, default=1500)

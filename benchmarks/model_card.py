@@ -38,6 +38,14 @@ def macs_per_pixel(config, h=512, w=768) -> dict:
         hyper = torch.zeros(1, 2 * config.latent_channels, h // 16, w // 16)
         parts.append(("checkerboard context + entropy parameters, both passes (both sides)",
                       lambda: (net.params_from(hyper, None), net.params_from(hyper, net.context(y)))))
+    if config.channel_slices:
+        def channel_branch():
+            for s, ch in enumerate(config.slice_bounds[1:], 1):
+                mu = torch.zeros(1, ch.stop - ch.start, h // 16, w // 16)
+                for _ in range(2):  # both passes
+                    net.slice_params(s, mu, mu, y[:, :ch.start])
+
+        parts.append(("channel context, every slice of both passes (both sides)", channel_branch))
     parts.append(("synthesis (decoder)", lambda: net.synthesis(y)))
     out = {}
     with torch.no_grad():
@@ -70,6 +78,15 @@ def main():
             f"convolution on the anchors ({cfg.context_channels} channels) and 1×1 entropy-parameter layers; "
             f"{cfg.num_scales} scales. Analysis: four 5×5 stride-2 convolutions with simplified GDN (Johnston et al. "
             f"2019); synthesis: four 5×5 stride-2 transposed convolutions with inverse simplified GDN.")
+        if cfg.channel_slices:
+            from vaecodec.model import CHANNEL_CONTEXT_WIDTH, CHANNEL_HIDDEN
+
+            architecture += (
+                f" Channel context (He et al. 2022, ELIC): each checkerboard pass is coded in channel slices of "
+                f"{', '.join(map(str, cfg.channel_slices))} (costliest channels first), each slice's parameters "
+                f"corrected from the slices before it in the same pass (a 3×3 convolution to {CHANNEL_CONTEXT_WIDTH} "
+                f"features, then three 1×1 layers {CHANNEL_HIDDEN} wide): {2 * len(cfg.channel_slices)} parallel "
+                f"passes per tile.")
         recipe = ("Adam at a constant lr 1e-3 (the resumable stable phase, `checkpoints/cb-stable.pt`), then an anneal "
                   "of a copy (cosine decay to 5% over 6,000 steps); per-sample λ, log-uniform over the anchors; "
                   "additive-noise rate proxy, straight-through rounding for the decoder; 128² patches (batch 8) and "
@@ -79,6 +96,15 @@ def main():
                    "--eval ../shared/data/kodak` (resumed every session), then `vaecodec anneal checkpoints/cb-stable.pt "
                    "checkpoints/cb-annealed.pt --data ../shared/data/train --steps 6000` and `bin/export-model "
                    f"checkpoints/cb-annealed.pt vaecodec/weights/{SHIPPED_MODEL} --model-id {m.model_id}`")
+        if cfg.channel_slices:
+            recipe = recipe.replace("cb-stable.pt`)", "cb-stable.pt`, grown a channel context and continued as "
+                                    "`checkpoints/cc-stable.pt`)")
+            command = ("`vaecodec train checkpoints/cb-stable.pt --model cb64-w128-m256 --data ../shared/data/train "
+                       "--eval ../shared/data/kodak` (resumed every session), `vaecodec add-channel-context "
+                       "checkpoints/cb-stable.pt checkpoints/cc-stable.pt --data ../shared/data/train`, `vaecodec train "
+                       "checkpoints/cc-stable.pt ...` (resumed every session), then `vaecodec anneal "
+                       "checkpoints/cc-stable.pt checkpoints/cc-annealed.pt --data ../shared/data/train --steps 6000` and "
+                       f"`bin/export-model checkpoints/cc-annealed.pt vaecodec/weights/{SHIPPED_MODEL} --model-id {m.model_id}`")
         if cfg.synthesis_bits == 8:
             recipe += ("; the synthesis trained as the 8-bit decoder computes (quantization-aware: weights and "
                        "activations rounded in the forward pass, straight-through gradients, the activations' "

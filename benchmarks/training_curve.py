@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from vaecodec.metrics import bd_rate  # noqa: E402
 
-DEFAULT_SOURCES = [ROOT / "vaecodec" / "weights" / "training-hp64.json", ROOT / "checkpoints" / "cb-stable.pt"]
+DEFAULT_SOURCES = [ROOT / "vaecodec" / "weights" / "training-hp64.json", ROOT / "checkpoints" / "cc-stable.pt"]
 
 
 def load_history(path: Path) -> tuple[str, list[dict]]:

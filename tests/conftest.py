@@ -9,6 +9,10 @@ import torch
 DATA = Path(__file__).parent / "data"
 TINY_CONFIG = dict(channels=8, latent_channels=12, hyper_channels=8)
 TINY_CHECKERBOARD = dict(TINY_CONFIG, kind="checkerboard", bottleneck_channels=12, context_channels=8, num_scales=72)
+TINY_CHANNEL = dict(TINY_CHECKERBOARD, channel_slices=(2, 4, 6))
+TINY_KINDS = {"hyperprior": TINY_CONFIG, "checkerboard": TINY_CHECKERBOARD,
+              "int8": TINY_CHECKERBOARD,  # with an 8-bit synthesis
+              "channel": TINY_CHANNEL}
 
 
 def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyperprior"):
@@ -16,15 +20,18 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
     from vaecodec.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    config = TINY_CONFIG if kind == "hyperprior" else TINY_CHECKERBOARD
+    config = TINY_KINDS[kind]
     net = build_model(ModelConfig(**config, synthesis_bits=8 if kind == "int8" else 0))
     if kind == "int8":  # an 8-bit synthesis, its steps calibrated on latents of the tiny model's range
         net.synthesis.calibrate(torch.randn(2, config["latent_channels"], 8, 8) * 3)
     if kind != "hyperprior":
-        # A new model's context correction starts at zero; give it one, so tests see the context at work.
+        # A new model's context corrections start at zero; give them one, so tests see the contexts at work.
         with torch.no_grad():
             net.entropy_parameters[-1].weight.normal_(0, 0.2)
             net.context[0].weight.mul_(8)
+            for context, correction in zip(getattr(net, "channel_context", []), getattr(net, "channel_parameters", [])):
+                correction[-1].weight.normal_(0, 0.2)
+                context.weight.mul_(8)
     return CodingModel.from_training_model(net, model_id)
 
 
@@ -83,7 +90,7 @@ def any_lossless_codec(request, tiny_model, tiny_pixel_model, tiny_mixture_model
     return Codec(tiny_model, tiny_pixel_model if request.param == "laplace" else tiny_mixture_model)
 
 
-@pytest.fixture(scope="session", params=["hyperprior", "checkerboard", "int8"])
+@pytest.fixture(scope="session", params=["hyperprior", "checkerboard", "int8", "channel"])
 def any_tiny_codec(request):
     """A tiny codec of each architecture."""
     from vaecodec.api import Codec

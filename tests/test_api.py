@@ -321,3 +321,17 @@ def test_a_codec_goes_to_worker_processes(any_tiny_codec, tmp_path):
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         files = list(pool.map(any_tiny_codec.compress, paths))
     assert files == [any_tiny_codec.compress(p) for p in paths]
+
+
+def test_the_channel_context_shapes_the_bits():
+    """A channel model's slices code with their corrected parameters: zeroing the branch changes the file."""
+    from conftest import make_tiny_model
+
+    img = smooth_image(48, 64, seed=5)
+    model = make_tiny_model(seed=2, kind="channel")
+    weights = {k: (v * 0 if k.startswith("channel_parameters") and k.endswith(("4.weight", "4.bias")) else v)
+               for k, v in model.weights.items()}
+    plain = type(model)(model.config, weights, model.tables, "tiny-channel-zero")
+    a, b = Codec(model).compress(img, quality=50), Codec(plain).compress(img, quality=50)
+    assert a != b
+    assert np.asarray(Codec(model).decompress(a)).shape == np.asarray(Codec(plain).decompress(b)).shape == img.shape

@@ -47,7 +47,7 @@ def run(tmp_path, mkldnn, threads, action, model=""):
     return json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("model", ["shipped", "tiny-checkerboard", "tiny-int8"])
+@pytest.mark.parametrize("model", ["shipped", "tiny-checkerboard", "tiny-int8", "tiny-channel"])
 def test_decoding_is_identical_across_onednn_and_threads(tmp_path, model):
     model_file = ""
     if model != "shipped":

@@ -49,3 +49,22 @@ def test_digit_products_equal_float64_products_exactly(top):
     expected = w @ x
     assert expected.abs().max() > 2**24 or top < 2**10  # beyond float32's exact integers
     assert torch.equal(DigitMatrix(w).matmul(x), expected)
+
+
+def test_int8_kernels_run_only_where_they_pay(monkeypatch):
+    """Where torch has no native int8 kernel (AVX2-only CPUs: a reference kernel 13-40x slower than float64)
+    the decoder keeps float64; the environment can force either path, the integers are the same."""
+    from vaecodec import intmm
+
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")
+    assert not intmm.int_mm_pays()
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "int8")
+    assert intmm.int_mm_pays() == int_mm_is_exact()
+    monkeypatch.delenv("VAECODEC_INT8_KERNEL")
+    monkeypatch.setattr(intmm, "_INT_MM_PAYS", {})
+    monkeypatch.setattr(intmm, "_best_of", lambda fn, runs=3: 1.0)  # int8 no faster than float64
+    assert not intmm.int_mm_pays()
+    monkeypatch.setattr(intmm, "_INT_MM_PAYS", {})
+    times = iter([1.0, 10.0])  # int8 timed first: ten times faster
+    monkeypatch.setattr(intmm, "_best_of", lambda fn, runs=3: next(times))
+    assert intmm.int_mm_pays() == int_mm_is_exact()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from vaecodec.fixedpoint import ACT_FRAC_BITS, FixedPointProgram, to_fixed
 from vaecodec.image import to_model_input
-from vaecodec.model import HyperpriorModel, ModelConfig
+from vaecodec.model import HyperpriorModel, ModelConfig, build_model
 from vaecodec.training import rd_loss, sample_lambdas
 
 from conftest import TINY_CONFIG, smooth_image
@@ -140,6 +140,70 @@ def test_same_convolutions_by_taps_equal_torchs_kernel_exactly(cin, cout, kernel
         a = torch.randint(-top, top + 1, (1, cin, 6, 9), generator=g).double()
         ref = F.conv2d(a, layer.weight, layer.bias, 1, kernel // 2)
         assert torch.equal(layer(a.clone()), torch.floor(ref * 2.0**-17 + 0.5).clamp(-2**20, 2**20))
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_the_channel_context_convolution_reads_its_own_colour_exactly(parity):
+    from vaecodec.fixedpoint import _IntConv, conv_of_checkerboard_at
+
+    g = torch.Generator().manual_seed(8)
+    layer = _IntConv(weight=torch.randint(-2**14, 2**14, (6, 5, 3, 3), generator=g).double(),
+                     bias=torch.randint(-2**30, 2**30, (6,), generator=g).double(), shift=17, stride=1,
+                     padding=1, output_padding=0, transposed=False)
+    rows, cols = torch.meshgrid(torch.arange(6), torch.arange(11), indexing="ij")
+    own = (rows + cols) % 2 == parity
+    a = torch.randint(-2**20, 2**20, (1, 5, 6, 11), generator=g).double()
+    full = layer((a * own).clone())
+    positions = own.reshape(-1).nonzero().squeeze(1)
+    assert torch.equal(conv_of_checkerboard_at(layer, a * own, positions, same_colour=True)[0], full[0][:, own])
+    # The other colour's values are never read: the pass's positions may hold the other pass's ŷ or not.
+    assert torch.equal(conv_of_checkerboard_at(layer, a, positions, same_colour=True)[0], full[0][:, own])
+
+
+def test_channel_slices_start_as_the_checkerboard_and_are_checked():
+    from vaecodec.model import ChannelCheckerboardModel, CheckerboardModel
+
+    base = dict(channels=8, latent_channels=12, hyper_channels=8, kind="checkerboard", context_channels=8)
+    torch.manual_seed(0)
+    checkerboard = build_model(ModelConfig(**base))
+    grown = build_model(ModelConfig(**base, channel_slices=(2, 4, 6)))
+    assert type(checkerboard) is CheckerboardModel and isinstance(grown, ChannelCheckerboardModel)
+    assert [c.in_channels for c in grown.channel_context] == [2, 6]
+    missing, unexpected = grown.load_state_dict(checkerboard.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("channel_") for k in missing)
+    x, lam = torch.rand(2, 3, 64, 128), torch.tensor([0.002, 0.05])
+    with torch.no_grad():
+        a, b = checkerboard(x, lam, hard=True), grown(x, lam, hard=True)
+        assert torch.allclose(a.bits_y, b.bits_y) and torch.equal(a.mse, b.mse)
+        for layer in grown.channel_parameters:  # a trained branch moves the rate
+            layer[-1].weight.normal_(0, 0.3)
+        assert not torch.allclose(grown(x, lam, hard=True).bits_y, a.bits_y)
+    cfg = ModelConfig(**base, channel_slices=(2, 4, 6))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert "channel_slices" not in ModelConfig(**base).to_dict()  # older models' dicts (and hashes) unchanged
+    for bad in [dict(base, channel_slices=(2, 4, 5)), dict(base, channel_slices=(0, 12)),
+                dict(base, kind="hyperprior", channel_slices=(6, 6))]:
+        with pytest.raises(ValueError):
+            ModelConfig(**bad)
+
+
+def test_permuting_latent_channels_keeps_the_function():
+    from vaecodec.training.warm_start import permute_latent_channels
+
+    cfg = ModelConfig(channels=8, latent_channels=12, hyper_channels=8, kind="checkerboard", context_channels=8)
+    torch.manual_seed(1)
+    net = build_model(cfg)
+    with torch.no_grad():
+        net.entropy_parameters[-1].weight.normal_(0, 0.2)
+        net.log_gains.add_(torch.randn_like(net.log_gains) * 0.3)
+    order = torch.randperm(12)
+    permuted = build_model(cfg)
+    permuted.load_state_dict(permute_latent_channels(net, order))
+    x, lam = torch.rand(1, 3, 64, 64), torch.tensor([0.01])
+    with torch.no_grad():
+        a, b = net(x, lam, hard=True), permuted(x, lam, hard=True)
+        assert torch.allclose(a.bits_y, b.bits_y, rtol=1e-5) and torch.allclose(a.mse, b.mse, rtol=1e-5)
+        assert torch.allclose(permuted.analysis(x), net.analysis(x)[:, order], atol=1e-5)
 
 
 @pytest.mark.parametrize("parity", [0, 1])

@@ -294,3 +294,33 @@ def test_reanchoring_keeps_the_model_inside_the_old_span_and_training_continues_
     run = subprocess.run([sys.executable, "-m", "vaecodec", "reanchor", str(stable), str(stable), "--lambdas", "a,b"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "Traceback" not in run.stderr
+
+
+def test_growing_a_channel_context_keeps_the_estimate_and_training_continues(tmp_path, data):
+    from vaecodec.training.warm_start import add_channel_context
+
+    stable, grown = tmp_path / "s.pt", tmp_path / "c.pt"
+    cfg = ModelConfig(**TINY_CB)
+    train(data, stable, config=cfg, steps=2, options=FAST, log=lambda *_: None)
+    old_state, old_model, _, old_opt = load_checkpoint(stable)
+    state = add_channel_context(stable, grown, (2, 4, 6), data, crops=2, log=lambda *_: None)
+    assert state.config.channel_slices == (2, 4, 6) and state.step == old_state.step
+    assert state.cpu_seconds == old_state.cpu_seconds
+    order = torch.tensor(state.history[-1]["channel_context"]["order"])
+    assert sorted(order.tolist()) == list(range(12))
+    _, new_model, _, opt = load_checkpoint(grown)
+    x, lam = torch.rand(1, 3, 64, 64), torch.tensor([0.01])
+    with torch.no_grad():
+        a, b = old_model(x, lam, hard=True), new_model(x, lam, hard=True)
+    assert torch.allclose(a.bits_y, b.bits_y, rtol=1e-5) and torch.allclose(a.mse, b.mse, rtol=1e-5)
+    # Adam's step sizes moved with their channels (the gains: index 0 in both models).
+    assert torch.equal(opt["state"][0]["exp_avg_sq"], old_opt["state"][0]["exp_avg_sq"][:, order])
+    assert train(data, grown, steps=2, options=FAST, log=lambda *_: None).step == old_state.step + 2
+    with pytest.raises(ValueError, match="not a checkerboard"):
+        add_channel_context(grown, tmp_path / "x.pt", (2, 4, 6), data, crops=2, log=lambda *_: None)
+    with pytest.raises(ValueError, match="sum to"):
+        add_channel_context(stable, tmp_path / "x.pt", (2, 4), data, crops=2, log=lambda *_: None)
+    run = subprocess.run([sys.executable, "-m", "vaecodec", "add-channel-context", str(stable), str(tmp_path / "y.pt"),
+                          "--slices", "5,5", "--data", str(data)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "Traceback" not in run.stderr and "sum to" in run.stderr
+    assert not (tmp_path / "y.pt").exists()

@@ -891,6 +891,38 @@ def reanchor(stable, output, lambdas, log_file):
                          f"{output}: λ {', '.join(f'{v:g}' for v in values)}")
 
 
+@cli.command("add-channel-context")
+@click.argument("stable", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--slices", default="16,16,32,64,128", show_default=True,
+              help="Channel slice sizes in coding order, comma-separated; they sum to the latent channels.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Training images (a few crops order the channels by rate; never the test set).")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Append the log to this file too.")
+def add_channel_context(stable, output, slices, data, log_file):
+    """Copy the checkerboard STABLE into OUTPUT with a channel context (ELIC's slices).
+
+    \b
+    The latent channels are reordered by rate (costliest first) and the new
+    networks start at zero, so OUTPUT codes exactly as STABLE until training
+    teaches it more. Continue OUTPUT with `vaecodec train OUTPUT ...`; steps
+    and CPU-hours carry on. OUTPUT may be STABLE itself (replaced atomically).
+    """
+    from .training.warm_start import add_channel_context as run
+
+    try:
+        sizes = tuple(int(v) for v in slices.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{slices!r} is not a comma-separated list of integers") from None
+    log = _train_log(log_file)
+    try:
+        state = run(stable, output, sizes, data, log=log)
+    except (ValueError, OSError, KeyError) as e:
+        raise _Failure(str(e)) from None
+    log(f"grew {stable} at step {state.step} ({state.cpu_seconds / 3600:.3f} CPU-h) a channel context into {output}: "
+        f"slices {', '.join(str(v) for v in sizes)}")
+
+
 def _size(value: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in value.lower().split("x"))

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from .entropy import IndexedPmfs, quantize_pmf
 from .errors import ModelFileError
@@ -110,6 +111,10 @@ class HyperParams:
 
     mean: torch.Tensor  # (1, M, h, w)
     log2_scale: torch.Tensor  # (1, M, h, w)
+
+    def channels(self, which: slice) -> "HyperParams":
+        """The parameters of some latent channels (views)."""
+        return HyperParams(self.mean[:, which], self.log2_scale[:, which])
 
 
 def _per_channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -196,6 +201,10 @@ class CodingModel:
             if len(self.context.layers) != 1 or any(getattr(layer, "weight", torch.empty(1, 1, 1, 1)).shape[2:] != (1, 1)
                                                     for layer in self.entropy_parameters.layers):
                 raise ValueError("a checkerboard model needs one context convolution and 1×1 entropy parameters")
+        self.slice_bounds = config.slice_bounds
+        if config.channel_slices:
+            self.channel_context = [FixedPointProgram.from_sequential(nn.Sequential(conv)) for conv in net.channel_context]
+            self.channel_parameters = [FixedPointProgram.from_sequential(seq) for seq in net.channel_parameters]
         self.y_pmfs = IndexedPmfs(self.tables["y_pmfs"], Y_RADIUS)
         if self.y_pmfs.num_tables != config.num_scales:
             raise ValueError("scale table does not match the model")
@@ -367,24 +376,48 @@ class CodingModel:
             out[:, :, i:i + len(chunk)] = own
         return HyperParams(out[:, :c], out[:, c:])
 
-    def scale_indexes(self, params: HyperParams, quality: int) -> torch.Tensor:
+    def channel_params_at(self, s: int, params: HyperParams, y_hat: torch.Tensor, positions: torch.Tensor) -> HyperParams:
+        """Exact, models with channel slices: slice ``s``'s parameters ``params`` (1, c, len(positions)), as
+        :meth:`context_params_at` gives them, corrected by the slices before it at ``positions``.
+
+        ``y_hat``: fixed-point ŷ of the channels before slice ``s`` (1, start, h, w); read only at the
+        positions of this pass's colour, so the other pass's values may be there or not. Slice 0 has no
+        correction.
+        """
+        if s == 0:
+            return params
+        context, correction = self.channel_context[s - 1], self.channel_parameters[s - 1]
+        c = params.mean.shape[1]
+        out = params.mean.new_empty(1, 2 * c, len(positions))
+        for i in range(0, len(positions), _PARAMS_CHUNK):
+            chunk = slice(i, i + _PARAMS_CHUNK)
+            features = conv_of_checkerboard_at(context.layers[0], y_hat, positions[chunk], same_colour=True)
+            own = torch.cat([params.mean[:, :, chunk], params.log2_scale[:, :, chunk]], 1)
+            own += correction.run(torch.cat([own, features], 1)[..., None])[..., 0]
+            out[:, :, chunk] = own
+        return HyperParams(out[:, :c], out[:, c:])
+
+    def scale_indexes(self, params: HyperParams, quality: int, channels: slice = slice(None)) -> torch.Tensor:
         """Exact: index j of the pmf table for each latent, 0..num_scales−1 (int64). Parameters are
-        (1, M, h, w) grids or (1, M, positions)."""
-        t = params.log2_scale + _per_channel(self._log2_gain[quality - 1], params.log2_scale.dim())
+        (1, M, h, w) grids or (1, M, positions), or of the latent ``channels`` only."""
+        t = params.log2_scale + _per_channel(self._log2_gain[quality - 1, channels], params.log2_scale.dim())
         j = round_shift(t * SCALE_STEPS_PER_OCTAVE, ACT_FRAC_BITS) - SCALE_MIN_INDEX
         return j.clamp_(0, self.config.num_scales - 1).long()
 
     @torch.no_grad()
-    def quantize(self, y: torch.Tensor, params: HyperParams, quality: int) -> torch.Tensor:
-        """Encoder: q = round((y − μ)·g), int64; g = 2^16 / inverse_gain so decoding inverts it."""
-        gain = 2.0**GAIN_FRAC_BITS / _per_channel(self._inverse_gain[quality - 1], y.dim())
+    def quantize(self, y: torch.Tensor, params: HyperParams, quality: int, channels: slice = slice(None)) -> torch.Tensor:
+        """Encoder: q = round((y − μ)·g), int64; g = 2^16 / inverse_gain so decoding inverts it. ``y`` and
+        ``params`` of the latent ``channels``."""
+        gain = 2.0**GAIN_FRAC_BITS / _per_channel(self._inverse_gain[quality - 1, channels], y.dim())
         r = (y.double() - params.mean * 2.0**-ACT_FRAC_BITS) * gain
         return torch.round(r).long()
 
-    def dequantize(self, y_symbols: torch.Tensor, params: HyperParams, quality: int) -> torch.Tensor:
-        """Exact: latent integers → ŷ = q/g + μ in fixed point (float64 integers)."""
+    def dequantize(self, y_symbols: torch.Tensor, params: HyperParams, quality: int,
+                   channels: slice = slice(None)) -> torch.Tensor:
+        """Exact: latent integers → ŷ = q/g + μ in fixed point (float64 integers), of the latent ``channels``."""
         q = y_symbols.double().clamp(-_SYMBOL_LIMIT, _SYMBOL_LIMIT)
-        y_hat = round_shift(q * _per_channel(self._inverse_gain[quality - 1], q.dim()), GAIN_FRAC_BITS - ACT_FRAC_BITS)
+        y_hat = round_shift(q * _per_channel(self._inverse_gain[quality - 1, channels], q.dim()),
+                            GAIN_FRAC_BITS - ACT_FRAC_BITS)
         return (y_hat + params.mean).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
     def synthesize(self, y_hat: torch.Tensor) -> np.ndarray:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .intmm import DigitMatrix, digits_of, int_mm_is_exact
+from .intmm import DigitMatrix, digits_of, int_mm_pays
 from .model import SimplifiedGDN
 
 __all__ = ["ACT_FRAC_BITS", "ACT_LIMIT", "FixedPointProgram", "conv_of_checkerboard_at", "round_shift"]
@@ -223,7 +223,7 @@ def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Ten
     flat = _flat_padded(a, before, taps.after)
     out = a.new_empty(n, cout, h, s, w, s)
     scratch = a.new_empty(3, cout * min(h, rows) * wp)  # the accumulator and the epilogue's two, reused
-    on_int8 = taps.digits is not None and int_mm_is_exact()
+    on_int8 = taps.digits is not None and int_mm_pays()
     for i in range(n):
         digits = digits_of(flat[i]) if on_int8 else None  # (cin, digits, L), made once for every band and phase
         for r0 in range(0, h, rows):
@@ -280,10 +280,11 @@ def _block(buffer: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return buffer[:rows * cols].view(rows, cols)
 
 
-def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.Tensor,
+                            same_colour: bool = False) -> torch.Tensor:
     """The integer layer (stride 1, odd square kernel, 'same' padding) of one image ``a`` (1, c, h, w) that is
     zero on one colour of a checkerboard, at the given positions (flat indices y·w + x) of the other colour
-    only: (1, out, len(positions)), exact.
+    (``same_colour``: of the colour where ``a`` is not zero) only: (1, out, len(positions)), exact.
 
     Why: the context network reads the anchors' ŷ, which is zero at every
     non-anchor, and its output is used only at the non-anchors. Seen from
@@ -291,7 +292,9 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     5×5 kernel's 25; and only half the positions are wanted. So the 12 taps'
     inputs at the wanted positions are gathered side by side and the layer is
     one matrix product: a quarter of the full convolution's work. Integer sums
-    are exact in any order, so the values equal the full convolution's.
+    are exact in any order, so the values equal the full convolution's. A
+    channel context reads its own pass's colour: the taps at an even offset
+    (5 of a 3×3 kernel's 9).
     """
     _, c, k, _ = layer.weight.shape
     if layer.transposed or layer.stride != 1 or k % 2 == 0 or layer.padding != k // 2:
@@ -309,7 +312,8 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     band = a[0, :, max(0, r0 - p):min(h, r1 + p)]
     flat = F.pad(band, (p, p, max(0, p - r0), max(0, r1 + p - h))).reshape(c, -1)
     base = (rows - r0) * wp + positions % w  # the band's (row, col) for tap (0, 0) is (y − p, x − p)
-    taps = [(ky, kx) for ky in range(k) for kx in range(k) if (ky + kx) % 2 == 1]  # odd offset: an anchor
+    parity = 0 if same_colour else 1  # tap (ky, kx) is at offset (ky − p, kx − p), of the parity of ky + kx
+    taps = [(ky, kx) for ky in range(k) for kx in range(k) if (ky + kx) % 2 == parity]
     weights = torch.cat([layer.weight[:, :, ky, kx] for ky, kx in taps], 1)  # (out, taps·c)
     inputs = torch.cat([flat[:, base + ky * wp + kx] for ky, kx in taps], 0)  # (taps·c, positions)
     acc = torch.addmm(layer.bias[:, None], weights, inputs)

@@ -20,9 +20,12 @@ magnitude): 2 for most of the synthesis (|v| < 32 640, i.e. below ~8 in
 take 2 (|w| ≤ 2^14 < 128·256).
 
 ``torch._int_mm`` is used only where a probe finds it exact (some int8 kernels
-without VNNI saturate 16-bit intermediates); elsewhere, and with
-``VAECODEC_INT8_KERNEL=float32`` in the environment, :func:`int_mm_is_exact` is
-False and callers keep their float64 path (the same integers, slower).
+without VNNI saturate 16-bit intermediates) and fast (:func:`int_mm_pays`: on
+CPUs without int8 dot-product instructions, such as AVX2-only ones, torch runs
+a reference kernel 13–40× slower than float64); elsewhere, and with
+``VAECODEC_INT8_KERNEL=float32`` in the environment, callers keep their float64
+path (the same integers). ``VAECODEC_INT8_KERNEL=int8`` uses an exact kernel
+however slow (for tests that compare the paths).
 
 This module knows nothing of models, files or bytes.
 """
@@ -30,10 +33,11 @@ This module knows nothing of models, files or bytes.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
-__all__ = ["DigitMatrix", "digits_of", "int_matmul", "int_mm_is_exact"]
+__all__ = ["DigitMatrix", "digits_of", "int_matmul", "int_mm_is_exact", "int_mm_pays"]
 
 DIGIT_BASE = 256
 DIGIT_BITS = 8
@@ -79,11 +83,51 @@ def int_mm_is_exact() -> bool:
     return _INT_MM_EXACT[key]
 
 
+INT8_SPEEDUP_NEEDED = 6.0
+"""How much faster than float64 an int8 product must run for the digit products to pay: a product of
+two-digit integers is four int8 products, plus splitting into digits and joining (on AMX, the shipped
+model's widest decoder layer ran 1.6× faster so; float64 would need the int8 kernel 4–6× faster)."""
+
+_INT_MM_PAYS: dict = {}
+
+
+def _best_of(fn, runs: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def int_mm_pays() -> bool:
+    """Whether to multiply on ``torch._int_mm``: it is exact here (:func:`int_mm_is_exact`) and at least
+    ``INT8_SPEEDUP_NEEDED`` × faster than a float64 product of the same shape (timed once per process and
+    oneDNN setting, ~10 ms where int8 kernels are native). Only speed depends on the answer: both paths give
+    the same integers. ``VAECODEC_INT8_KERNEL=int8`` skips the timing, ``=float32`` says no."""
+    setting = os.environ.get("VAECODEC_INT8_KERNEL")
+    if setting == "float32":
+        return False
+    key = torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+    if setting != "int8" and key not in _INT_MM_PAYS:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randint(-128, 128, (96, 768), generator=g, dtype=torch.int8)
+        b = torch.randint(-128, 128, (768, 128), generator=g, dtype=torch.int8)
+        a64, b64 = a.double(), b.double()
+        try:
+            int8_s = _best_of(lambda: torch._int_mm(a, b))
+        except (RuntimeError, AttributeError):
+            int8_s = float("inf")
+        _INT_MM_PAYS[key] = _best_of(lambda: a64 @ b64) > INT8_SPEEDUP_NEEDED * int8_s
+    return (setting == "int8" or _INT_MM_PAYS[key]) and int_mm_is_exact()
+
+
 def int_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Exact (L, K) int8 @ (K, N) int8 → int32 with operands in ±127: ``torch._int_mm`` where it is exact,
-    else float32 products over chunks of at most 1040 terms (each partial sum an integer below 2^24) added
-    in float64."""
-    if int_mm_is_exact():
+    """Exact (L, K) int8 @ (K, N) int8 → int32 with operands in ±127: ``torch._int_mm`` where it pays
+    (:func:`int_mm_pays`), else float32 products over chunks of at most 1040 terms (each partial sum an
+    integer below 2^24) added in float64."""
+    if int_mm_pays():
         return torch._int_mm(x, w)
     acc = None
     for k0 in range(0, x.shape[1], _FLOAT32_EXACT_K):

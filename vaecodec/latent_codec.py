@@ -22,9 +22,11 @@ Stack order, bottom → top (ANS is LIFO: the decoder pops from the top)::
 and within a tile:
 
 * :class:`HyperpriorLatentCodec` — its latents, y_pmfs[scale index];
-* :class:`CheckerboardLatentCodec` — non-anchors, then anchors. The decoder
-  pops the anchors with the hyper's parameters, then the non-anchors with
-  parameters that see the decoded anchors (two parallel passes).
+* :class:`CheckerboardLatentCodec` — non-anchors, then anchors (each slice by
+  slice, last slice lowest, for models with channel slices). The decoder pops
+  the anchors with the hyper's parameters, then the non-anchors with
+  parameters that see the decoded anchors (two parallel passes; a pass per
+  slice with channel slices, each slice's parameters seeing the ones before).
 
 Typical workflow::
 
@@ -126,16 +128,17 @@ class HyperpriorLatentCodec:
         _require_bits(coder, floor)
         return z
 
-    def _push_y(self, coder, q: torch.Tensor, params: HyperParams, quality: int) -> float:
-        """Push latents ``q`` (a grid or (1, M, positions)), channel by channel, positions in order."""
+    def _push_y(self, coder, q: torch.Tensor, params: HyperParams, quality: int, channels: slice = slice(None)) -> float:
+        """Push latents ``q`` (a grid or (1, M, positions), or of the latent ``channels``), channel by channel,
+        positions in order."""
         m = self.model
-        j = m.scale_indexes(params, quality).numpy()
+        j = m.scale_indexes(params, quality, channels).numpy()
         m.y_pmfs.encode(coder, q.numpy(), j)
         return m.y_pmfs.information_bits(q.numpy(), j)
 
-    def _pop_y(self, coder, params: HyperParams, quality: int) -> torch.Tensor:
+    def _pop_y(self, coder, params: HyperParams, quality: int, channels: slice = slice(None)) -> torch.Tensor:
         """Pop what :meth:`_push_y` pushed with these parameters: int64, their shape."""
-        j = self.model.scale_indexes(params, quality)
+        j = self.model.scale_indexes(params, quality, channels)
         return torch.from_numpy(self.model.y_pmfs.decode(coder, j.numpy()).reshape(j.shape))
 
     # ----- the whole image ----------------------------------------------------------
@@ -203,47 +206,64 @@ class HyperpriorLatentCodec:
 
 
 class CheckerboardLatentCodec(HyperpriorLatentCodec):
-    """Checkerboard context (two parallel passes per tile). Stack (bottom → top): tiles, ẑ; within a
-    tile, non-anchors then anchors.
+    """Checkerboard context (two parallel passes per tile), each pass slice by slice along the channels
+    where the model has channel slices. Stack (bottom → top): tiles, ẑ; within a tile, the reverse of the
+    decoding order::
 
-    The encoder has to know the non-anchors' parameters before it can push
-    them, and those depend on the anchors' ŷ: so it computes both passes of a
-    tile first (exactly as the decoder will) and then pushes in reverse order.
+        non-anchors slice n−1 · … · non-anchors slice 0 · anchors slice n−1 · … · anchors slice 0
+
+    (a model without channel slices has one slice, all channels: non-anchors, then anchors). The decoder
+    pops the anchors slice by slice, each slice's parameters from the hyper's and (slice s > 0) the
+    slices before it; then the non-anchors the same way, their parameters also seeing every decoded anchor.
+
+    The encoder has to know each slice's parameters before it can push it,
+    and those depend on ŷ decoded before: so it computes every pass of a tile
+    first (exactly as the decoder will) and then pushes in reverse order.
     Tiles start at even latents, so the anchor pattern is the image's.
     """
+
+    def _passes(self, hyper: HyperParams, quality: int, y_hat: torch.Tensor, code_slice, check=None):
+        """Run a tile's passes in decoding order, filling ``y_hat`` (1, M, h·w); ``code_slice(positions,
+        channels, params)`` codes one (pass, slice) and returns its symbols; ``check()`` runs before each
+        exact network that reads decoded latents."""
+        m = self.model
+        n, c, h, w = hyper.mean.shape
+        grid = y_hat.view(n, c, h, w)
+        q = torch.empty((n, c, h * w), dtype=torch.long)
+        for k, positions in enumerate(_checkerboard_positions(h, w)):
+            if k and check:
+                check()
+            p = m.context_params_at(hyper, grid if k else None, positions)  # non-anchors see every anchor
+            for s, ch in enumerate(m.slice_bounds):
+                if s and check:
+                    check()
+                p_s = m.channel_params_at(s, p.channels(ch), grid[:, :ch.start], positions) if s else p.channels(ch)
+                q[:, ch, positions] = q_s = code_slice(positions, ch, p_s)
+                y_hat[:, ch, positions] = m.dequantize(q_s, p_s, quality, ch)
+        return q.view(n, c, h, w)
 
     def _push_tile(self, coder, y: torch.Tensor, hyper: HyperParams, quality: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         m = self.model
         n, c, h, w = y.shape
-        anchors, others = _checkerboard_positions(h, w)
         y_flat = y.reshape(n, c, h * w)
-        p_a = m.context_params_at(hyper, None, anchors)
-        q_a = m.quantize(y_flat[:, :, anchors], p_a, quality)
         y_hat = torch.zeros((n, c, h * w), dtype=torch.float64)
-        y_hat[:, :, anchors] = m.dequantize(q_a, p_a, quality)
-        p_n = m.context_params_at(hyper, y_hat.view(n, c, h, w), others)
-        q_n = m.quantize(y_flat[:, :, others], p_n, quality)
-        bits = self._push_y(coder, q_n, p_n, quality)
-        bits += self._push_y(coder, q_a, p_a, quality)
-        y_hat[:, :, others] = m.dequantize(q_n, p_n, quality)
-        q = torch.empty((n, c, h * w), dtype=torch.long)
-        q[:, :, anchors], q[:, :, others] = q_a, q_n
-        return bits, q.view(n, c, h, w), y_hat.view(n, c, h, w)
+        coded = []
+
+        def quantize(positions, ch, p_s):
+            q_s = m.quantize(y_flat[:, ch, positions], p_s, quality, ch)
+            coded.append((q_s, p_s, ch))
+            return q_s
+
+        q = self._passes(hyper, quality, y_hat, quantize)
+        bits = sum(self._push_y(coder, q_s, p_s, quality, ch) for q_s, p_s, ch in reversed(coded))
+        return bits, q, y_hat.view(n, c, h, w)
 
     def _pop_tile(self, coder, hyper: HyperParams, quality: int, floor: int) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
         n, c, h, w = hyper.mean.shape
-        anchors, others = _checkerboard_positions(h, w)
-        q = torch.empty((n, c, h * w), dtype=torch.long)
         y_hat = torch.zeros((n, c, h * w), dtype=torch.float64)
-        p_a = m.context_params_at(hyper, None, anchors)
-        q[:, :, anchors] = q_a = self._pop_y(coder, p_a, quality)
-        _require_bits(coder, floor)
-        y_hat[:, :, anchors] = m.dequantize(q_a, p_a, quality)
-        p_n = m.context_params_at(hyper, y_hat.view(n, c, h, w), others)
-        q[:, :, others] = q_n = self._pop_y(coder, p_n, quality)
-        y_hat[:, :, others] = m.dequantize(q_n, p_n, quality)
-        return q.view(n, c, h, w), y_hat.view(n, c, h, w)
+        q = self._passes(hyper, quality, y_hat, lambda positions, ch, p_s: self._pop_y(coder, p_s, quality, ch),
+                         check=lambda: _require_bits(coder, floor))
+        return q, y_hat.view(n, c, h, w)
 
 
 @functools.lru_cache(maxsize=64)

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ModelConfig", "HyperpriorModel", "CheckerboardModel", "SimplifiedGDN", "RDOutput", "build_model",
-           "checkerboard_anchor_mask"]
+__all__ = ["ModelConfig", "HyperpriorModel", "CheckerboardModel", "ChannelCheckerboardModel", "SimplifiedGDN",
+           "RDOutput", "build_model", "checkerboard_anchor_mask"]
 
 DOWNSAMPLING = 64
 """Total stride from pixels to hyper-latents (16 for y, then 4 for z)."""
@@ -73,6 +73,11 @@ class ModelConfig:
         of :mod:`vaecodec.fixedpoint` (14-bit weights, float64); 8: it trains
         and decodes as the 8-bit integer program of :mod:`vaecodec.int8_synthesis`
         (int8 products: the synthesis in ~0.4× the exact one's time).
+      channel_slices: checkerboard models only; empty: none. Sizes of the
+        channel slices of y, in coding order (ELIC's uneven slices, He et al.
+        2022, e.g. 16, 16, 32, 64, 128): within each checkerboard pass, slice
+        s is coded after slices < s and its parameters also see them
+        (:class:`ChannelCheckerboardModel`).
     """
 
     channels: int = 64
@@ -85,10 +90,24 @@ class ModelConfig:
     hyper_hidden: int = 0
     num_scales: int = 64
     synthesis_bits: int = 0
+    channel_slices: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.synthesis_bits not in (0, 8):
             raise ValueError(f"synthesis_bits is 0 (fixed point) or 8, not {self.synthesis_bits}")
+        if self.channel_slices:
+            if self.kind != "checkerboard":
+                raise ValueError("channel slices need a checkerboard model")
+            if min(self.channel_slices) < 1 or sum(self.channel_slices) != self.latent_channels:
+                raise ValueError(f"channel slices {list(self.channel_slices)} must be positive and sum to the "
+                                 f"{self.latent_channels} latent channels")
+
+    @property
+    def slice_bounds(self) -> list[slice]:
+        """The latent channels of each channel slice, in coding order (one slice of all M without slices)."""
+        sizes = self.channel_slices or (self.latent_channels,)
+        starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        return [slice(a, b) for a, b in zip(starts, starts[1:])]
 
     @property
     def wide(self) -> int:
@@ -100,8 +119,9 @@ class ModelConfig:
         0.1 model's dict (which its weight hash covers) is unchanged."""
         d = asdict(self)
         d["lambdas"] = list(self.lambdas)
+        d["channel_slices"] = list(self.channel_slices)
         for name, default in _LATER_FIELDS.items():
-            if d[name] == default:
+            if d[name] == (list(default) if isinstance(default, tuple) else default):
                 del d[name]
         return d
 
@@ -109,11 +129,13 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["lambdas"] = tuple(float(v) for v in d["lambdas"])
+        if "channel_slices" in d:
+            d["channel_slices"] = tuple(int(v) for v in d["channel_slices"])
         return cls(**d)
 
 
 _LATER_FIELDS = {"kind": "hyperprior", "bottleneck_channels": 0, "context_channels": 0, "hyper_hidden": 0,
-                 "num_scales": 64, "synthesis_bits": 0}
+                 "num_scales": 64, "synthesis_bits": 0, "channel_slices": ()}
 
 
 class SimplifiedGDN(nn.Module):
@@ -302,6 +324,16 @@ class HyperpriorModel(nn.Module):
         """(μ, log2 σ) of every latent in training; the hyperprior's are the hyper-synthesis output."""
         return hyper.chunk(2, dim=1)
 
+    def coded_passes(self, y: torch.Tensor, hyper: torch.Tensor, gain: torch.Tensor,
+                     quantize=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(μ, log2 σ, r̂) of every latent as the decoder sees them, r̂ = ``quantize((y − μ)·g)`` (default:
+        straight-through rounding), each latent's from its own coding pass. Encoder-side optimisation
+        (:mod:`vaecodec.refine`) passes its own (soft) rounding; with context models the rounded values
+        of earlier passes are what later passes' parameters see."""
+        quantize = quantize or _ste_round
+        mu, log2_scale = self.latent_params(y, hyper, gain)
+        return mu, log2_scale, quantize((y.float() - mu.float()) * gain)
+
     def log_gain(self, lmbda: torch.Tensor) -> torch.Tensor:
         """Per-channel ln g for each λ in (B,): log-linear interpolation between anchors."""
         anchors = torch.log(torch.tensor(self.config.lambdas, device=lmbda.device))
@@ -402,22 +434,117 @@ class CheckerboardModel(HyperpriorModel):
         return (hyper + self.entropy_parameters(torch.cat([hyper, ctx], 1))).chunk(2, dim=1)
 
     def latent_params(self, y: torch.Tensor, hyper: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both passes at once in training: the anchors' ŷ (straight-through rounded) is
-        masked and fed to the context network, as in He et al.; each latent takes the
-        parameters of its own pass."""
+        """Both passes at once in training (:meth:`coded_passes` with straight-through rounding)."""
+        return self.coded_passes(y, hyper, gain)[:2]
+
+    def coded_passes(self, y: torch.Tensor, hyper: torch.Tensor, gain: torch.Tensor,
+                     quantize=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both passes on the whole grid: the anchors' ŷ (``quantize``d, default straight-through) is masked
+        and fed to the context network, as in He et al.; each latent takes the parameters of its own pass."""
+        quantize = quantize or _ste_round
         anchor = checkerboard_anchor_mask(y.shape[2], y.shape[3], y.device)
+        y = y.float()  # rounding in float32, also under autocast (bfloat16 cannot hold r to ±½)
         mu_a, log2_scale_a = self.params_from(hyper, None)
-        mu_a = mu_a.float()  # rounding in float32, also under autocast (bfloat16 cannot hold r to ±½)
-        y_hat_a = _ste_round((y.float() - mu_a) * gain) / gain + mu_a
-        mu_n, log2_scale_n = self.params_from(hyper, self.context(y_hat_a * anchor))
-        return mu_a * anchor + mu_n * (1 - anchor), log2_scale_a * anchor + log2_scale_n * (1 - anchor)
+        mu_a = mu_a.float()
+        r_a = quantize((y - mu_a) * gain)
+        mu_n, log2_scale_n = self.params_from(hyper, self.context((r_a / gain + mu_a) * anchor))
+        r_n = quantize((y - mu_n.float()) * gain)
+        return (_by_pass(mu_a, mu_n, anchor), _by_pass(log2_scale_a, log2_scale_n, anchor),
+                _by_pass(r_a, r_n, anchor))
+
+
+def _by_pass(anchors: torch.Tensor, others: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Each latent's value from its own checkerboard pass."""
+    return anchors * anchor + others * (1 - anchor)
+
+
+CHANNEL_CONTEXT_WIDTH = 64
+"""Features the channel context extracts from the slices already coded in a pass."""
+
+CHANNEL_HIDDEN = 128
+"""Width of the hidden layers of each slice's parameter correction."""
+
+
+class ChannelCheckerboardModel(CheckerboardModel):
+    """Checkerboard passes, each coded slice by slice along the channels (ELIC: He et al. 2022).
+
+    Decoding stays parallel over positions; each checkerboard pass becomes one
+    pass per channel slice (``config.channel_slices``, e.g. 16, 16, 32, 64, 128)::
+
+        pass 1, the anchors; then pass 2, the non-anchors (context as in CheckerboardModel):
+          p = (μ, log2 σ) of every channel, as CheckerboardModel computes them
+          slice 0:      p_0
+          slice s > 0:  p_s + channel_parameters[s]([p_s, channel_context[s](ŷ of slices < s, this pass)])
+
+    The channel context reads the slices already decoded *in this pass*, at
+    the positions of the pass (ŷ masked to the pass's colour of the board: a
+    3×3 convolution of it sees the centre and the four diagonal neighbours).
+    Small first slices: the first channels (the costliest, see
+    :func:`vaecodec.training.warm_start.add_channel_context`) give the later,
+    larger slices most of what they can predict. Every correction is
+    residual with a zero last layer, so a new model codes exactly as the
+    checkerboard it was grown from. All plain convolutions and ReLUs: the
+    decoder runs them as exact integer programs.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.channel_context = nn.ModuleList()
+        self.channel_parameters = nn.ModuleList()
+        for bounds in config.slice_bounds[1:]:
+            c = bounds.stop - bounds.start
+            last = _conv(CHANNEL_HIDDEN, 2 * c, 1, 1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.channel_context.append(_conv(bounds.start, CHANNEL_CONTEXT_WIDTH, 3, 1))
+            self.channel_parameters.append(nn.Sequential(
+                _conv(2 * c + CHANNEL_CONTEXT_WIDTH, CHANNEL_HIDDEN, 1, 1), nn.ReLU(inplace=True),
+                _conv(CHANNEL_HIDDEN, CHANNEL_HIDDEN, 1, 1), nn.ReLU(inplace=True), last))
+
+    def slice_params(self, s: int, mu: torch.Tensor, log2_scale: torch.Tensor,
+                     y_hat_before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log2 σ) of slice ``s`` from the checkerboard's and ŷ of the slices before it in this pass
+        (zero elsewhere than the pass's positions)."""
+        if s == 0:
+            return mu, log2_scale
+        features = self.channel_context[s - 1](y_hat_before)
+        d_mu, d_log2_scale = self.channel_parameters[s - 1](torch.cat([mu, log2_scale, features], 1)).chunk(2, dim=1)
+        return mu + d_mu, log2_scale + d_log2_scale
+
+    def coded_passes(self, y: torch.Tensor, hyper: torch.Tensor, gain: torch.Tensor,
+                     quantize=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both checkerboard passes on the whole grid, each slice by slice (see the class docstring)."""
+        quantize = quantize or _ste_round
+        anchor = checkerboard_anchor_mask(y.shape[2], y.shape[3], y.device)
+        y = y.float()
+        passes, y_hat_anchors = [], None
+        for own in (anchor, 1 - anchor):
+            ctx = None if y_hat_anchors is None else self.context(y_hat_anchors * anchor)
+            mu_all, log2_scale_all = self.params_from(hyper, ctx)
+            mus, log2_scales, rs, y_hats = [], [], [], []
+            for s, ch in enumerate(self.config.slice_bounds):
+                before = torch.cat(y_hats, 1) * own if s > 0 else None
+                mu, log2_scale = self.slice_params(s, mu_all[:, ch].float(), log2_scale_all[:, ch], before)
+                mu = mu.float()
+                r = quantize((y[:, ch] - mu) * gain[:, ch])
+                mus.append(mu)
+                log2_scales.append(log2_scale)
+                rs.append(r)
+                y_hats.append(r / gain[:, ch] + mu)
+            if y_hat_anchors is None:
+                y_hat_anchors = torch.cat(y_hats, 1)
+            passes.append([torch.cat(v, 1) for v in (mus, log2_scales, rs)])
+        (mu_a, ls_a, r_a), (mu_n, ls_n, r_n) = passes
+        return _by_pass(mu_a, mu_n, anchor), _by_pass(ls_a, ls_n, anchor), _by_pass(r_a, r_n, anchor)
 
 
 MODEL_KINDS = {"hyperprior": HyperpriorModel, "checkerboard": CheckerboardModel}
 
 
 def build_model(config: ModelConfig) -> HyperpriorModel:
-    """The training module for a config, by its ``kind``."""
+    """The training module for a config, by its ``kind`` (and its channel slices)."""
+    if config.channel_slices:
+        return ChannelCheckerboardModel(config)
     try:
         return MODEL_KINDS[config.kind](config)
     except KeyError:

@@ -36,7 +36,7 @@ import torch
 
 from .coding_model import GAIN_FRAC_BITS, CodingModel
 from .latent_codec import Latents
-from .model import SCALE_MIN, build_model, checkerboard_anchor_mask, gaussian_bin_likelihood
+from .model import SCALE_MIN, build_model, gaussian_bin_likelihood
 
 __all__ = ["EFFORTS", "DEFAULT_EFFORT", "SCHEDULE", "Schedule", "refine_latents", "refine_path", "rd_cost",
            "MAX_REFINE_PIXELS"]
@@ -194,7 +194,6 @@ def refine_path(model: CodingModel, x: torch.Tensor, latents: Latents, quality: 
     z = net.hyper_analysis(latents.y.float()).clone().requires_grad_(True)
     opt = torch.optim.Adam([u, z], lr=schedule.lr)
     target = x[:, :, :height, :width]
-    anchor = checkerboard_anchor_mask(u.shape[2], u.shape[3]) if model.has_context else None
     n = stops[-1]
     out = []
 
@@ -204,21 +203,11 @@ def refine_path(model: CodingModel, x: torch.Tensor, latents: Latents, quality: 
     def rd_estimate(round_z, round_r) -> torch.Tensor:
         """The model's RD cost (bits per pixel + λ·MSE on the 0..255 scale) of (u, z) with these roundings."""
         z_q = round_z(z)
-        hyper = net.hyper_synthesis(z_q)
-
-        def coded(mu, log2_scale):
-            r_q = round_r(u - mu * gain)
-            scale = torch.exp2(log2_scale + log2_gain).clamp_min(SCALE_MIN)
-            return r_q, scale, r_q / gain + mu
-
-        if anchor is None:
-            r_q, scale, y_hat = coded(*hyper.chunk(2, dim=1))
-        else:
-            r_a, s_a, y_a = coded(*net.params_from(hyper, None))
-            r_n, s_n, y_n = coded(*net.params_from(hyper, net.context(y_a * anchor)))
-            r_q = r_a * anchor + r_n * (1 - anchor)
-            scale = s_a * anchor + s_n * (1 - anchor)
-            y_hat = y_a * anchor + y_n * (1 - anchor)
+        # Each latent's (μ, log2 σ) and rounded residual from its own coding pass (and slice), the later
+        # passes seeing the earlier ones' rounded values, as the decoder will.
+        mu, log2_scale, r_q = net.coded_passes(u / gain, net.hyper_synthesis(z_q), gain, round_r)
+        scale = torch.exp2(log2_scale + log2_gain).clamp_min(SCALE_MIN)
+        y_hat = r_q / gain + mu
         bits = -torch.log2(gaussian_bin_likelihood(r_q, scale).clamp_min(1e-9)).sum() \
             - torch.log2(net.hyper_prior.likelihood(z_q).clamp_min(1e-9)).sum()
         x_hat = net.synthesis(y_hat)[:, :, :height, :width]

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..model import SCALE_MIN, HyperpriorModel, ModelConfig, SimplifiedGDN, build_model, interpolate_rows
 
-__all__ = ["reanchor", "widen"]
+__all__ = ["add_channel_context", "channel_rates", "permute_latent_channels", "reanchor", "widen"]
 
 
 def _embed_conv(new: nn.Conv2d | nn.ConvTranspose2d, old: nn.Conv2d | nn.ConvTranspose2d,
@@ -159,6 +159,110 @@ def reanchor(checkpoint, out, lambdas: tuple[float, ...]):
     optimizer.load_state_dict(opt)
     state = replace(state, config=config, history=state.history + [
         {"reanchored": {"from": list(old.lambdas), "to": list(lambdas)}, "step": state.step,
+         "cpu_hours": state.cpu_seconds / 3600}])
+    save_checkpoint(out, state, new, new, optimizer)
+    return state
+
+
+def _channel_layouts(model: HyperpriorModel) -> dict[str, tuple[int, str]]:
+    """Every tensor of a checkerboard model indexed by latent channel: name → (dimension, layout), layout
+    ``"m"`` (the M channels), ``"2m"`` (the (μ | log2 σ) halves) or ``"2m+c"`` (the halves, then context
+    features)."""
+    last_a, last_hs, last_ep = len(model.analysis) - 1, len(model.hyper_synthesis) - 1, len(model.entropy_parameters) - 1
+    return {
+        "log_gains": (1, "m"),
+        f"analysis.{last_a}.weight": (0, "m"), f"analysis.{last_a}.bias": (0, "m"),
+        "synthesis.0.weight": (0, "m"),  # transposed: (in, out, k, k)
+        "hyper_analysis.0.weight": (1, "m"),
+        f"hyper_synthesis.{last_hs}.weight": (0, "2m"), f"hyper_synthesis.{last_hs}.bias": (0, "2m"),
+        "context.0.weight": (1, "m"),
+        "entropy_parameters.0.weight": (1, "2m+c"),
+        f"entropy_parameters.{last_ep}.weight": (0, "2m"), f"entropy_parameters.{last_ep}.bias": (0, "2m"),
+    }
+
+
+def permute_latent_channels(model: HyperpriorModel, order: torch.Tensor,
+                            tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``tensors`` (default: the model's state dict; or anything shaped like its parameters, such as Adam's
+    moments by parameter name) with the latent channels put in ``order``: latent k of the result is latent
+    ``order[k]`` of ``model``. The permuted model computes the same function, its latents reordered."""
+    m = model.config.latent_channels
+    order = order.long()
+    index = {"m": order, "2m": torch.cat([order, m + order])}
+    tensors = dict(model.state_dict() if tensors is None else tensors)
+    for name, (dim, layout) in _channel_layouts(model).items():
+        if name not in tensors:
+            continue
+        t = tensors[name]
+        idx = index.get(layout)
+        if idx is None:  # "2m+c": the context features keep their places after the halves
+            idx = torch.cat([index["2m"], torch.arange(2 * m, t.shape[dim])])
+        tensors[name] = t.index_select(dim, idx)
+    return tensors
+
+
+@torch.no_grad()
+def channel_rates(model: HyperpriorModel, crops: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """Mean bits per latent of each latent channel (M,) on ``crops`` (B, 3, H, W) at ``lmbda``, rounded latents."""
+    model.eval()
+    y = model.analysis(crops)
+    hyper = model.hyper_synthesis(torch.round(model.hyper_analysis(y)))
+    log_g = model.log_gain(torch.full((crops.shape[0],), lmbda))[:, :, None, None]
+    mu, log2_scale, r = model.coded_passes(y, hyper, torch.exp(log_g), torch.round)
+    scale = torch.exp2(log2_scale + log_g / math.log(2)).clamp_min(SCALE_MIN)
+    from ..model import gaussian_bin_likelihood
+
+    return -torch.log2(gaussian_bin_likelihood(r, scale).clamp_min(1e-9)).mean((0, 2, 3))
+
+
+def add_channel_context(checkpoint, out, slices: tuple[int, ...], data, crops: int = 64, seed: int = 0, log=print):
+    """Write to ``out`` the stable checkerboard checkpoint ``checkpoint`` grown a channel context
+    (:class:`~vaecodec.model.ChannelCheckerboardModel` with ``slices``); returns its state.
+
+    The latent channels are first reordered by their rate on ``crops`` training
+    crops of ``data`` at the middle λ, costliest first, so that the small first
+    slices hold the channels that say most about the rest; every tensor that
+    reads or writes latents is permuted with them (and Adam's step sizes with
+    their parameters). The new networks' last layers are zero, so the new
+    model computes exactly what the old one did, on permuted latents. Steps
+    and CPU-hours carry on; the history records the change.
+    """
+    from dataclasses import replace
+
+    from .data import CropPool
+    from .loop import load_checkpoint, save_checkpoint
+
+    state, model, _, opt = load_checkpoint(checkpoint)
+    old = state.config
+    if state.phase != "stable":
+        raise ValueError(f"{checkpoint} is {state.phase}; grow a stable checkpoint")
+    if old.kind != "checkerboard" or old.channel_slices or old.synthesis_bits:
+        raise ValueError(f"{checkpoint} is not a checkerboard model without channel slices (and a fixed-point synthesis)")
+    config = replace(old, channel_slices=tuple(int(v) for v in slices))  # validates the slices
+    pool = CropPool(data, crop=256, crops_per_image=1, seed=seed)
+    x = torch.from_numpy(pool.crops[:crops]).permute(0, 3, 1, 2).float().div_(255.0)
+    rates = channel_rates(model, x, math.sqrt(old.lambdas[0] * old.lambdas[-1]))
+    order = torch.argsort(rates, descending=True)
+    log(f"channel order by rate on {x.shape[0]} crops (bits per latent, costliest first): "
+        + ", ".join(f"{int(c)}:{float(rates[c]):.2f}" for c in order[:8]) + ", …")
+    new = build_model(config)
+    missing, unexpected = new.load_state_dict(permute_latent_channels(model, order), strict=False)
+    if unexpected or any(not k.startswith("channel_") for k in missing):
+        raise ValueError(f"{checkpoint}: parameters do not match the grown model ({(unexpected or missing)[0]})")
+    # Adam's moments follow their parameters (by name) through the permutation; the new networks start fresh.
+    old_names = [name for name, _ in model.named_parameters()]
+    new_names = [name for name, _ in new.named_parameters()]
+    moments = {key: {old_names[i]: s[key] for i, s in opt["state"].items() if key in s} for key in ("exp_avg", "exp_avg_sq")}
+    moments = {key: permute_latent_channels(model, order, by_name) for key, by_name in moments.items()}
+    new_state = {}
+    for i, s in opt["state"].items():
+        entry = dict(s, **{key: moments[key][old_names[i]] for key in moments if old_names[i] in moments[key]})
+        new_state[new_names.index(old_names[i])] = entry
+    groups = [dict(opt["param_groups"][0], params=list(range(len(new_names))))]
+    optimizer = torch.optim.Adam(new.parameters())
+    optimizer.load_state_dict({"state": new_state, "param_groups": groups})
+    state = replace(state, config=config, history=state.history + [
+        {"channel_context": {"slices": list(config.channel_slices), "order": order.tolist()}, "step": state.step,
          "cpu_hours": state.cpu_seconds / 3600}])
     save_checkpoint(out, state, new, new, optimizer)
     return state
