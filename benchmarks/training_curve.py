@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from vaecodec.metrics import bd_rate  # noqa: E402
 
 DEFAULT_SOURCES = [ROOT / "vaecodec" / "weights" / "training-hp64.json", ROOT / "checkpoints" / "cc-stable.pt"]
@@ -49,7 +51,7 @@ def load_history(path: Path) -> tuple[str, list[dict]]:
     import torch
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    kind = blob["config"].get("kind", "hyperprior")
+    kind = blob["config"].get("kind", "hyperprior") + (" + channel slices" if blob["config"].get("channel_slices") else "")
     return f"{path.stem} ({kind})", blob.get("history", [])
 
 
@@ -60,23 +62,34 @@ def jpeg_curve(path: Path) -> tuple[list[float], list[float]]:
 
 
 def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None:
-    """Least squares bd_window = a + b·log2(CPU-h) over the stable points from ``fit_from`` on; the
-    CPU-hours where a + b·log2(h) + (full − window of the latest point) reaches ``target``."""
+    """Least squares bd_window = a + b·log2(CPU-h) [+ c for the points of the latest architecture] over the
+    stable points from ``fit_from`` on; the CPU-hours where the latest architecture's line plus (full − window
+    of the latest point) reaches ``target``.
+
+    One slope for the whole run: a change of architecture (a channel context grown on the run) is taken
+    as a step ``c`` at equal CPU-hours, estimated from the points after it once there are two.
+    """
     pts = [p for p in points if p["phase"] == "stable" and p["cpu_hours"] >= fit_from
            and p["bd_rate_vs_jpeg_window"] is not None]
     if len(pts) < 3:
         return None
-    x = [math.log2(p["cpu_hours"]) for p in pts]
-    y = [p["bd_rate_vs_jpeg_window"] for p in pts]
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    b = sum((u - mx) * (v - my) for u, v in zip(x, y)) / sum((u - mx) ** 2 for u in x)
-    a = my - b * mx
-    resid = math.sqrt(sum((v - a - b * u) ** 2 for u, v in zip(x, y)) / (len(x) - 2))
-    last = pts[-1]
+    latest = pts[-1].get("architecture", 0)
+    after = [float(p.get("architecture", 0) == latest) for p in pts]
+    stepped = 2 <= sum(after) < len(pts)
+    if not stepped:  # too few points since the change: fit the run before it
+        pts = [p for p, f in zip(pts, after) if not f] if 0 < sum(after) < 2 and len(pts) - sum(after) >= 3 else pts
+        after = [0.0] * len(pts)
+    x = np.array([[1.0, math.log2(p["cpu_hours"])] + ([f] if stepped else []) for p, f in zip(pts, after)])
+    y = np.array([p["bd_rate_vs_jpeg_window"] for p in pts])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    a, b, c = float(coef[0]), float(coef[1]), float(coef[2]) if stepped else 0.0
+    resid = float(np.sqrt(np.sum((y - x @ coef) ** 2) / max(1, len(y) - len(coef))))
+    last = points[-1] if points[-1]["bd_rate_vs_jpeg_window"] is not None else pts[-1]
     offset = last["bd_rate_vs_jpeg"] - last["bd_rate_vs_jpeg_window"]
-    target_hours = 2 ** ((target - offset - a) / b) if b < 0 else math.inf
-    return {"points": len(pts), "from_cpu_hours": fit_from, "intercept": a, "per_doubling": b,
-            "residual_sd": resid, "latest_offset_full_minus_window": offset, "target": target,
+    target_hours = 2 ** ((target - offset - a - c) / b) if b < 0 else math.inf
+    return {"points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
+            "architecture_step": c if stepped else None, "residual_sd": resid,
+            "latest_offset_full_minus_window": offset, "target": target,
             "target_cpu_hours": target_hours, "remaining_cpu_hours": target_hours - last["cpu_hours"]}
 
 
@@ -91,14 +104,17 @@ def main() -> None:
     args = ap.parse_args()
     window = tuple(float(v) for v in args.window.split(","))
     jr, jq = jpeg_curve(args.jpeg)
-    runs = []
+    runs, changes = [], []
     for src in args.sources:
         if not src.exists():
             print(f"skipping {src}: not found", file=sys.stderr)
             continue
         name, history = load_history(src)
-        points = []
+        points, architecture = [], 0
         for row in history:
+            if "channel_context" in row:  # the run was grown a channel context here (vaecodec add-channel-context)
+                architecture += 1
+                changes.append(row["cpu_hours"])
             if "estimate" not in row:
                 continue
             est = row["estimate"]
@@ -107,7 +123,7 @@ def main() -> None:
             covers = min(psnrs) <= window[0] and max(psnrs) >= window[1]
             bd_window = bd_rate(jr, jq, rates, psnrs, quality_window=window) if covers else None
             points.append({"step": row["step"], "cpu_hours": row["cpu_hours"], "gpu_hours": row.get("gpu_hours", 0.0),
-                           "phase": row.get("phase", "stable"), "bd_rate_vs_jpeg": bd,
+                           "phase": row.get("phase", "stable"), "architecture": architecture, "bd_rate_vs_jpeg": bd,
                            "bd_rate_vs_jpeg_window": bd_window,
                            "psnr_range": [min(e["psnr"] for e in est), max(e["psnr"] for e in est)]})
         runs.append({"source": str(src.relative_to(ROOT) if src.is_relative_to(ROOT) else src), "name": name,
@@ -120,13 +136,15 @@ def main() -> None:
     fit = fit_curve(runs[-1]["points"], args.fit_from, args.target) if runs else None
     if fit:
         print(f"fit ({fit['points']} points from {args.fit_from:g} CPU-h, {window[0]:g}-{window[1]:g} dB): "
-              f"{fit['per_doubling']:+.2f}% per doubling of CPU-hours; {args.target:g}% full-range at "
+              f"{fit['per_doubling']:+.2f}% per doubling of CPU-hours"
+              + ("" if fit["architecture_step"] is None else f", {fit['architecture_step']:+.2f}% at the architecture change")
+              + f"; {args.target:g}% full-range at "
               f"~{fit['target_cpu_hours']:.0f} CPU-h ({fit['remaining_cpu_hours']:.0f} more)")
     result = {"command": "python benchmarks/training_curve.py " + " ".join(sys.argv[1:]),
               "jpeg": str(args.jpeg.relative_to(ROOT) if args.jpeg.is_relative_to(ROOT) else args.jpeg),
               "note": "BD-rate of the model's rate estimate on Kodak (24 images) against JPEG measured from files; "
                       f"bd_rate_vs_jpeg_window: over {window[0]:g}-{window[1]:g} dB only",
-              "window_db": list(window), "fit": fit, "runs": runs}
+              "window_db": list(window), "architecture_changes_cpu_hours": changes, "fit": fit, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     try:
@@ -154,6 +172,9 @@ def main() -> None:
                 linewidth=1, label=f"fit, full range ({fit['per_doubling']:+.1f}% per doubling)")
         ax.axhline(args.target, color="red", linewidth=0.8, linestyle="--")
         ax.set_xscale("log", base=2)
+    for hours in changes:
+        ax.axvline(hours, color="green", linewidth=0.8, linestyle=":")
+        ax.annotate("channel context", (hours, ax.get_ylim()[1]), fontsize=7, rotation=90, va="top", ha="right")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("training CPU-hours (cumulative, inherited hours included)")
     ax.set_ylabel("Kodak BD-rate vs JPEG [%] (estimate)")

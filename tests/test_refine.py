@@ -10,7 +10,7 @@ from vaecodec.refine import rd_cost
 from conftest import make_tiny_model, smooth_image
 
 
-@pytest.fixture(scope="module", params=["hyperprior", "checkerboard"])
+@pytest.fixture(scope="module", params=["hyperprior", "checkerboard", "channel"])
 def codec(request):
     return Codec(make_tiny_model(kind=request.param, model_id=f"tiny-{request.param}"))
 

@@ -157,21 +157,27 @@ def test_sigterm_saves_before_exit(tmp_path, data):
     assert load_checkpoint(ckpt)[0].step > 0
 
 
-def test_a_checkerboard_model_widens_at_full_resolution():
+@pytest.mark.parametrize("slices", [(), (2, 4, 6)])
+def test_a_checkerboard_model_widens_at_full_resolution(slices):
     from vaecodec.training.warm_start import widen
     from vaecodec.model import build_model
 
     torch.manual_seed(1)
-    old = build_model(ModelConfig(**TINY_CB)).eval()
+    cb = dict(TINY_CB, channel_slices=slices)
+    old = build_model(ModelConfig(**cb)).eval()
     with torch.no_grad():
         old.entropy_parameters[-1].weight.normal_(0, 0.1)  # a live context
-    new = widen(old, ModelConfig(**dict(TINY_CB, channels=12))).eval()
+        for layers in getattr(old, "channel_parameters", []):  # and a live channel context
+            layers[-1].weight.normal_(0, 0.1)
+    new = widen(old, ModelConfig(**dict(cb, channels=12))).eval()
     x = torch.rand(1, 3, 64, 64)
     for lam in old.config.lambdas:
         a, b = old(x, torch.tensor([lam]), hard=True), new(x, torch.tensor([lam]), hard=True)
         assert torch.allclose(a.x_hat, b.x_hat, atol=1e-5) and torch.allclose(a.bits_y, b.bits_y, rtol=1e-4)
     with pytest.raises(ValueError, match="full resolution"):
-        widen(old, ModelConfig(**dict(TINY_CB, latent_channels=16)))
+        widen(old, ModelConfig(**dict(cb, latent_channels=16, channel_slices=(4, 4, 8) if slices else ())))
+    with pytest.raises(ValueError, match="full resolution"):  # a channel context is grown, not widened into
+        widen(old, ModelConfig(**dict(cb, channels=12, channel_slices=(6, 6) if slices else (12,))))
 
 
 def test_a_non_finite_loss_skips_the_update_and_never_reaches_the_checkpoint(tmp_path, data, monkeypatch):
@@ -315,6 +321,10 @@ def test_growing_a_channel_context_keeps_the_estimate_and_training_continues(tmp
     assert torch.allclose(a.bits_y, b.bits_y, rtol=1e-5) and torch.allclose(a.mse, b.mse, rtol=1e-5)
     # Adam's step sizes moved with their channels (the gains: index 0 in both models).
     assert torch.equal(opt["state"][0]["exp_avg_sq"], old_opt["state"][0]["exp_avg_sq"][:, order])
+    names = [n for n, _ in old_model.named_parameters()]
+    first = names.index("entropy_parameters.0.weight")  # inputs: (μ | log2 σ) halves, then the context features
+    halves = torch.cat([order, 12 + order, torch.arange(24, old_opt["state"][first]["exp_avg_sq"].shape[1])])
+    assert torch.equal(opt["state"][first]["exp_avg_sq"], old_opt["state"][first]["exp_avg_sq"][:, halves])
     assert train(data, grown, steps=2, options=FAST, log=lambda *_: None).step == old_state.step + 2
     with pytest.raises(ValueError, match="not a checkerboard"):
         add_channel_context(grown, tmp_path / "x.pt", (2, 4, 6), data, crops=2, log=lambda *_: None)

@@ -13,7 +13,7 @@ Where the bits are made (``Codec.encode``), one ANS stack per image::
     push  check = CRC-32 of the header fields (bottom of the stack, popped last)
     push  the latents: the model's latent codec owns their order
           (:mod:`vaecodec.latent_codec`: tiles of 1024² pixels last to first, then ẑ;
-          within a tile y, or y non-anchors then anchors)
+          within a tile y, or y non-anchors then anchors, each slice by slice with channel slices)
     Header + metadata + words ─container.pack─▶ bytes (rate = len(bytes), header and metadata included)
 
 Decoding mirrors it: the latent codec pops ŷ exactly, band of tiles by band,

@@ -730,6 +730,10 @@ MODEL_PRESETS = {
     "cb96-w128-m256": dict(kind="checkerboard", channels=96, bottleneck_channels=128, latent_channels=256,
                            context_channels=128, hyper_hidden=192, num_scales=72,
                            lambdas=tuple(0.0008 * 2**k for k in range(11))),
+    # The stable run today: cb64-w128-m256 re-anchored up to λ 3.2768 and grown a channel context (ELIC's slices).
+    "cc64-w128-m256": dict(kind="checkerboard", channels=64, bottleneck_channels=128, latent_channels=256,
+                           context_channels=128, hyper_hidden=192, num_scales=72,
+                           lambdas=tuple(0.0008 * 2**k for k in range(13)), channel_slices=(16, 16, 32, 64, 128)),
     # For tests and smoke runs only.
     "tiny": dict(kind="checkerboard", channels=8, bottleneck_channels=12, latent_channels=12, hyper_channels=8,
                  context_channels=8, lambdas=(0.004, 0.016, 0.064)),

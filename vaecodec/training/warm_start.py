@@ -81,10 +81,11 @@ def widen(old: HyperpriorModel, config: ModelConfig, seed: int = 0) -> Hyperprio
     new = build_model(config)
     m_old, m_new = oc.latent_channels, config.latent_channels
     if oc.kind == "checkerboard":
-        same = ("latent_channels", "bottleneck_channels", "context_channels", "hyper_hidden", "lambdas")
+        same = ("latent_channels", "bottleneck_channels", "context_channels", "hyper_hidden", "lambdas",
+                "channel_slices")
         if config.kind != "checkerboard" or any(getattr(oc, f) != getattr(config, f) for f in same):
-            raise ValueError("a checkerboard model widens only at full resolution (channels): its context and "
-                             "entropy-parameter networks are copied as they are")
+            raise ValueError("a checkerboard model widens only at full resolution (channels): its context, "
+                             "entropy-parameter and channel-context networks are copied as they are")
     _embed_sequential(new.analysis, old.analysis)
     _embed_sequential(new.synthesis, old.synthesis)
     # New latent channels start at exactly 0 (zero analysis rows) and cost no rate (a mean of 0 and the
@@ -106,6 +107,9 @@ def widen(old: HyperpriorModel, config: ModelConfig, seed: int = 0) -> Hyperprio
     if oc.kind == "checkerboard":
         new.context.load_state_dict(old.context.state_dict())
         new.entropy_parameters.load_state_dict(old.entropy_parameters.state_dict())
+        if config.channel_slices:
+            new.channel_context.load_state_dict(old.channel_context.state_dict())
+            new.channel_parameters.load_state_dict(old.channel_parameters.state_dict())
     # Gains: old anchors' log-gains, read off at the new λ anchors (extrapolated along the end segments).
     old_anchors = torch.log(torch.tensor(oc.lambdas, dtype=torch.float64))
     pos = (torch.log(torch.tensor(config.lambdas, dtype=torch.float64)) - old_anchors[0]) \
@@ -204,15 +208,18 @@ def permute_latent_channels(model: HyperpriorModel, order: torch.Tensor,
 @torch.no_grad()
 def channel_rates(model: HyperpriorModel, crops: torch.Tensor, lmbda: float) -> torch.Tensor:
     """Mean bits per latent of each latent channel (M,) on ``crops`` (B, 3, H, W) at ``lmbda``, rounded latents."""
-    model.eval()
-    y = model.analysis(crops)
-    hyper = model.hyper_synthesis(torch.round(model.hyper_analysis(y)))
-    log_g = model.log_gain(torch.full((crops.shape[0],), lmbda))[:, :, None, None]
-    mu, log2_scale, r = model.coded_passes(y, hyper, torch.exp(log_g), torch.round)
-    scale = torch.exp2(log2_scale + log_g / math.log(2)).clamp_min(SCALE_MIN)
     from ..model import gaussian_bin_likelihood
 
-    return -torch.log2(gaussian_bin_likelihood(r, scale).clamp_min(1e-9)).mean((0, 2, 3))
+    model.eval()
+    total = 0.0
+    for batch in crops.split(8):  # bounds the activations' memory
+        y = model.analysis(batch)
+        hyper = model.hyper_synthesis(torch.round(model.hyper_analysis(y)))
+        log_g = model.log_gain(torch.full((batch.shape[0],), lmbda))[:, :, None, None]
+        mu, log2_scale, r = model.coded_passes(y, hyper, torch.exp(log_g), torch.round)
+        scale = torch.exp2(log2_scale + log_g / math.log(2)).clamp_min(SCALE_MIN)
+        total = total + (-torch.log2(gaussian_bin_likelihood(r, scale).clamp_min(1e-9))).sum((0, 2, 3))
+    return total / (crops.shape[0] * y.shape[2] * y.shape[3])
 
 
 def add_channel_context(checkpoint, out, slices: tuple[int, ...], data, crops: int = 64, seed: int = 0, log=print):
