@@ -16,11 +16,13 @@ Each point also gets its BD-rate over a fixed PSNR window (``--window``,
 27–37 dB), which every evaluation of the stable run since ~8 CPU-h covers:
 the full-range figure moves when the trained λ range moves (the stable run
 was re-anchored at 21.45 CPU-h to reach higher PSNR, where JPEG is
-strongest), the window figure does not. The fit is a line in log2(CPU-hours)
+strongest), the window figure less. The fit is a line in log2(CPU-hours)
 through the window figures of the last run's stable points (``--fit-from``
-CPU-h on): the gain per doubling of training, and where it reaches the
-target (``--target``, −40 %) once the latest point's full-range−window
-offset is added back.
+CPU-h on), with a step after each change to the run (re-anchoring, a
+channel context grown on it) once two points follow it: the gain per
+doubling of training, what each change did at equal CPU-hours, and where the
+latest segment reaches the target (``--target``, −40 %) once the latest
+point's full-range−window offset is added back.
 
 Writes ``OUT.json`` (the points and the fit) and ``OUT.png`` (the plot, with matplotlib).
 """
@@ -62,35 +64,38 @@ def jpeg_curve(path: Path) -> tuple[list[float], list[float]]:
 
 
 def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None:
-    """Least squares bd_window = a + b·log2(CPU-h) [+ c for the points of the latest architecture] over the
-    stable points from ``fit_from`` on; the CPU-hours where the latest architecture's line plus (full − window
-    of the latest point) reaches ``target``.
+    """Least squares bd_window = a + b·log2(CPU-h) + c_k over the stable points from ``fit_from`` on, where
+    c_k is a step for each segment k of the run after a change (a re-anchoring, a channel context grown on
+    it); the CPU-hours where the latest segment's line plus (full − window of the latest point) reaches
+    ``target``.
 
-    One slope for the whole run: a change of architecture (a channel context grown on the run) is taken
-    as a step ``c`` at equal CPU-hours, estimated from the points after it once there are two.
+    One slope for the whole run; a change shifts the line by its step at equal CPU-hours, estimated from
+    the segment's points once it has two (a segment with fewer is left out, and the projection starts
+    from the segment before it).
     """
     pts = [p for p in points if p["phase"] == "stable" and p["cpu_hours"] >= fit_from
            and p["bd_rate_vs_jpeg_window"] is not None]
-    if len(pts) < 3:
+    counts = {}
+    for p in pts:
+        counts[p.get("segment", 0)] = counts.get(p.get("segment", 0), 0) + 1
+    segments = sorted(k for k, n in counts.items() if n >= 2)
+    pts = [p for p in pts if p.get("segment", 0) in segments]
+    if len(pts) < 3 or len(pts) < 2 + len(segments):
         return None
-    latest = pts[-1].get("architecture", 0)
-    after = [float(p.get("architecture", 0) == latest) for p in pts]
-    stepped = 2 <= sum(after) < len(pts)
-    if not stepped:  # too few points since the change: fit the run before it
-        pts = [p for p, f in zip(pts, after) if not f] if 0 < sum(after) < 2 and len(pts) - sum(after) >= 3 else pts
-        after = [0.0] * len(pts)
-    x = np.array([[1.0, math.log2(p["cpu_hours"])] + ([f] if stepped else []) for p, f in zip(pts, after)])
+    first, later = segments[0], segments[1:]
+    x = np.array([[1.0, math.log2(p["cpu_hours"])] + [float(p.get("segment", 0) == k) for k in later] for p in pts])
     y = np.array([p["bd_rate_vs_jpeg_window"] for p in pts])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    a, b, c = float(coef[0]), float(coef[1]), float(coef[2]) if stepped else 0.0
+    a, b = float(coef[0]), float(coef[1])
+    steps = {int(k): float(c) for k, c in zip(later, coef[2:])}
+    c = steps[later[-1]] if later else 0.0
     resid = float(np.sqrt(np.sum((y - x @ coef) ** 2) / max(1, len(y) - len(coef))))
-    last = points[-1] if points[-1]["bd_rate_vs_jpeg_window"] is not None else pts[-1]
+    last = pts[-1]
     offset = last["bd_rate_vs_jpeg"] - last["bd_rate_vs_jpeg_window"]
     target_hours = 2 ** ((target - offset - a - c) / b) if b < 0 else math.inf
     return {"points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
-            "architecture_step": c if stepped else None, "residual_sd": resid,
-            "latest_offset_full_minus_window": offset, "target": target,
-            "target_cpu_hours": target_hours, "remaining_cpu_hours": target_hours - last["cpu_hours"]}
+            "segment_steps": steps, "residual_sd": resid, "latest_offset_full_minus_window": offset,
+            "target": target, "target_cpu_hours": target_hours, "remaining_cpu_hours": target_hours - last["cpu_hours"]}
 
 
 def main() -> None:
@@ -110,11 +115,13 @@ def main() -> None:
             print(f"skipping {src}: not found", file=sys.stderr)
             continue
         name, history = load_history(src)
-        points, architecture = [], 0
+        points, segment = [], 0
         for row in history:
-            if "channel_context" in row:  # the run was grown a channel context here (vaecodec add-channel-context)
-                architecture += 1
-                changes.append(row["cpu_hours"])
+            change = ("re-anchored" if "reanchored" in row else "channel context" if "channel_context" in row
+                      else None)  # vaecodec reanchor / add-channel-context
+            if change:
+                segment += 1
+                changes.append({"cpu_hours": row["cpu_hours"], "change": change, "segment": segment})
             if "estimate" not in row:
                 continue
             est = row["estimate"]
@@ -123,7 +130,7 @@ def main() -> None:
             covers = min(psnrs) <= window[0] and max(psnrs) >= window[1]
             bd_window = bd_rate(jr, jq, rates, psnrs, quality_window=window) if covers else None
             points.append({"step": row["step"], "cpu_hours": row["cpu_hours"], "gpu_hours": row.get("gpu_hours", 0.0),
-                           "phase": row.get("phase", "stable"), "architecture": architecture, "bd_rate_vs_jpeg": bd,
+                           "phase": row.get("phase", "stable"), "segment": segment, "bd_rate_vs_jpeg": bd,
                            "bd_rate_vs_jpeg_window": bd_window,
                            "psnr_range": [min(e["psnr"] for e in est), max(e["psnr"] for e in est)]})
         runs.append({"source": str(src.relative_to(ROOT) if src.is_relative_to(ROOT) else src), "name": name,
@@ -137,14 +144,14 @@ def main() -> None:
     if fit:
         print(f"fit ({fit['points']} points from {args.fit_from:g} CPU-h, {window[0]:g}-{window[1]:g} dB): "
               f"{fit['per_doubling']:+.2f}% per doubling of CPU-hours"
-              + ("" if fit["architecture_step"] is None else f", {fit['architecture_step']:+.2f}% at the architecture change")
+              + "".join(f", {v:+.2f}% after change {k}" for k, v in fit["segment_steps"].items())
               + f"; {args.target:g}% full-range at "
               f"~{fit['target_cpu_hours']:.0f} CPU-h ({fit['remaining_cpu_hours']:.0f} more)")
     result = {"command": "python benchmarks/training_curve.py " + " ".join(sys.argv[1:]),
               "jpeg": str(args.jpeg.relative_to(ROOT) if args.jpeg.is_relative_to(ROOT) else args.jpeg),
               "note": "BD-rate of the model's rate estimate on Kodak (24 images) against JPEG measured from files; "
                       f"bd_rate_vs_jpeg_window: over {window[0]:g}-{window[1]:g} dB only",
-              "window_db": list(window), "architecture_changes_cpu_hours": changes, "fit": fit, "runs": runs}
+              "window_db": list(window), "changes": changes, "fit": fit, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     try:
@@ -172,9 +179,10 @@ def main() -> None:
                 linewidth=1, label=f"fit, full range ({fit['per_doubling']:+.1f}% per doubling)")
         ax.axhline(args.target, color="red", linewidth=0.8, linestyle="--")
         ax.set_xscale("log", base=2)
-    for hours in changes:
-        ax.axvline(hours, color="green", linewidth=0.8, linestyle=":")
-        ax.annotate("channel context", (hours, ax.get_ylim()[1]), fontsize=7, rotation=90, va="top", ha="right")
+    for change in changes:
+        ax.axvline(change["cpu_hours"], color="green", linewidth=0.8, linestyle=":")
+        ax.annotate(change["change"], (change["cpu_hours"], ax.get_ylim()[1]), fontsize=7, rotation=90, va="top",
+                    ha="right")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("training CPU-hours (cumulative, inherited hours included)")
     ax.set_ylabel("Kodak BD-rate vs JPEG [%] (estimate)")
