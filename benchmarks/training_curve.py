@@ -172,7 +172,8 @@ def main() -> None:
         ax.plot([p["cpu_hours"] for p in last], [p["bd_rate_vs_jpeg_window"] for p in last], marker=".",
                 linestyle=":", label=f"{runs[-1]['name']}, {window[0]:g}-{window[1]:g} dB only")
     if fit and math.isfinite(fit["target_cpu_hours"]):
-        hours = [fit["from_cpu_hours"] * 2 ** (k / 20) for k in range(200)]
+        start = max([fit["from_cpu_hours"]] + [c["cpu_hours"] for c in changes])  # the latest segment's line
+        hours = [start * 2 ** (k / 20) for k in range(200)]
         hours = [h for h in hours if h <= fit["target_cpu_hours"] * 1.05]
         shift = fit["intercept"] + fit["latest_offset_full_minus_window"]
         ax.plot(hours, [shift + fit["per_doubling"] * math.log2(h) for h in hours], color="grey", linestyle="--",
