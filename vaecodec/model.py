@@ -437,20 +437,38 @@ class CheckerboardModel(HyperpriorModel):
         """Both passes at once in training (:meth:`coded_passes` with straight-through rounding)."""
         return self.coded_passes(y, hyper, gain)[:2]
 
+    def slice_params(self, s: int, mu: torch.Tensor, log2_scale: torch.Tensor,
+                     y_hat_before: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log2 σ) of channel slice ``s`` in a pass; the checkerboard's own (one slice, no correction)."""
+        return mu, log2_scale
+
     def coded_passes(self, y: torch.Tensor, hyper: torch.Tensor, gain: torch.Tensor,
                      quantize=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Both passes on the whole grid: the anchors' ŷ (``quantize``d, default straight-through) is masked
-        and fed to the context network, as in He et al.; each latent takes the parameters of its own pass."""
+        """Both passes on the whole grid, each slice by slice (one slice without channel slices): the
+        anchors' ŷ (``quantize``d, default straight-through) is masked and fed to the context network, as
+        in He et al.; each latent takes the parameters of its own pass and slice."""
         quantize = quantize or _ste_round
         anchor = checkerboard_anchor_mask(y.shape[2], y.shape[3], y.device)
         y = y.float()  # rounding in float32, also under autocast (bfloat16 cannot hold r to ±½)
-        mu_a, log2_scale_a = self.params_from(hyper, None)
-        mu_a = mu_a.float()
-        r_a = quantize((y - mu_a) * gain)
-        mu_n, log2_scale_n = self.params_from(hyper, self.context((r_a / gain + mu_a) * anchor))
-        r_n = quantize((y - mu_n.float()) * gain)
-        return (_by_pass(mu_a, mu_n, anchor), _by_pass(log2_scale_a, log2_scale_n, anchor),
-                _by_pass(r_a, r_n, anchor))
+        passes, y_hat_anchors = [], None
+        for own in (anchor, 1 - anchor):
+            ctx = None if y_hat_anchors is None else self.context(y_hat_anchors * anchor)
+            mu_all, log2_scale_all = self.params_from(hyper, ctx)
+            mus, log2_scales, rs, y_hats = [], [], [], []
+            for s, ch in enumerate(self.config.slice_bounds):
+                before = torch.cat(y_hats, 1) * own if s > 0 else None
+                mu, log2_scale = self.slice_params(s, mu_all[:, ch].float(), log2_scale_all[:, ch], before)
+                mu = mu.float()
+                r = quantize((y[:, ch] - mu) * gain[:, ch])
+                mus.append(mu)
+                log2_scales.append(log2_scale)
+                rs.append(r)
+                y_hats.append(r / gain[:, ch] + mu)
+            if y_hat_anchors is None:
+                y_hat_anchors = torch.cat(y_hats, 1)
+            passes.append([torch.cat(v, 1) for v in (mus, log2_scales, rs)])
+        (mu_a, ls_a, r_a), (mu_n, ls_n, r_n) = passes
+        return _by_pass(mu_a, mu_n, anchor), _by_pass(ls_a, ls_n, anchor), _by_pass(r_a, r_n, anchor)
 
 
 def _by_pass(anchors: torch.Tensor, others: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
@@ -502,40 +520,14 @@ class ChannelCheckerboardModel(CheckerboardModel):
                 _conv(CHANNEL_HIDDEN, CHANNEL_HIDDEN, 1, 1), nn.ReLU(inplace=True), last))
 
     def slice_params(self, s: int, mu: torch.Tensor, log2_scale: torch.Tensor,
-                     y_hat_before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     y_hat_before: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log2 σ) of slice ``s`` from the checkerboard's and ŷ of the slices before it in this pass
-        (zero elsewhere than the pass's positions)."""
+        (zero elsewhere than the pass's positions). The passes are :meth:`CheckerboardModel.coded_passes`."""
         if s == 0:
             return mu, log2_scale
         features = self.channel_context[s - 1](y_hat_before)
         d_mu, d_log2_scale = self.channel_parameters[s - 1](torch.cat([mu, log2_scale, features], 1)).chunk(2, dim=1)
         return mu + d_mu, log2_scale + d_log2_scale
-
-    def coded_passes(self, y: torch.Tensor, hyper: torch.Tensor, gain: torch.Tensor,
-                     quantize=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Both checkerboard passes on the whole grid, each slice by slice (see the class docstring)."""
-        quantize = quantize or _ste_round
-        anchor = checkerboard_anchor_mask(y.shape[2], y.shape[3], y.device)
-        y = y.float()
-        passes, y_hat_anchors = [], None
-        for own in (anchor, 1 - anchor):
-            ctx = None if y_hat_anchors is None else self.context(y_hat_anchors * anchor)
-            mu_all, log2_scale_all = self.params_from(hyper, ctx)
-            mus, log2_scales, rs, y_hats = [], [], [], []
-            for s, ch in enumerate(self.config.slice_bounds):
-                before = torch.cat(y_hats, 1) * own if s > 0 else None
-                mu, log2_scale = self.slice_params(s, mu_all[:, ch].float(), log2_scale_all[:, ch], before)
-                mu = mu.float()
-                r = quantize((y[:, ch] - mu) * gain[:, ch])
-                mus.append(mu)
-                log2_scales.append(log2_scale)
-                rs.append(r)
-                y_hats.append(r / gain[:, ch] + mu)
-            if y_hat_anchors is None:
-                y_hat_anchors = torch.cat(y_hats, 1)
-            passes.append([torch.cat(v, 1) for v in (mus, log2_scales, rs)])
-        (mu_a, ls_a, r_a), (mu_n, ls_n, r_n) = passes
-        return _by_pass(mu_a, mu_n, anchor), _by_pass(ls_a, ls_n, anchor), _by_pass(r_a, r_n, anchor)
 
 
 MODEL_KINDS = {"hyperprior": HyperpriorModel, "checkerboard": CheckerboardModel}

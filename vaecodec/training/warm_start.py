@@ -27,7 +27,8 @@ import math
 import torch
 from torch import nn
 
-from ..model import SCALE_MIN, HyperpriorModel, ModelConfig, SimplifiedGDN, build_model, interpolate_rows
+from ..model import (SCALE_MIN, HyperpriorModel, ModelConfig, SimplifiedGDN, build_model, gaussian_bin_likelihood,
+                     interpolate_rows)
 
 __all__ = ["add_channel_context", "channel_rates", "permute_latent_channels", "reanchor", "widen"]
 
@@ -208,8 +209,6 @@ def permute_latent_channels(model: HyperpriorModel, order: torch.Tensor,
 @torch.no_grad()
 def channel_rates(model: HyperpriorModel, crops: torch.Tensor, lmbda: float) -> torch.Tensor:
     """Mean bits per latent of each latent channel (M,) on ``crops`` (B, 3, H, W) at ``lmbda``, rounded latents."""
-    from ..model import gaussian_bin_likelihood
-
     model.eval()
     total = 0.0
     for batch in crops.split(8):  # bounds the activations' memory
