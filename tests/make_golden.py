@@ -1,6 +1,6 @@
 """Regenerate the golden files in tests/data/ — only when the format changes on purpose.
 
-    python tests/make_golden.py [hyperprior|checkerboard|int8|v2|v3]
+    python tests/make_golden.py [hyperprior|checkerboard|int8|channel|v2|v3|shipped]
 
 Writes a tiny seeded model (golden-model.pt), a .vae file of a seeded image
 (golden.vae) and the SHA-256 of its decoded pixels (golden.json); for the
@@ -12,8 +12,11 @@ writes version-2 files with the checkerboard model and a tiny pixel model
 tiles (golden-v3-tiles, 1100 × 24 RGB, checkerboard model; rewriting the v2
 files would turn them into version 3). ``int8`` writes a version-3 file of a tiny checkerboard model
 with an 8-bit synthesis (golden-s8: its integer program's tables are in the model file, and the
-file pins the integers it computes). A format change must bump container.FORMAT_VERSION;
-then add goldens of the new version and commit.
+file pins the integers it computes). ``channel`` writes a version-3 file of a tiny checkerboard model
+with channel slices (golden-cc: pins the slices' stack order and the channel context's integers). A format change must bump container.FORMAT_VERSION;
+then add goldens of the new version and commit. ``shipped`` writes a file of the package's current default
+model (shipped-<model file stem>), run just before a new model becomes the default: it proves that files of
+every earlier default keep decoding.
 """
 
 import hashlib
@@ -31,7 +34,7 @@ from vaecodec.api import Codec  # noqa: E402
 
 
 GOLDEN = {"hyperprior": ("golden", "golden-tiny"), "checkerboard": ("golden-cb", "golden-tiny-cb"),
-          "int8": ("golden-s8", "golden-tiny-s8")}
+          "int8": ("golden-s8", "golden-tiny-s8"), "channel": ("golden-cc", "golden-tiny-cc")}
 
 
 def write(prefix: str, codec: Codec, data: bytes) -> None:
@@ -60,8 +63,22 @@ def version_3() -> None:
     write("golden-v3-tiles", codec, codec.compress(smooth_image(24, 1100, seed=9), quality=64))
 
 
+def shipped() -> None:
+    from vaecodec.api import SHIPPED_MODEL
+
+    codec = Codec()
+    prefix = "shipped-" + SHIPPED_MODEL.removeprefix("vaecodec-").removesuffix(".pt")
+    data = codec.compress(smooth_image(45, 70, seed=11), quality=60)
+    write(prefix, codec, data)
+    expected = json.loads((DATA / f"{prefix}.json").read_text())
+    expected["model_id"] = codec.model.model_id
+    (DATA / f"{prefix}.json").write_text(json.dumps(expected, indent=1) + "\n")
+
+
 def main() -> None:
     kind = sys.argv[1] if len(sys.argv) > 1 else "hyperprior"
+    if kind == "shipped":
+        return shipped()
     if kind == "v2":
         return version_2()
     if kind == "v3":

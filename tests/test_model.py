@@ -112,7 +112,7 @@ def test_transposed_convolutions_by_phases_equal_torchs_kernel_exactly(cin, cout
 
 
 @pytest.mark.parametrize("kernel,padding,output_padding", [(5, 2, 1), (3, 1, 1), (4, 1, 0), (2, 0, 0)])
-def test_thin_transposed_convolutions_by_bands_equal_torchs_kernel_exactly(kernel, padding, output_padding):
+def test_thin_transposed_convolutions_by_columns_equal_torchs_kernel_exactly(kernel, padding, output_padding):
     from vaecodec.fixedpoint import _IntConv
 
     g = torch.Generator().manual_seed(6)
@@ -120,7 +120,7 @@ def test_thin_transposed_convolutions_by_bands_equal_torchs_kernel_exactly(kerne
                      bias=torch.randint(-2**30, 2**30, (3,), generator=g).double(), shift=16, stride=2,
                      padding=padding, output_padding=output_padding, transposed=True)
     assert layer._taps is None and layer._upsamples
-    a = torch.randint(-2**20, 2**20, (1, 6, 61, 300), generator=g).double()  # bands of 27 rows: three, uneven
+    a = torch.randint(-2**20, 2**20, (2, 6, 61, 300), generator=g).double()  # bands of 13 rows: five, uneven
     ref = F.conv_transpose2d(a, layer.weight, layer.bias, 2, padding, output_padding)
     assert torch.equal(layer(a.clone()), torch.floor(ref * 2.0**-16 + 0.5).clamp(-2**20, 2**20))
 

@@ -128,13 +128,23 @@ def _jpeg2000() -> BenchCodec:
                       tuple(("bpp", v) for v in rates), encode, _pil_decode)
 
 
+def rd_sweep_qualities(model, points: int = 11) -> tuple[int, ...]:
+    """Qualities that sample the model's RD curve evenly: the ones nearest to ``points`` evenly spaced anchor
+    positions from quality 1's to quality 100's (a JPEG-matched quality scale is not even in position)."""
+    from .coding_model import NUM_QUALITIES
+
+    positions = np.array([model.quality_position(q) for q in range(1, NUM_QUALITIES + 1)])
+    targets = np.linspace(positions[0], positions[-1], points)
+    return tuple(sorted({int(np.argmin(np.abs(positions - t))) + 1 for t in targets}))
+
+
 def _vaecodec(model: str | None) -> BenchCodec:
     from . import __version__
     from .api import Codec
 
     codec = Codec(model)
     m = codec.model
-    q = (1, 8, 16, 25, 35, 45, 55, 65, 75, 85, 100)
+    q = rd_sweep_qualities(m)
 
     def encode(pixels, setting):
         encoded = codec.encode(pixels, quality=setting[1])

@@ -414,7 +414,8 @@ def cli():
 @click.option("-o", "--output", help="Output file, or folder (created if missing) with several inputs or a "
                                      "trailing '/'; '-' for stdout.")
 @click.option("-q", "--quality", type=click.IntRange(1, 100), default=75, show_default=True,
-              help="1..100, higher is better and larger.")
+              help="1..100, higher is better and larger; the shipped model's quality q gives about JPEG's PSNR "
+                   "at quality q, in fewer bytes.")
 @click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True),
               help="Use the highest quality whose file fits in this many bits per pixel.")
 @click.option("-e", "--effort", type=click.IntRange(1, 9), default=1, show_default=True,

@@ -145,18 +145,24 @@ def _factorized_pmfs(net: HyperpriorModel, radius: int) -> np.ndarray:
 _POSITION_ONE = 1 << 16  # quality positions are stored in units of 1/65536 anchor
 
 
+def even_quality_positions(num_anchors: int, span: tuple[float, float] | None = None) -> np.ndarray:
+    """Anchor positions of qualities 1..100 evenly spaced over ``span`` (default: the first to the last anchor)."""
+    lo, hi = span if span is not None else (0.0, num_anchors - 1.0)
+    return lo + np.arange(NUM_QUALITIES, dtype=np.float64) / (NUM_QUALITIES - 1) * (hi - lo)
+
+
 @torch.no_grad()
-def _quality_tables(net: HyperpriorModel, span: tuple[float, float] | None) -> dict[str, np.ndarray]:
-    """Gains for qualities 1..100, evenly spaced in anchor position over ``span``.
+def _quality_tables(net: HyperpriorModel, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """Gains for qualities 1..100 at the given anchor ``positions`` (non-decreasing).
 
     Position p is anchor p (0 = smallest λ, K−1 = largest); between anchors
     the log-gains interpolate linearly, beyond them they extrapolate along the
     end segments (coarser or finer quantization than any trained λ).
     """
-    k = len(net.config.lambdas)
-    lo, hi = span if span is not None else (0.0, k - 1.0)
-    pos = torch.round((lo + torch.arange(NUM_QUALITIES, dtype=torch.float64) / (NUM_QUALITIES - 1) * (hi - lo))
-                      * _POSITION_ONE) / _POSITION_ONE
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.shape != (NUM_QUALITIES,) or not np.all(np.isfinite(positions)) or np.any(np.diff(positions) < 0):
+        raise ValueError(f"quality positions must be {NUM_QUALITIES} finite, non-decreasing anchor positions")
+    pos = torch.round(torch.from_numpy(positions) * _POSITION_ONE) / _POSITION_ONE
     log_g = interpolate_rows(net.log_gains.detach().double(), pos)
     return {
         "quality_positions": torch.round(pos * _POSITION_ONE).long().numpy(),
@@ -224,24 +230,36 @@ class CodingModel:
     # ----- construction and files -------------------------------------------------
     @classmethod
     def from_training_model(cls, net: HyperpriorModel, model_id: str,
-                            quality_span: tuple[float, float] | None = None) -> "CodingModel":
+                            quality_span: tuple[float, float] | None = None,
+                            quality_positions: np.ndarray | None = None) -> "CodingModel":
         """Freeze a trained model: round weights to fp16, then compute the tables from them.
 
-        ``quality_span``: anchor positions of quality 1 and 100 (default: the
-        first and last anchor); see ``_quality_tables``.
+        ``quality_span``: anchor positions of quality 1 and 100, the qualities
+        evenly between (default: the first and last anchor); or
+        ``quality_positions``: each quality's own anchor position (100,
+        non-decreasing), e.g. a scale calibrated against JPEG's
+        (:mod:`vaecodec.training.quality_scale`).
         """
+        if quality_positions is not None and quality_span is not None:
+            raise ValueError("give quality_span or quality_positions, not both")
+        positions = (even_quality_positions(len(net.config.lambdas), quality_span) if quality_positions is None
+                     else quality_positions)
         weights = {k: v.detach().to(torch.float16) for k, v in net.state_dict().items()}
         frozen = build_model(net.config)
         frozen.load_state_dict({k: v.float() for k, v in weights.items()})
         tables = {"y_pmfs": _gaussian_pmfs(Y_RADIUS, net.config.num_scales), "z_pmfs": _factorized_pmfs(frozen, Z_RADIUS),
-                  **_quality_tables(frozen, quality_span)}
+                  **_quality_tables(frozen, positions)}
         if net.config.synthesis_bits == 8:
             tables.update(Int8SynthesisProgram.from_module(frozen.synthesis).tables())
         return cls(net.config, weights, tables, model_id)
 
+    def quality_position(self, quality: int) -> float:
+        """Where a quality level sits along the λ anchors (0 = the first anchor, K−1 = the last)."""
+        return float(self.tables["quality_positions"][quality - 1]) / _POSITION_ONE
+
     def quality_lambda(self, quality: int) -> float:
         """The λ a quality level stands for (log-linear in anchor position, extrapolated beyond the ends)."""
-        pos = float(self.tables["quality_positions"][quality - 1]) / _POSITION_ONE
+        pos = self.quality_position(quality)
         lam = np.log(np.asarray(self.config.lambdas))
         i = int(min(max(math.floor(pos), 0), len(lam) - 2))
         return float(math.exp(lam[i] + (pos - i) * (lam[i + 1] - lam[i])))

@@ -91,6 +91,9 @@ class _IntConv:
         self._bias_half = (self.bias + 2.0 ** (self.shift - 1))[:, None]
         k = self.weight.shape[2]
         self._upsamples = self.transposed and k + self.output_padding - 2 * self.padding == self.stride
+        if self.transposed:  # (cout·k², cin): every tap's weights as rows, for _conv_transpose_by_columns
+            cin, cout = self.weight.shape[:2]
+            self._columns = self.weight.permute(1, 2, 3, 0).reshape(cout * k * k, cin).contiguous()
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
         # Integer sums are exact in any order, so the bias may be added inside the kernel, and the
@@ -98,7 +101,7 @@ class _IntConv:
         if self._taps is not None:
             return _correlate_by_taps(a, self._taps, self.shift, self._bias_half)
         elif self.transposed and self._upsamples:
-            return _conv_transpose_by_bands(a, self)
+            return _conv_transpose_by_columns(a, self)
         elif self.transposed:
             acc = F.conv_transpose2d(a, self.weight, self.bias, self.stride, self.padding, self.output_padding)
         else:
@@ -246,32 +249,45 @@ def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Ten
     return out.view(n, cout, h * s, w * s)
 
 
-def _conv_transpose_by_bands(a: torch.Tensor, conv: _IntConv) -> torch.Tensor:
-    """A transposed convolution whose output is ``stride`` × its input (the decoder's last layer, too thin for
-    phases), rounded and clamped: torch's kernel on bands of input rows, each with the rows its outputs
-    read around it.
+COLUMN_POSITIONS = 4096
+"""Input positions per band of a thin transposed convolution: its columns (outputs × k² of them per position,
+75 for the synthesis' last layer) stay ~2.5 MB in float64: timed on that layer against 2048 (more bands, more
+small additions) and 8192 (the product's output leaves the cache), 4096 was the fastest here."""
 
-    Why: torch's float64 kernel scatters a column buffer (outputs × k² per
-    input position) that for a whole tile is tens of MB; on bands of a few
-    thousand positions it stays in cache. Measured (the shipped model's last
-    layer, a Kodak image at 1 thread): 42 ms instead of 81. Output row ``o``
-    reads input rows ``i`` with ``o + p − k < s·i ≤ o + p``; each band is
-    computed without padding on its input rows (zeros beyond the image) and
-    the outputs it owns are cut out. Integer sums: the same values as one call.
+
+def _conv_transpose_by_columns(a: torch.Tensor, conv: _IntConv) -> torch.Tensor:
+    """A transposed convolution whose output is ``stride`` × its input and which has few outputs (the decoder's
+    last layer, too thin for phases), rounded and clamped: one matrix product per band of input rows into
+    columns, each column added into the output where its tap lands.
+
+    Why: the layer has 3 outputs, so by phases each product would be 3 rows
+    thin, and torch's float64 kernel for it was the decoder's slowest step
+    per multiply–accumulate (``benchmarks/decoder_layers.py``). Seen from the input, every position meets
+    every weight once: the columns ``W^T @ X`` (outputs × k² rows, an
+    ordinary product with the input channels as its inner dimension) hold all
+    the products, and output ``(s·i + ky − p, s·j + kx − p)`` is the sum of
+    column ``(c, ky, kx)`` at input ``(i, j)`` over the taps that land there:
+    k² strided additions per band into one padded accumulator. Integer sums
+    below 2^53 (the layer's bound), so the values equal torch's kernel's in
+    any order of bands and taps.
     """
-    n, _, h, w = a.shape
+    n, cin, h, w = a.shape
     s, p, k = conv.stride, conv.padding, conv.weight.shape[2]
-    first, last = -((k - 1 - p) // s), (s - 1 + p) // s  # input offsets read by a band's outputs: lo, hi
-    rows = max(4, 4 * BAND_POSITIONS // w)
-    out = a.new_empty(n, conv.weight.shape[1], s * h, s * w)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        lo, hi = r0 + first, r1 - 1 + last
-        band = F.pad(a[:, :, max(lo, 0):min(hi + 1, h)], (-first, last, max(0, -lo), max(0, hi + 1 - h)))
-        acc = F.conv_transpose2d(band, conv.weight, conv.bias, s)
-        top, left = s * r0 + p - s * lo, p - s * first
-        mine = _round_shift_(acc[:, :, top:top + s * (r1 - r0), left:left + s * w], conv.shift)
-        torch.clamp(mine, -ACT_LIMIT, ACT_LIMIT, out=out[:, :, s * r0:s * r1])
+    cout = conv.weight.shape[1]
+    rows = max(1, COLUMN_POSITIONS // w)
+    out = a.new_empty(n, cout, s * h, s * w)
+    for i in range(n):
+        acc = a.new_zeros(cout, s * h + k, s * w + k)  # output row o = s·i + ky − p sits at row o + p
+        flat = a[i].reshape(cin, h * w)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            columns = (conv._columns @ flat[:, r0 * w:r1 * w]).view(cout, k, k, r1 - r0, w)
+            for ky in range(k):
+                for kx in range(k):
+                    acc[:, s * r0 + ky:s * r1 + ky:s, kx:kx + s * w:s] += columns[:, ky, kx]
+        # floor((Σ + b)·2^-shift + ½) as floor((Σ + b + 2^(shift−1))·2^-shift): the same integers (see _IntConv)
+        mine = acc[:, p:p + s * h, p:p + s * w].add_(conv._bias_half[:, :, None])
+        torch.clamp(mine.mul_(2.0**-conv.shift).floor_(), -ACT_LIMIT, ACT_LIMIT, out=out[i])
     return out
 
 
