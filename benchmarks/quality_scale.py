@@ -15,7 +15,6 @@ fraction of JPEG's. Writes OUT.json and OUT.md.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -41,10 +40,11 @@ def main() -> None:
     from PIL import Image
 
     from vaecodec.api import Codec
+    from vaecodec.baselines import make_codec
     from vaecodec.metrics import psnr
     from vaecodec.training import image_files
 
-    codec = Codec(args.model)
+    codec, jpeg = Codec(args.model), make_codec("jpeg")
     qualities = [int(q) for q in args.qualities.split(",")]
     paths = image_files(args.images)
     images = []
@@ -61,11 +61,8 @@ def main() -> None:
                     data = codec.compress(pixels, quality=q)
                     decoded = codec.decompress_array(data)
                 else:
-                    buf = io.BytesIO()
-                    Image.fromarray(pixels).save(buf, "JPEG", quality=q, subsampling="4:2:0", optimize=True)
-                    data = buf.getvalue()
-                    with Image.open(io.BytesIO(data)) as im:
-                        decoded = np.asarray(im.convert("RGB"))
+                    data = jpeg.encode(pixels, ("quality", q))[0]
+                    decoded = jpeg.decode(data)
                 bpps.append(8 * len(data) / (pixels.shape[0] * pixels.shape[1]))
                 dbs.append(psnr(pixels, decoded))
             row[name] = {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(dbs))}

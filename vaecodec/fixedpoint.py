@@ -91,7 +91,7 @@ class _IntConv:
         self._bias_half = (self.bias + 2.0 ** (self.shift - 1))[:, None]
         k = self.weight.shape[2]
         self._upsamples = self.transposed and k + self.output_padding - 2 * self.padding == self.stride
-        if self.transposed:  # (cout·k², cin): every tap's weights as rows, for _conv_transpose_by_columns
+        if self.transposed and self._upsamples and self._taps is None:  # the weights as _conv_transpose_by_columns reads them: (cout·k², cin)
             cin, cout = self.weight.shape[:2]
             self._columns = self.weight.permute(1, 2, 3, 0).reshape(cout * k * k, cin).contiguous()
 
