@@ -2,7 +2,8 @@
 """Compare training checkpoints by the model's own Kodak estimate (fast; not files).
 
     python benchmarks/checkpoint_estimate.py CHECKPOINT [CHECKPOINT ...] [--images 4] \
-        [--lambdas 0.0016,0.0128,0.1024,0.8192] [--kodak ../shared/data/kodak] [--out FILE.json]
+        [--lambdas 0.0016,0.0128,0.1024,0.8192] [--kodak ../shared/data/kodak] [--out FILE.json] \
+        [--vs-last-eval]
 
 For each checkpoint (an annealed one is measured by its EMA, a stable one by
 its raw weights): estimated bpp (Σ −log2 p of the rounded latents) and PSNR
@@ -11,6 +12,12 @@ forward pass, as the training log's periodic estimate computes it. For an
 8-bit synthesis that forward pass rounds where the integer decoder rounds.
 A few minutes at 1 thread: a screen before exporting a checkpoint and
 measuring it from files (``benchmarks/kodak.py``, ``benchmarks/int8_synthesis.py``).
+
+``--vs-last-eval`` measures at the λ of the checkpoint's latest periodic
+evaluation instead (all 24 images), and gives both its BD-rate vs JPEG
+(``--jpeg``, from file bytes): for a stable checkpoint, its raw weights
+against the EMA the training loop evaluated, i.e. what an evaluation right
+after a resume (the EMA rebuilt from the raw weights) would read.
 """
 
 from __future__ import annotations
@@ -31,28 +38,52 @@ def main() -> None:
     ap.add_argument("--lambdas", default="0.0016,0.0128,0.1024,0.8192")
     ap.add_argument("--kodak", default=str(ROOT.parent / "shared" / "data" / "kodak"))
     ap.add_argument("--out", default=None, help="also write the rows as JSON")
+    ap.add_argument("--vs-last-eval", action="store_true",
+                    help="measure at the λ of the checkpoint's latest evaluation and compare BD-rates vs JPEG")
+    ap.add_argument("--jpeg", default=str(ROOT / "benchmarks" / "results" / "kodak.json"))
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
     from vaecodec.training import load_checkpoint
+    from vaecodec.metrics import bd_rate
     from vaecodec.training.evaluate import evaluate_estimate
 
-    lambdas = [float(v) for v in args.lambdas.split(",")]
+    jpeg = next(c for c in json.loads(Path(args.jpeg).read_text())["curves"] if c["name"] == "jpeg")
+
+    def bd_vs_jpeg(rows):
+        return bd_rate([p["bpp"] for p in jpeg["points"]], [p["psnr"] for p in jpeg["points"]],
+                       [r["bpp"] for r in rows], [r["psnr"] for r in rows])
+
     results = []
     for path in args.checkpoints:
         state, model, ema, _ = load_checkpoint(path)
         net = ema if state.phase == "annealed" else model
-        rows = evaluate_estimate(net, args.kodak, lambdas, max_images=args.images)
-        results.append({"checkpoint": path, "step": state.step, "phase": state.phase,
-                         "synthesis_bits": net.config.synthesis_bits, "rows": rows})
-        print(f"{path} (step {state.step}, {state.phase}, synthesis_bits {net.config.synthesis_bits}): "
+        lambdas = [float(v) for v in args.lambdas.split(",")]
+        last = next((h for h in reversed(state.history) if "estimate" in h), None) if args.vs_last_eval else None
+        if args.vs_last_eval and last is None:
+            sys.exit(f"{path} has no evaluation in its history")
+        if last is not None:
+            lambdas = [r["lambda"] for r in last["estimate"]]
+        rows = evaluate_estimate(net, args.kodak, lambdas, max_images=24 if last is not None else args.images)
+        result = {"checkpoint": path, "step": state.step, "phase": state.phase,
+                  "weights": "ema" if state.phase == "annealed" else "raw",
+                  "synthesis_bits": net.config.synthesis_bits, "rows": rows}
+        print(f"{path} (step {state.step}, {state.phase}, {result['weights']} weights, synthesis_bits "
+              f"{net.config.synthesis_bits}): "
               + "  ".join(f"λ {r['lambda']:g}: {r['bpp']:.3f} bpp / {r['psnr']:.2f} dB" for r in rows), flush=True)
+        if last is not None:
+            result["bd_rate_vs_jpeg"] = bd_vs_jpeg(rows)
+            result["last_eval"] = {"step": last["step"], "weights": "ema", "bd_rate_vs_jpeg": bd_vs_jpeg(last["estimate"]),
+                                   "rows": last["estimate"]}
+            print(f"  BD-rate vs JPEG: these weights {result['bd_rate_vs_jpeg']:+.1f} %; the EMA evaluated at step "
+                  f"{last['step']} {result['last_eval']['bd_rate_vs_jpeg']:+.1f} %", flush=True)
+        results.append(result)
     if args.out:
         Path(args.out).write_text(json.dumps({
             "command": "python benchmarks/checkpoint_estimate.py " + " ".join(sys.argv[1:]),
-            "images": args.images, "results": results}, indent=1) + "\n")
+            "images": 24 if args.vs_last_eval else args.images, "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

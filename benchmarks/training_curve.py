@@ -44,8 +44,9 @@ from vaecodec.metrics import bd_rate  # noqa: E402
 
 DEFAULT_SOURCES = [ROOT / "vaecodec" / "weights" / "training-hp64.json", ROOT / "checkpoints" / "cc-stable.pt"]
 
-TRANSIENT = {255188: "21 steps after a resume from a 90-minute pause (the eval timer fired at once); −31.6 % "
-                     "before the pause and −32.3 % 2,765 steps later: the resumed run recovers"}
+TRANSIENT = {255188: "21 steps after a resume (the eval timer fired at once after a 90-minute pause): a stable "
+                     "checkpoint keeps no EMA, so this read the raw weights (benchmarks/results/ema-gap.json); "
+                     "evaluations now wait for the EMA to settle (EMA_SETTLED_STEPS)"}
 """Evaluations that are kept in the data and the plot but left out of the fit, by step, with the reason."""
 
 

@@ -44,6 +44,22 @@ def test_train_saves_and_resumes_at_full_rate(tmp_path, data, kind):
     assert all(g["lr"] == FAST.lr for g in opt["param_groups"])  # no decay in the stable phase
 
 
+def test_evaluations_wait_for_the_ema_rebuilt_on_resume(tmp_path, data):
+    """A stable checkpoint keeps no EMA: after a resume the EMA is the raw weights, so no estimate until it settles."""
+    from dataclasses import replace
+
+    ckpt = tmp_path / "state.pt"
+    opts = replace(FAST, eval_every_s=0.0, ema_settle_steps=3, eval_lambdas=(0.01,))
+    state = train(data, ckpt, config=ModelConfig(**TINY_CONFIG), steps=5, options=opts, eval_folder=data,
+                  log=lambda *_: None)
+    assert [h["step"] for h in state.history] == [3, 4]  # checked before each step: the EMA has 3, then 4
+    state = train(data, ckpt, steps=4, options=opts, eval_folder=data, log=lambda *_: None)
+    assert [h["step"] for h in state.history] == [3, 4, 8]  # the resumed EMA counts from 0 again
+    annealed = tmp_path / "annealed.pt"
+    state = anneal(data, ckpt, annealed, 4, options=opts, eval_folder=data, log=lambda *_: None)
+    assert [h["step"] for h in state.history if "step" in h] == [3, 4, 8, 12]  # an anneal's EMA starts at its start
+
+
 def test_anneal_writes_a_separate_file_and_never_touches_the_stable_one(tmp_path, data):
     stable, annealed = tmp_path / "stable.pt", tmp_path / "annealed.pt"
     train(data, stable, config=ModelConfig(**TINY_CB), steps=3, options=FAST, log=lambda *_: None)

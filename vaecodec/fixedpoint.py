@@ -85,6 +85,7 @@ class _IntConv:
     transposed: bool
 
     def __post_init__(self):
+        self._checkerboard = {}  # parity → checkerboard_taps(parity)
         self._taps = _taps_of(self)
         # The bias joins the rounding's half: floor((Σ + b)·2^-s + ½) = floor((Σ + b + 2^(s-1))·2^-s), every
         # partial sum an integer below 2^53 (the layer's bound) and the scaling a power of two: exact.
@@ -107,6 +108,17 @@ class _IntConv:
         else:
             acc = F.conv2d(a, self.weight, self.bias, self.stride, self.padding)
         return _round_shift_(acc, self.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def checkerboard_taps(self, parity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The taps (ky, kx) with ky + kx of ``parity`` (t, 2), and their weights (out, c·t) in (channel, tap)
+        order: what :func:`conv_of_checkerboard_at` multiplies, made once per layer and parity."""
+        cached = self._checkerboard.get(parity)
+        if cached is None:
+            k = self.weight.shape[2]
+            taps = [(ky, kx) for ky in range(k) for kx in range(k) if (ky + kx) % 2 == parity]
+            weights = torch.stack([self.weight[:, :, ky, kx] for ky, kx in taps], 2)
+            cached = self._checkerboard[parity] = (torch.tensor(taps), weights.reshape(weights.shape[0], -1))
+        return cached
 
     def bound(self) -> float:
         fan_in = self.weight[0].numel() if not self.transposed else self.weight[:, 0].numel()
@@ -329,9 +341,9 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     flat = F.pad(band, (p, p, max(0, p - r0), max(0, r1 + p - h))).reshape(c, -1)
     base = (rows - r0) * wp + positions % w  # the band's (row, col) for tap (0, 0) is (y − p, x − p)
     parity = 0 if same_colour else 1  # tap (ky, kx) is at offset (ky − p, kx − p), of the parity of ky + kx
-    taps = [(ky, kx) for ky in range(k) for kx in range(k) if (ky + kx) % 2 == parity]
-    weights = torch.cat([layer.weight[:, :, ky, kx] for ky, kx in taps], 1)  # (out, taps·c)
-    inputs = torch.cat([flat[:, base + ky * wp + kx] for ky, kx in taps], 0)  # (taps·c, positions)
+    taps, weights = layer.checkerboard_taps(parity)
+    # One gather for every tap: (c, taps, positions), read as (c·taps, positions), the weights' order.
+    inputs = flat[:, (taps[:, 0, None] * wp + taps[:, 1, None]) + base].reshape(c * len(taps), -1)
     acc = torch.addmm(layer.bias[:, None], weights, inputs)
     return _round_shift_(acc, layer.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)[None]
 
