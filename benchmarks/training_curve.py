@@ -46,7 +46,9 @@ DEFAULT_SOURCES = [ROOT / "vaecodec" / "weights" / "training-hp64.json", ROOT / 
 
 TRANSIENT = {255188: "21 steps after a resume (the eval timer fired at once after a 90-minute pause): a stable "
                      "checkpoint keeps no EMA, so this read the raw weights (benchmarks/results/ema-gap.json); "
-                     "evaluations now wait for the EMA to settle (EMA_SETTLED_STEPS)"}
+                     "evaluations now wait for the EMA to settle (EMA_SETTLED_STEPS)",
+             261715: "2,473 steps after a resume, before evaluations waited for the EMA to settle: 8 % of the "
+                     "EMA was still the raw weights it was rebuilt from"}
 """Evaluations that are kept in the data and the plot but left out of the fit, by step, with the reason."""
 
 

@@ -114,15 +114,16 @@ def test_cli_train_and_anneal(tmp_path, data):
                     reason="torchrun not installed")
 def test_torchrun_two_processes(tmp_path, data):
     """DDP on 2 CPU processes: rank 0 saves, CPU time is summed over ranks, ranks stop together."""
-    ckpt = tmp_path / "ddp.pt"
+    ckpt, log = tmp_path / "ddp.pt", tmp_path / "ddp.log"
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "vaecodec", "train", str(ckpt),
                           "--model", "tiny", "--steps", "150", "--save-every", "1", "--data", str(data),
-                          "--batch-size", "4", "--patch", "64", "--crops-per-image", "2"],
+                          "--batch-size", "4", "--patch", "64", "--crops-per-image", "2", "--log-file", str(log)],
                          capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "rank 0 of 2" in run.stderr and "rank 1 of 2" not in run.stderr  # only rank 0 logs
+    assert "rank 0 of 2" in log.read_text()  # --log-file: torchrun takes "--log" for its own --log-dir
     state, model, ema, _ = load_checkpoint(ckpt)
     assert state.step == 150  # periodic saves (collectives) were taken together: no rank stopped early
 

@@ -764,7 +764,9 @@ train_options = [
                  help="CPU threads per process (0: re-probe 1 vs 2 as the load changes)."),
     click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
                  help="bfloat16 autocast for the transforms (auto: where the GPU or CPU (AMX) runs it natively)."),
-    click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Append the log to this file too."),
+    # --log-file too: torchrun reads "--log" as an abbreviation of its own --log-dir and --logs-specs.
+    click.option("--log", "--log-file", "log_file", type=click.Path(dir_okay=False),
+                 help="Append the log to this file too (--log-file under torchrun)."),
     click.option("--save-every", type=click.FloatRange(min=1), default=300, show_default=True, help="Seconds between saves."),
     click.option("--eval-every", type=click.FloatRange(min=1), default=1800, show_default=True,
                  help="Seconds between estimates."),

@@ -105,6 +105,19 @@ def run_tiled(fn, x: torch.Tensor, tile: int, halo: int, scale: float, tile_rows
     return torch.cat(rows, dim=2)
 
 
+def _corrected(mean: torch.Tensor, log2_scale: torch.Tensor, features_at, correction: FixedPointProgram) -> HyperParams:
+    """Exact: parameters (1, c, positions) plus ``correction`` (1×1 layers) of themselves and
+    ``features_at(chunk)`` (the context's features at those positions), chunk by chunk (bounds memory)."""
+    c, count = mean.shape[1], mean.shape[2]
+    out = mean.new_empty(mean.shape[0], 2 * c, count)
+    for i in range(0, count, _PARAMS_CHUNK):
+        chunk = slice(i, min(count, i + _PARAMS_CHUNK))
+        own = torch.cat([mean[:, :, chunk], log2_scale[:, :, chunk]], 1)
+        own += correction.run(torch.cat([own, features_at(chunk)], 1)[..., None])[..., 0]
+        out[:, :, chunk] = own
+    return HyperParams(out[:, :c], out[:, c:])
+
+
 @dataclass
 class HyperParams:
     """Decoded side information for the latents, fixed point (float64 integers, 2^-12 units)."""
@@ -382,17 +395,13 @@ class CodingModel:
         """
         n, c, h, w = hyper.mean.shape
         mean, log2_scale = hyper.mean.reshape(n, c, h * w), hyper.log2_scale.reshape(n, c, h * w)
-        out = mean.new_empty(n, 2 * c, len(positions))
-        for i in range(0, len(positions), _PARAMS_CHUNK):
-            chunk = positions[i:i + _PARAMS_CHUNK]
+
+        def context_at(chunk: slice) -> torch.Tensor:
             if anchors_y_hat is None:
-                ctx = mean.new_zeros(n, self.context.layers[0].weight.shape[0], len(chunk))
-            else:
-                ctx = conv_of_checkerboard_at(self.context.layers[0], anchors_y_hat, chunk)
-            own = torch.cat([mean[:, :, chunk], log2_scale[:, :, chunk]], 1)
-            own += self.entropy_parameters.run(torch.cat([own, ctx], 1)[..., None])[..., 0]
-            out[:, :, i:i + len(chunk)] = own
-        return HyperParams(out[:, :c], out[:, c:])
+                return mean.new_zeros(n, self.context.layers[0].weight.shape[0], chunk.stop - chunk.start)
+            return conv_of_checkerboard_at(self.context.layers[0], anchors_y_hat, positions[chunk])
+
+        return _corrected(mean[:, :, positions], log2_scale[:, :, positions], context_at, self.entropy_parameters)
 
     def channel_params_at(self, s: int, params: HyperParams, y_hat: torch.Tensor, positions: torch.Tensor) -> HyperParams:
         """Exact, models with channel slices: slice ``s``'s parameters ``params`` (1, c, len(positions)), as
@@ -404,16 +413,10 @@ class CodingModel:
         """
         if s == 0:
             return params
-        context, correction = self.channel_context[s - 1], self.channel_parameters[s - 1]
-        c = params.mean.shape[1]
-        out = params.mean.new_empty(1, 2 * c, len(positions))
-        for i in range(0, len(positions), _PARAMS_CHUNK):
-            chunk = slice(i, i + _PARAMS_CHUNK)
-            features = conv_of_checkerboard_at(context.layers[0], y_hat, positions[chunk], same_colour=True)
-            own = torch.cat([params.mean[:, :, chunk], params.log2_scale[:, :, chunk]], 1)
-            own += correction.run(torch.cat([own, features], 1)[..., None])[..., 0]
-            out[:, :, chunk] = own
-        return HyperParams(out[:, :c], out[:, c:])
+        context = self.channel_context[s - 1].layers[0]
+        return _corrected(params.mean, params.log2_scale,
+                          lambda chunk: conv_of_checkerboard_at(context, y_hat, positions[chunk], same_colour=True),
+                          self.channel_parameters[s - 1])
 
     def scale_indexes(self, params: HyperParams, quality: int, channels: slice = slice(None)) -> torch.Tensor:
         """Exact: index j of the pmf table for each latent, 0..num_scales−1 (int64). Parameters are
