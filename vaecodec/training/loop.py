@@ -56,8 +56,9 @@ EMA_SETTLED_STEPS = math.ceil(math.log(0.01) / math.log(EMA_DECAY))
 
 A stable checkpoint does not keep its EMA, so right after a resume the EMA
 *is* the raw weights, and at the stable learning rate those are far worse
-than their average: on Kodak the shipped run's raw weights at step 259,242
-read −22.1 % BD-rate vs JPEG where its EMA read −32.3 %. Evaluations wait
+than their average: on Kodak the stable run's raw weights at step 265,016
+read −19.1 % BD-rate vs JPEG where its EMA read −32.9 %
+(``benchmarks/results/ema-gap.json``). Evaluations wait
 this long after the EMA is rebuilt, so the training curve never mistakes a
 resume for a setback."""
 
