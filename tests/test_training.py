@@ -50,9 +50,11 @@ def test_evaluations_wait_for_the_ema_rebuilt_on_resume(tmp_path, data):
 
     ckpt = tmp_path / "state.pt"
     opts = replace(FAST, eval_every_s=0.0, ema_settle_steps=3, eval_lambdas=(0.01,))
+    lines = []
     state = train(data, ckpt, config=ModelConfig(**TINY_CONFIG), steps=5, options=opts, eval_folder=data,
-                  log=lambda *_: None)
+                  log=lines.append)
     assert [h["step"] for h in state.history] == [3, 4]  # checked before each step: the EMA has 3, then 4
+    assert sum("evaluation deferred" in line and "(step 3)" in line for line in lines) == 1  # said once
     state = train(data, ckpt, steps=4, options=opts, eval_folder=data, log=lambda *_: None)
     assert [h["step"] for h in state.history] == [3, 4, 8]  # the resumed EMA counts from 0 again
     annealed = tmp_path / "annealed.pt"

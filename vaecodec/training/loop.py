@@ -378,6 +378,7 @@ class _Run:
             cpu_local = gpu_local = 0.0
 
         stop_requested = []
+        told_unsettled = False  # the log says once why an evaluation that is due waits
         previous = {}
         diverged = False
 
@@ -391,14 +392,19 @@ class _Run:
             now = time.time()
             # Decided together: every rank stops, saves and evaluates at the same step (each of these
             # runs collectives), whatever its own clock says.
+            eval_due = bool(eval_folder) and now - t_eval > o.eval_every_s
             done, want_eval, want_save = _any_rank([
                 (stop_step is not None and state.step >= stop_step) or bool(stop_requested)
                 or (minutes is not None and now - t_start > minutes * 60),
-                bool(eval_folder) and now - t_eval > o.eval_every_s and self.ema_steps >= o.ema_settle_steps,
+                eval_due and self.ema_steps >= o.ema_settle_steps,
                 now - t_saved > o.save_every_s,
             ], self.device)
             if done:
                 break
+            if eval_due and not want_eval and not told_unsettled:
+                self.log(f"evaluation deferred until the EMA, rebuilt {self.ema_steps} steps ago, has averaged "
+                         f"{o.ema_settle_steps} (step {state.step + o.ema_settle_steps - self.ema_steps})")
+                told_unsettled = True
             if want_eval:
                 self.evaluate(eval_folder, eval_lambdas, flush_clocks)
                 t_eval = time.time()
