@@ -49,7 +49,8 @@ from vaecodec.coding_model import CodingModel  # noqa: E402
 from vaecodec.image import to_model_input  # noqa: E402
 from vaecodec.model import LN2, SCALE_MIN, build_model, checkerboard_anchor_mask, gaussian_bin_likelihood  # noqa: E402
 from vaecodec.model import _proxy, _ste_round as _ste  # noqa: E402  (the training's own rate proxy and rounding)
-from vaecodec.training.data import CropPool, image_files  # noqa: E402
+from vaecodec.image import image_files  # noqa: E402
+from vaecodec.training.data import CropPool  # noqa: E402
 from vaecodec.training.loss import sample_lambdas  # noqa: E402
 
 EVAL_LAMBDAS = (0.0032, 0.0128, 0.0512, 0.2048, 0.8192, 3.2768)

@@ -42,7 +42,7 @@ def main() -> None:
     from vaecodec.api import Codec
     from vaecodec.baselines import make_codec
     from vaecodec.metrics import psnr
-    from vaecodec.training import image_files
+    from vaecodec.image import image_files
 
     codec, jpeg = Codec(args.model), make_codec("jpeg")
     qualities = [int(q) for q in args.qualities.split(",")]

@@ -63,7 +63,8 @@ def main() -> None:
     from vaecodec.image import load_pixels, to_output_pixels
     from vaecodec.metrics import psnr
     from vaecodec.model import build_model
-    from vaecodec.training.data import CropPool, image_files
+    from vaecodec.image import image_files
+    from vaecodec.training.data import CropPool
 
     codec = vaecodec.Codec()
     model = codec.model

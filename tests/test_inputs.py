@@ -185,3 +185,16 @@ def test_encoded_repr_is_short_and_equality_is_unchanged(tiny_codec, rgb_image):
     assert repr(enc) == f"Encoded({len(enc.data)} bytes, {enc.bpp:.4f} bpp, quality=75, model=tiny-test)"
     assert enc == tiny_codec.encode(rgb_image, quality=75)
     assert enc != tiny_codec.encode(rgb_image, quality=74)
+
+
+# ----- a folder's images: one rule for training, evaluation, benchmarks ---------------------------
+def test_a_folder_lists_its_images_by_suffix_whatever_the_case(tmp_path):
+    from vaecodec.bench import collect_images
+    from vaecodec.image import image_files
+
+    for name in ["b.PNG", "a.jpg", "c.pgm", "notes.txt", "d.vae"]:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "e.png").mkdir()  # a folder named like an image is not one
+    listed = [p.name for p in image_files(tmp_path)]
+    assert listed == ["a.jpg", "b.PNG", "c.pgm"]
+    assert [p.name for p in collect_images([tmp_path])] == listed

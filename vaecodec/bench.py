@@ -35,12 +35,12 @@ import numpy as np
 from PIL import Image
 
 from .baselines import CodecUnavailable, make_codec
+from .image import image_files
 from .metrics import bd_rate, ms_ssim, ms_ssim_db, psnr, quality_at_rate
 
 __all__ = ["Measurement", "CurvePoint", "Curve", "BenchReport", "run_benchmark", "collect_images",
            "format_table", "save_json", "save_plot", "save_markdown", "published_curves"]
 
-IMAGE_SUFFIXES = {".png", ".ppm", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp"}
 RATES = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -134,7 +134,7 @@ def collect_images(inputs) -> list[Path]:
     paths = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += image_files(item)
         elif item.is_file():
             paths.append(item)
         else:

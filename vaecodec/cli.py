@@ -33,7 +33,6 @@ from .container import read_header
 from .errors import VaecodecError
 
 STDIO = "-"
-_IMAGE_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp", ".jpg", ".jpeg"}
 _SEPARATORS = tuple(s for s in (os.sep, os.altsep) if s)
 
 
@@ -482,11 +481,13 @@ def decompress(inputs, output, force, model, pixel_model, verbose, quiet, as_jso
     written into PNG, JPEG and WebP outputs (TIFF: ICC and EXIF); what the
     output format cannot hold is dropped with a warning.
     """
+    from .image import IMAGE_SUFFIXES
+
     targets, new_folder = _outputs(inputs, output, ".png")
     _refuse_bad_reporting(targets, verbose, quiet, as_json)
     for t in targets:
         _refuse_terminal(t)
-        if t != STDIO and Path(t).suffix.lower() not in _IMAGE_SUFFIXES:
+        if t != STDIO and Path(t).suffix.lower() not in IMAGE_SUFFIXES:
             raise _Failure(f"{t}: unknown image format (use .png, .bmp, .tif, .ppm, .webp or .jpg)")
         if t != STDIO and Path(t).exists() and not force:
             raise _Failure(f"{t} exists (use --force to overwrite)")

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -56,8 +57,18 @@ from .errors import FormatError, ImageError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["load_pixels", "load_image", "read_metadata", "metadata_info", "split_batch", "split_alpha",
+__all__ = ["IMAGE_SUFFIXES", "image_files", "load_pixels", "load_image", "read_metadata", "metadata_info", "split_batch", "split_alpha",
            "with_alpha", "mode_of", "to_model_input", "to_output_pixels", "PaddedPixels"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+"""File suffixes taken as images: a folder's images (training, evaluation, benchmarks) and the
+formats ``vaecodec decompress`` writes."""
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
 
 _BATCH_HINT = "use Codec.encode_batch for a batch"
 

@@ -9,10 +9,10 @@ and tests can run a few steps on a tiny model. Modules:
 * :mod:`.evaluate`: the periodic Kodak estimate in the log.
 """
 
-from .data import IMAGE_SUFFIXES, CropPool, image_files
+from .data import CropPool
 from .evaluate import evaluate_estimate
 from .loop import TrainOptions, TrainState, anneal, ema_model, learning_rate, load_checkpoint, save_checkpoint, train
 from .loss import rd_loss, sample_lambdas
 
-__all__ = ["IMAGE_SUFFIXES", "CropPool", "image_files", "evaluate_estimate", "TrainOptions", "TrainState", "anneal",
+__all__ = ["CropPool", "evaluate_estimate", "TrainOptions", "TrainState", "anneal",
            "ema_model", "learning_rate", "load_checkpoint", "save_checkpoint", "train", "rd_loss", "sample_lambdas"]

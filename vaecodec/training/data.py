@@ -9,15 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["CropPool", "IMAGE_SUFFIXES", "image_files"]
+from ..image import image_files
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-"""File suffixes read as images by training, evaluation and benchmarks."""
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """The images directly in ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+__all__ = ["CropPool"]
 
 
 class CropPool:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..image import to_model_input
 from ..model import DOWNSAMPLING
-from .data import image_files
+from ..image import image_files
 
 __all__ = ["evaluate_estimate"]
 

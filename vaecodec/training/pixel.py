@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from ..pixel_model import PixelModel, context_size, gather_context, padded_tile
-from .data import image_files
+from ..image import image_files
 
 __all__ = ["PixelTrainOptions", "PixelNet", "sample_contexts", "laplace_bits", "train_pixel_model"]
 

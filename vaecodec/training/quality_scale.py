@@ -35,7 +35,7 @@ from PIL import Image
 
 from ..coding_model import NUM_QUALITIES, CodingModel
 from ..metrics import psnr
-from .data import image_files
+from ..image import image_files
 
 __all__ = ["PsnrCurve", "calibration_images", "jpeg_matched_positions", "measure_jpeg_psnr", "measure_model_psnr"]
 
