@@ -6,18 +6,22 @@
         [--vs-last-eval]
 
 For each checkpoint (an annealed one is measured by its EMA, a stable one by
-its raw weights): estimated bpp (Σ −log2 p of the rounded latents) and PSNR
-on the first ``--images`` Kodak images at each λ, through the model's own
-forward pass, as the training log's periodic estimate computes it. For an
-8-bit synthesis that forward pass rounds where the integer decoder rounds.
-A few minutes at 1 thread: a screen before exporting a checkpoint and
-measuring it from files (``benchmarks/kodak.py``, ``benchmarks/int8_synthesis.py``).
+its raw weights; a model file, e.g. a shipped one, by its fp16 weights):
+estimated bpp (Σ −log2 p of the rounded latents) and PSNR on the first
+``--images`` Kodak images at each λ, through the model's own forward pass, as
+the training log's periodic estimate computes it. For an 8-bit synthesis that
+forward pass rounds where the integer decoder rounds. A few minutes at 1
+thread: a screen before exporting a checkpoint and measuring it from files
+(``benchmarks/kodak.py``, ``benchmarks/int8_synthesis.py``).
 
 ``--vs-last-eval`` measures at the λ of the checkpoint's latest periodic
 evaluation instead (all 24 images), and gives both its BD-rate vs JPEG
 (``--jpeg``, from file bytes): for a stable checkpoint, its raw weights
 against the EMA the training loop evaluated, i.e. what an evaluation right
-after a resume (the EMA rebuilt from the raw weights) would read.
+after a resume (the EMA rebuilt from the raw weights) would read. With all 24
+images (``--images 24``) every result also gets its BD-rate vs JPEG: e.g. a
+shipped (annealed) model at the λ the training log evaluates, against the
+stable run's evaluations, is what the anneal added.
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from vaecodec.training import load_checkpoint
+    from vaecodec.coding_model import CodingModel
+    from vaecodec.errors import ModelFileError
+    from vaecodec.model import build_model
+    from vaecodec.training import TrainState, load_checkpoint
     from vaecodec.metrics import bd_rate
     from vaecodec.training.evaluate import evaluate_estimate
 
@@ -56,10 +63,20 @@ def main() -> None:
         return bd_rate([p["bpp"] for p in jpeg["points"]], [p["psnr"] for p in jpeg["points"]],
                        [r["bpp"] for r in rows], [r["psnr"] for r in rows])
 
+    def load(path):
+        """(state, the network measured, which weights): a model file's fp16 weights, else a checkpoint's."""
+        try:
+            frozen = CodingModel.load(path)
+        except ModelFileError:
+            state, model, ema, _ = load_checkpoint(path)
+            return (state, ema, "ema") if state.phase == "annealed" else (state, model, "raw")
+        net = build_model(frozen.config)
+        net.load_state_dict({k: v.float() for k, v in frozen.weights.items()})
+        return TrainState(frozen.config, step=-1, phase="model file"), net.eval(), "fp16 (model file)"
+
     results = []
     for path in args.checkpoints:
-        state, model, ema, _ = load_checkpoint(path)
-        net = ema if state.phase == "annealed" else model
+        state, net, weights = load(path)
         lambdas = [float(v) for v in args.lambdas.split(",")]
         last = next((h for h in reversed(state.history) if "estimate" in h), None) if args.vs_last_eval else None
         if args.vs_last_eval and last is None:
@@ -67,12 +84,14 @@ def main() -> None:
         if last is not None:
             lambdas = [r["lambda"] for r in last["estimate"]]
         rows = evaluate_estimate(net, args.kodak, lambdas, max_images=24 if last is not None else args.images)
-        result = {"checkpoint": path, "step": state.step, "phase": state.phase,
-                  "weights": "ema" if state.phase == "annealed" else "raw",
+        result = {"checkpoint": path, "step": state.step, "phase": state.phase, "weights": weights,
                   "synthesis_bits": net.config.synthesis_bits, "rows": rows}
         print(f"{path} (step {state.step}, {state.phase}, {result['weights']} weights, synthesis_bits "
               f"{net.config.synthesis_bits}): "
               + "  ".join(f"λ {r['lambda']:g}: {r['bpp']:.3f} bpp / {r['psnr']:.2f} dB" for r in rows), flush=True)
+        if last is None and args.images >= 24:
+            result["bd_rate_vs_jpeg"] = bd_vs_jpeg(rows)
+            print(f"  BD-rate vs JPEG: {result['bd_rate_vs_jpeg']:+.1f} %", flush=True)
         if last is not None:
             result["bd_rate_vs_jpeg"] = bd_vs_jpeg(rows)
             result["last_eval"] = {"step": last["step"], "weights": "ema", "bd_rate_vs_jpeg": bd_vs_jpeg(last["estimate"]),
