@@ -303,11 +303,11 @@ _WORKER: tuple = ()
 
 
 def _init_worker(fn, codec, opts) -> None:
-    """A -j worker: one thread, the codec unpickled once (a Codec pickles as its model)."""
+    """A -j worker: one thread (or --threads), the codec unpickled once (a Codec pickles as its model)."""
     global _WORKER
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(opts.get("threads") or 1)
     warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
     _WORKER = (fn, codec, opts)
 
@@ -332,6 +332,12 @@ def _results(pairs, fn, codec, opts, jobs: int):
                 except _Failure as e:
                     yield pair, e
         return
+    if opts.get("threads"):
+        import torch
+
+        # Why a user may want 1: torch's OpenMP threads spin while they wait for each other, so when other
+        # work holds the cores they take several times longer (python benchmarks/threads_under_load.py).
+        torch.set_num_threads(opts["threads"])
     for pair in pairs:
         try:
             yield pair, fn(codec, opts, *pair)
@@ -394,6 +400,9 @@ verbose_option = click.option("-v", "--verbose", is_flag=True, help="Print a lin
 jobs_option = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
                            help="Worker processes for several files (one model load and one thread each).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file written on stdout.")
+threads_option = click.option("--threads", type=click.IntRange(1, 256),
+                              help="Threads per process [default: one per core; 1 in each -j worker]. On a machine "
+                                   "busy with other work, 1 is faster.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -432,9 +441,10 @@ def cli():
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @json_option
 @jobs_option
+@threads_option
 @_interruptible
 def compress(inputs, output, quality, target_bpp, effort, frame, strip, lossless, force, model, pixel_model, verbose,
-             quiet, as_json, jobs):
+             quiet, as_json, jobs, threads):
     """Compress images (PNG, JPEG, ...; '-' for stdin) to .vae files.
 
     Every input is attempted; a failed one is reported and the others are still
@@ -452,7 +462,7 @@ def compress(inputs, output, quality, target_bpp, effort, frame, strip, lossless
     _make_folder(new_folder)
 
     opts = dict(quality=quality, target_bpp=target_bpp, effort=effort, frame=frame, strip=strip, force=force,
-                lossless=lossless,
+                lossless=lossless, threads=threads,
                 # One file's refinement takes seconds to minutes: show its iterations (a batch shows files).
                 show_refinement=effort > 1 and not lossless and len(inputs) == 1 and not quiet and not as_json
                 and sys.stderr.isatty())
@@ -472,8 +482,9 @@ def compress(inputs, output, quality, target_bpp, effort, frame, strip, lossless
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @json_option
 @jobs_option
+@threads_option
 @_interruptible
-def decompress(inputs, output, force, model, pixel_model, verbose, quiet, as_json, jobs):
+def decompress(inputs, output, force, model, pixel_model, verbose, quiet, as_json, jobs, threads):
     """Decompress .vae files ('-' for stdin) to images.
 
     Every input is attempted; a failed one is reported and the others are still
@@ -493,7 +504,7 @@ def decompress(inputs, output, force, model, pixel_model, verbose, quiet, as_jso
             raise _Failure(f"{t} exists (use --force to overwrite)")
     codec = _codec(model, pixel_model)
     _make_folder(new_folder)
-    opts = dict(force=force, quiet=quiet)
+    opts = dict(force=force, quiet=quiet, threads=threads)
     _run_batch(list(zip(inputs, targets)), _decompress_file, codec, opts, jobs, label="decompressing",
                verb="decompressed", verbose=verbose, quiet=quiet, as_json=as_json, announce_single=False)
 
