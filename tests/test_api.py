@@ -318,7 +318,8 @@ def test_a_codec_goes_to_worker_processes(any_tiny_codec, tmp_path):
         Image.fromarray(smooth_image(20 + i, 30, seed=i)).save(paths[-1])
     clone = pickle.loads(pickle.dumps(any_tiny_codec))
     assert clone.model.weight_hash == any_tiny_codec.model.weight_hash
-    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=torch.set_num_threads, initargs=(1,)) as pool:  # as README
         files = list(pool.map(any_tiny_codec.compress, paths))
     assert files == [any_tiny_codec.compress(p) for p in paths]
 
