@@ -18,6 +18,7 @@ on a shared machine are noisy; compare settings within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -56,9 +57,28 @@ print(json.dumps({"threads": torch.get_num_threads(), **best}))
 """
 
 
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """``n`` pure-Python busy loops at this process's priority, killed on the way out: other work on the cores."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if busy else 0)
+        yield
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def without_openmp_settings(environ) -> dict:
+    """The caller's environment less its own OpenMP settings, so that only the setting under test differs."""
+    return {k: v for k, v in environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+
+
 def measure(image: str, quality: int, repeats: int, threads: int, env: dict) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, image, str(quality), str(repeats), str(threads)],
-                         env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True)
+                         env={**without_openmp_settings(os.environ), **env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -76,20 +96,13 @@ def main() -> None:
                 (f"{cores} threads, OMP_WAIT_POLICY=PASSIVE", 0, {"OMP_WAIT_POLICY": "PASSIVE"})]
     rows = []
     for condition in ("idle", f"{cores} busy processes beside it"):
-        busy = [] if condition == "idle" else [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                                               for _ in range(cores)]
-        try:
-            time.sleep(0.5 if busy else 0)
+        with busy_processes(0 if condition == "idle" else cores):
             for name, threads, env in settings:
                 r = measure(args.image, args.quality, args.repeats, threads, env)
                 rows.append({"condition": condition, "setting": name, **r})
                 print(f"{condition:<28} {name:<38} compress {r['compress_wall_s']:.2f} s wall "
                       f"({r['compress_cpu_s']:.2f} CPU)  decompress {r['decompress_wall_s']:.2f} s wall "
                       f"({r['decompress_cpu_s']:.2f} CPU)", flush=True)
-        finally:
-            for p in busy:
-                p.kill()
-                p.wait()
     Path(args.out).write_text(json.dumps({
         "command": "python benchmarks/threads_under_load.py " + " ".join(sys.argv[1:]),
         "image": Path(args.image).name, "quality": args.quality, "repeats": args.repeats, "cores": cores,
