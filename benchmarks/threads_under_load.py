@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -104,7 +105,7 @@ def main() -> None:
                       f"({r['compress_cpu_s']:.2f} CPU)  decompress {r['decompress_wall_s']:.2f} s wall "
                       f"({r['decompress_cpu_s']:.2f} CPU)", flush=True)
     Path(args.out).write_text(json.dumps({
-        "command": "python benchmarks/threads_under_load.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/threads_under_load.py " + shlex.join(sys.argv[1:]),
         "image": Path(args.image).name, "quality": args.quality, "repeats": args.repeats, "cores": cores,
         "platform": platform.platform(), "load": args.load,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=1) + "\n")

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def main() -> None:
                 print(f"{condition:<30} {name:<26} {row['wall_s_per_step']:.3f} s wall, {row['cpu_s_per_step']:.3f} "
                       f"CPU-s per step", flush=True)
     Path(args.out).write_text(json.dumps({
-        "command": "python benchmarks/train_threads.py " + " ".join(sys.argv[1:]), "threads": args.threads,
+        "command": "python benchmarks/train_threads.py " + shlex.join(sys.argv[1:]), "threads": args.threads,
         "steps": args.steps, "rounds": args.rounds, "cores": os.cpu_count(), "platform": platform.platform(),
         "load": args.load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")

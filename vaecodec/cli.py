@@ -336,7 +336,7 @@ def _results(pairs, fn, codec, opts, jobs: int):
         import torch
 
         # Why a user may want 1: torch's OpenMP threads spin while they wait for each other, so when other
-        # work holds the cores they take several times longer (python benchmarks/threads_under_load.py).
+        # work holds the cores they take up to ~2× as long as one thread (python benchmarks/threads_under_load.py).
         torch.set_num_threads(opts["threads"])
     for pair in pairs:
         try:
@@ -398,7 +398,7 @@ pixel_model_option = click.option("--pixel-model", type=click.Path(dir_okay=Fals
                                        "[env: VAECODEC_PIXEL_MODEL].")
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Print a line per file (sizes, bpp) on stderr.")
 jobs_option = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
-                           help="Worker processes for several files (one model load and one thread each).")
+                           help="Worker processes for several files (one model load each; one thread each unless --threads).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file written on stdout.")
 threads_option = click.option("--threads", type=click.IntRange(1, 256),
                               help="Threads per process [default: one per core; 1 in each -j worker]. On a machine "

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image import to_model_input
+from ..image import image_files, to_model_input
 from ..model import DOWNSAMPLING
-from ..image import image_files
 
 __all__ = ["evaluate_estimate"]
 
