@@ -107,10 +107,17 @@ def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None
     resid = float(np.sqrt(np.sum((y - x @ coef) ** 2) / max(1, len(y) - len(coef))))
     last = pts[-1]
     offset = last["bd_rate_vs_jpeg"] - last["bd_rate_vs_jpeg_window"]
-    target_hours = 2 ** ((target - offset - a - c) / b) if b < 0 else math.inf
-    return {"points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
-            "segment_steps": steps, "residual_sd": resid, "latest_offset_full_minus_window": offset,
-            "target": target, "target_cpu_hours": target_hours, "remaining_cpu_hours": target_hours - last["cpu_hours"]}
+    fit = {"points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
+           "segment_steps": steps, "residual_sd": resid, "latest_offset_full_minus_window": offset,
+           "latest_cpu_hours": last["cpu_hours"], "target": target}
+    return {**fit, **hours_to_reach(fit, target)}
+
+
+def hours_to_reach(fit: dict, target: float) -> dict:
+    """Where the fit's latest segment, plus the latest full−window offset, reaches full-range ``target``."""
+    b = fit["per_doubling"]
+    hours = 2 ** ((target - fit["latest_offset_full_minus_window"] - fit["intercept"]) / b) if b < 0 else math.inf
+    return {"target_cpu_hours": hours, "remaining_cpu_hours": hours - fit["latest_cpu_hours"]}
 
 
 def export_offset(shipped: Path, jpeg: Path, jr: list[float], jq: list[float]) -> dict | None:
@@ -181,10 +188,7 @@ def main() -> None:
     export = export_offset(args.shipped, args.jpeg, jr, jq)
     if fit and export:
         stable_target = args.target - export["offset"]
-        projected = fit_curve(runs[-1]["points"], args.fit_from, stable_target)
-        export.update(stable_target=stable_target, target_cpu_hours=projected["target_cpu_hours"],
-                      remaining_cpu_hours=projected["remaining_cpu_hours"])
-        fit["export"] = export
+        fit["export"] = {**export, "stable_target": stable_target, **hours_to_reach(fit, stable_target)}
     if fit:
         print(f"fit ({fit['points']} points from {args.fit_from:g} CPU-h, {window[0]:g}-{window[1]:g} dB): "
               f"{fit['per_doubling']:+.2f}% per doubling of CPU-hours"

@@ -398,7 +398,8 @@ pixel_model_option = click.option("--pixel-model", type=click.Path(dir_okay=Fals
                                        "[env: VAECODEC_PIXEL_MODEL].")
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Print a line per file (sizes, bpp) on stderr.")
 jobs_option = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
-                           help="Worker processes for several files (one model load each; one thread each unless --threads).")
+                           help="Worker processes for several files (one model load each; one thread each unless "
+                                "--threads).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file written on stdout.")
 threads_option = click.option("--threads", type=click.IntRange(1, 256),
                               help="Threads per process [default: one per core; 1 in each -j worker]. On a machine "

@@ -57,8 +57,8 @@ from .errors import FormatError, ImageError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["IMAGE_SUFFIXES", "image_files", "load_pixels", "load_image", "read_metadata", "metadata_info", "split_batch", "split_alpha",
-           "with_alpha", "mode_of", "to_model_input", "to_output_pixels", "PaddedPixels"]
+__all__ = ["IMAGE_SUFFIXES", "image_files", "load_pixels", "load_image", "read_metadata", "metadata_info",
+           "split_batch", "split_alpha", "with_alpha", "mode_of", "to_model_input", "to_output_pixels", "PaddedPixels"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 """File suffixes taken as images: a folder's images (training, evaluation, benchmarks) and the
