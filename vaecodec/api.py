@@ -73,10 +73,11 @@ __all__ = ["Codec", "Encoded", "compress", "decompress", "default_codec", "DEFAU
 DEFAULT_QUALITY = 75
 SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt", "cb64-w128-m256-vr": "vaecodec-cb64.pt",
                   "cb64-w128-m256-vr-r2": "vaecodec-cb64-r2.pt", "cb64-w128-m256-vr-r3": "vaecodec-cb64-r3.pt",
-                  "cc64-w128-m256-vr-r4": "vaecodec-cc64-r4.pt"}
+                  "cc64-w128-m256-vr-r4": "vaecodec-cc64-r4.pt",
+                  "cc64-w128-m256-vr-r5": "vaecodec-cc64-r5.pt"}
 """Every model the package ships, by model id. Files name the model that wrote them, so a file
 written by an earlier shipped model still decodes after the default changes."""
-SHIPPED_MODEL = "vaecodec-cc64-r4.pt"
+SHIPPED_MODEL = "vaecodec-cc64-r5.pt"
 """The default model: what new files are written with."""
 SHIPPED_PIXEL_MODEL = "vaecodec-px12-h64.npz"
 """The pixel model of lossy files' alpha planes (one discretized Laplace per sub-pixel)."""
