@@ -429,7 +429,7 @@ def cli():
               help="Use the highest quality whose file fits in this many bits per pixel.")
 @click.option("-e", "--effort", type=click.IntRange(1, 9), default=1, show_default=True,
               help="Encoder effort: above 1 the latents of each image are refined at encode time (smaller or "
-                   "better files, same decoder; effort 9 costs ~350× an AVIF speed-6 encode).")
+                   "better files, same decoder; effort 9 costs ~330× an AVIF speed-6 encode).")
 @click.option("--frame", type=click.IntRange(0), help="Frame to code from a multi-frame input (animation, "
                                                       "multi-page TIFF); such inputs are refused without it.")
 @click.option("--strip", is_flag=True, help="Leave out the inputs' ICC profile, EXIF and XMP (kept by default).")
