@@ -47,7 +47,7 @@ from torch import nn  # noqa: E402
 
 from vaecodec.coding_model import CodingModel  # noqa: E402
 from vaecodec.image import to_model_input  # noqa: E402
-from vaecodec.model import LN2, SCALE_MIN, build_model, checkerboard_anchor_mask, gaussian_bin_likelihood  # noqa: E402
+from vaecodec.model import LN2, SCALE_MIN, checkerboard_anchor_mask, gaussian_bin_likelihood  # noqa: E402
 from vaecodec.model import _proxy, _ste_round as _ste  # noqa: E402  (the training's own rate proxy and rounding)
 from vaecodec.image import image_files  # noqa: E402
 from vaecodec.training.data import CropPool  # noqa: E402
@@ -163,9 +163,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     coding = CodingModel.load(args.model)
-    net = build_model(coding.config)
-    net.load_state_dict({k: v.float() for k, v in coding.weights.items()})
-    net.eval().requires_grad_(False)
+    net = coding.float_network()
     cfg = coding.config
 
     cache = Path(args.cache)

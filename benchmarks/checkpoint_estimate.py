@@ -52,7 +52,6 @@ def main() -> None:
     torch.set_num_threads(1)
     from vaecodec.coding_model import CodingModel
     from vaecodec.errors import ModelFileError
-    from vaecodec.model import build_model
     from vaecodec.training import TrainState, load_checkpoint
     from vaecodec.metrics import bd_rate
     from vaecodec.training.evaluate import evaluate_estimate
@@ -70,9 +69,7 @@ def main() -> None:
         except ModelFileError:
             state, model, ema, _ = load_checkpoint(path)
             return (state, ema, "ema") if state.phase == "annealed" else (state, model, "raw")
-        net = build_model(frozen.config)
-        net.load_state_dict({k: v.float() for k, v in frozen.weights.items()})
-        return TrainState(frozen.config, step=-1, phase="model file"), net.eval(), "fp16 (model file)"
+        return TrainState(frozen.config, step=-1, phase="model file"), frozen.float_network(), "fp16 (model file)"
 
     results = []
     for path in args.checkpoints:

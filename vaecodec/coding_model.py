@@ -234,6 +234,17 @@ class CodingModel:
             raise ValueError("quality tables do not match the model")
         self.weight_hash = self._hash()
         self.synthesis_tile = SYNTHESIS_TILE
+        self._float_network: HyperpriorModel | None = None  # float_network(), built on first use
+
+    def float_network(self) -> HyperpriorModel:
+        """The float32 training module with these (fp16) weights, in eval mode and without gradients: what
+        encoder-side refinement and the model-file estimates run (never the decoder, which is the exact
+        programs above). Built on first use and kept; callers must not change it."""
+        if self._float_network is None:
+            net = build_model(self.config)
+            net.load_state_dict({k: v.float() for k, v in self.weights.items()})
+            self._float_network = net.eval().requires_grad_(False)
+        return self._float_network
 
     def __reduce__(self):
         # Pickled as what a model file holds (weights and tables); the programs are rebuilt on arrival,

@@ -36,7 +36,7 @@ import torch
 
 from .coding_model import GAIN_FRAC_BITS, CodingModel
 from .latent_codec import Latents
-from .model import SCALE_MIN, build_model, gaussian_bin_likelihood
+from .model import SCALE_MIN, gaussian_bin_likelihood
 
 __all__ = ["EFFORTS", "DEFAULT_EFFORT", "SCHEDULE", "Schedule", "refine_latents", "refine_path", "rd_cost",
            "MAX_REFINE_PIXELS"]
@@ -122,17 +122,6 @@ MAX_REFINE_PIXELS = 4_194_304
 """Refinement holds the whole image's activations for autograd; larger images are coded at effort 1."""
 
 
-def _shadow(model: CodingModel):
-    """The float32 training module with the frozen weights (built once per coding model)."""
-    net = getattr(model, "_float_shadow", None)
-    if net is None:
-        net = build_model(model.config)
-        net.load_state_dict({k: v.float() for k, v in model.weights.items()})
-        net.eval().requires_grad_(False)
-        model._float_shadow = net
-    return net
-
-
 def _soft_round(v: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
     """SGA-style rounding: a Gumbel-softmax mix of floor(v) and ceil(v), nearer the closer one as τ → 0.
 
@@ -184,7 +173,7 @@ def refine_path(model: CodingModel, x: torch.Tensor, latents: Latents, quality: 
         raise ValueError(f"stops must be ascending positive iteration counts, not {stops!r}")
     if not x.is_floating_point():
         x = x.float().div_(255.0)
-    net = _shadow(model)
+    net = model.float_network()
     lam = model.quality_lambda(quality)
     # The exact tables' gain (what the coder will use), per channel.
     gain = (2.0**GAIN_FRAC_BITS / model._inverse_gain[quality - 1].float())[None, :, None, None]
