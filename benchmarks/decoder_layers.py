@@ -84,13 +84,14 @@ def main() -> None:
     def steps_of(program, a, name):
         rows = []
         for i, step in enumerate(program._steps):
-            layer = getattr(step, "args", (step,))[0]  # a fused conv + GDN is a partial of (conv, gdn)
+            layer = step.layer  # with step.epilogue, the inverse GDN fused after it
             out = step(a.clone())
             seconds = _best_cpu_seconds(lambda: step(a.clone()), args.repeats)
-            macs = _macs(layer, a.shape, out.shape)
-            if hasattr(step, "args"):
-                macs += _macs(step.args[1], out.shape, out.shape)
-            kind = type(layer).__name__.strip("_") + ("+InverseGDN" if hasattr(step, "args") else "")
+            macs = _macs(layer, a.shape, out.shape)  # the direct form's, also for steps run in Winograd's domain
+            if step.epilogue is not None:
+                macs += _macs(step.epilogue, out.shape, out.shape)
+            kind = (type(layer).__name__.strip("_") + ("+InverseGDN" if step.epilogue is not None else "")
+                    + (" (Winograd)" if getattr(getattr(layer, "_taps", None), "winograd", None) and not int_mm_pays() else ""))
             rows.append({"program": name, "step": i, "kind": kind, "input": list(a.shape), "output": list(out.shape),
                          "cpu_ms": 1e3 * seconds, "gmac": macs / 1e9,
                          "gmac_per_s": macs / 1e9 / seconds if seconds > 0 and macs else None})

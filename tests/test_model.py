@@ -125,6 +125,66 @@ def test_thin_transposed_convolutions_by_columns_equal_torchs_kernel_exactly(ker
     assert torch.equal(layer(a.clone()), torch.floor(ref * 2.0**-16 + 0.5).clamp(-2**20, 2**20))
 
 
+@pytest.mark.parametrize("transposed,kernel,size", [
+    (True, 5, (5, 7)),  # the decoder's upsampling: phases of 3×3, 3×2, 2×3 and 2×2 taps; odd sizes
+    (True, 5, (6, 8)),
+    (False, 3, (9, 13)),  # the hyper-synthesis' last layer
+    (False, 3, (32, 48)),
+])
+@pytest.mark.parametrize("band_tiles", [512, 5])  # one band; many, the last one short
+def test_winograd_phases_equal_torchs_kernel_exactly(transposed, kernel, size, band_tiles, monkeypatch):
+    from vaecodec import fixedpoint
+    from vaecodec.fixedpoint import _IntConv
+
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")  # the float64 path, where Winograd runs
+    monkeypatch.setattr(fixedpoint, "WINOGRAD_MIN_IN_CHANNELS", 8)
+    monkeypatch.setattr(fixedpoint, "WINOGRAD_BAND_TILES", band_tiles)
+    g = torch.Generator().manual_seed(11)
+    cin, cout = 24, 16
+    shape = (cin, cout, kernel, kernel) if transposed else (cout, cin, kernel, kernel)
+    layer = _IntConv(weight=torch.randint(-2**14, 2**14, shape, generator=g).double(),
+                     bias=torch.randint(-2**30, 2**30, (cout,), generator=g).double(), shift=18,
+                     stride=2 if transposed else 1, padding=kernel // 2, output_padding=int(transposed),
+                     transposed=transposed)
+    assert layer._taps.winograd is not None
+    a = torch.randint(-2**20, 2**20, (2, cin, *size), generator=g).double()
+    a[0, :, 0, :3] = torch.tensor([2.0**20, -2.0**20, -2.0**20 + 1])  # the extremes
+    a[1, :, :2] = 2.0**20 * torch.sign(layer.weight.sum((0, 2, 3)) if not transposed else layer.weight.sum((1, 2, 3)))[:, None, None]
+    ref = (F.conv_transpose2d(a, layer.weight, layer.bias, 2, kernel // 2, 1) if transposed
+           else F.conv2d(a, layer.weight, layer.bias, 1, kernel // 2))
+    assert ref.abs().max() > 2**37  # sums far beyond float32's exact range
+    assert torch.equal(layer(a.clone()), torch.floor(ref * 2.0**-18 + 0.5).clamp(-2**20, 2**20))
+
+
+def test_winograd_upsampling_with_inverse_gdn_equals_the_taps_path(monkeypatch):
+    """A program's conv + inverse GDN step gives the same integers by Winograd phases and by taps."""
+    from vaecodec import fixedpoint
+    from vaecodec.model import SimplifiedGDN
+
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")
+    torch.manual_seed(12)
+    seq = torch.nn.Sequential(torch.nn.ConvTranspose2d(24, 16, 5, 2, 2, 1), SimplifiedGDN(16, inverse=True))
+    a = to_fixed(torch.randn(1, 24, 7, 9))
+    by_taps = FixedPointProgram.from_sequential(seq)
+    monkeypatch.setattr(fixedpoint, "WINOGRAD_MIN_IN_CHANNELS", 8)
+    by_winograd = FixedPointProgram.from_sequential(seq)
+    assert by_winograd.layers[0]._taps.winograd is not None and by_taps.layers[0]._taps.winograd is None
+    out = by_winograd.run(a.clone())
+    assert out.abs().max() > 2**ACT_FRAC_BITS
+    assert torch.equal(out, by_taps.run(a.clone()))
+
+
+def test_winograd_is_refused_where_a_sum_could_reach_2_53(monkeypatch):
+    from vaecodec import fixedpoint
+    from vaecodec.fixedpoint import _IntConv
+
+    monkeypatch.setattr(fixedpoint, "WINOGRAD_MIN_IN_CHANNELS", 8)
+    cin = 4096  # 4096 inputs × 9 taps of 2^14 × 2^20 stay below 2^53 by taps, not once transformed (~×28)
+    layer = _IntConv(weight=torch.full((8, cin, 3, 3), 2.0**14, dtype=torch.float64), bias=torch.zeros(8, dtype=torch.float64), shift=30, stride=1,
+                     padding=1, output_padding=0, transposed=False)
+    assert layer.bound() < 2.0**53 and layer._taps is not None and layer._taps.winograd is None
+
+
 @pytest.mark.parametrize("cin,cout,kernel", [(12, 8, 3), (120, 128, 3), (40, 128, 1), (6, 5, 5)])
 @pytest.mark.parametrize("kernels", ["int8", "float32"])
 def test_same_convolutions_by_taps_equal_torchs_kernel_exactly(cin, cout, kernel, kernels, monkeypatch):

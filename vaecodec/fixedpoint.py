@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -96,18 +95,21 @@ class _IntConv:
             cin, cout = self.weight.shape[:2]
             self._columns = self.weight.permute(1, 2, 3, 0).reshape(cout * k * k, cin).contiguous()
 
-    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+    def __call__(self, a: torch.Tensor, store: torch.dtype = torch.float64) -> torch.Tensor:
+        """The layer's rounded, clamped output as ``store`` (float64, or float32: see :class:`_Step`) from
+        ``a`` in either."""
         # Integer sums are exact in any order, so the bias may be added inside the kernel, and the
         # tap decomposition below gives the same integers as torch's kernel.
         if self._taps is not None:
-            return _correlate_by_taps(a, self._taps, self.shift, self._bias_half)
+            return _correlate_by_taps(a, self._taps, self.shift, self._bias_half, store=store)
         elif self.transposed and self._upsamples:
-            return _conv_transpose_by_columns(a, self)
-        elif self.transposed:
+            return _conv_transpose_by_columns(a, self, store)
+        a = a.to(torch.float64)
+        if self.transposed:
             acc = F.conv_transpose2d(a, self.weight, self.bias, self.stride, self.padding, self.output_padding)
         else:
             acc = F.conv2d(a, self.weight, self.bias, self.stride, self.padding)
-        return _round_shift_(acc, self.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
+        return _round_shift_(acc, self.shift).clamp_(-ACT_LIMIT, ACT_LIMIT).to(store)
 
     def checkerboard_taps(self, parity: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The taps (ky, kx) with ky + kx of ``parity`` (t, 2), and their weights (out, c·t) in (channel, tap)
@@ -146,7 +148,8 @@ class _Taps:
 
     ``phases``: (row phase, column phase, the taps' input offsets (dy, dx), their weights side by side
     (cout, taps·cin), float64 integers); ``digits``: the same weights as :class:`~vaecodec.intmm.DigitMatrix`
-    per phase where the layer runs on int8 kernels, else None.
+    per phase where the layer runs on int8 kernels, else None; ``winograd``: each phase's
+    :class:`_WinogradPhase` where the float64 path multiplies in Winograd's domain, else None.
     """
 
     stride: int
@@ -154,6 +157,7 @@ class _Taps:
     after: int
     phases: list
     digits: list | None
+    winograd: "list[_WinogradPhase] | None" = None  # per phase, where the layer multiplies in Winograd's domain
 
 
 def _taps_of(conv: _IntConv) -> _Taps | None:
@@ -188,7 +192,196 @@ def _taps_of(conv: _IntConv) -> _Taps | None:
         before = after = p
     wide = cout >= INT8_MIN_OUT_CHANNELS and min(w.shape[1] for *_, w in phases) >= INT8_MIN_TERMS
     digits = [DigitMatrix(w) for *_, w in phases] if wide else None
-    return _Taps(s, before, after, phases, digits)
+    winograd = None
+    cin = phases[0][3].shape[1] // len(phases[0][2])
+    if cin >= WINOGRAD_MIN_IN_CHANNELS:
+        bias_half = conv.bias[:, None] + 2.0 ** (conv.shift - 1)
+        winograd = [_WinogradPhase.of(offsets, w, bias_half) for *_, offsets, w in phases]
+        winograd = None if None in winograd else winograd
+    return _Taps(s, before, after, phases, digits, winograd)
+
+
+WINOGRAD_MIN_IN_CHANNELS = 192
+"""Layers on the taps path with at least this many input channels multiply in Winograd's domain on the
+float64 path (:class:`_WinogradPhase`). Below it the transforms' elementwise passes cost more than the
+products they save: timed on the shipped model's shapes (1 thread, this project's AVX2 machine), the
+phases of a 256 → 128 upsampling and the hyper-synthesis' 192 → 512 3×3 layer gained, 128 → 64 and
+64 → 64 upsamplings lost (``benchmarks/decoder_layers.py`` times the steps)."""
+
+WINOGRAD_BAND_TILES = 512
+"""2×2 output tiles per band of a Winograd phase: a band's transformed inputs and products stay in cache."""
+
+# Winograd's minimal filtering F(2, r) (Lavin & Gray 2016) in integers: r → (Bᵀ (α×α), the filter
+# transform scaled to integers (α×r), Aᵀ (2×α), log2 of that scale), α = r + 1. Two outputs
+# y = Aᵀ[(G g) ⊙ (Bᵀ d)] of the correlation of α inputs d with r taps g.
+_WINOGRAD_TRANSFORMS = {
+    2: (((1, -1, 0), (0, 1, 0), (0, -1, 1)), ((1, 0), (1, 1), (0, 1)), ((1, 1, 0), (0, 1, 1)), 0),
+    3: (((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)), ((2, 0, 0), (1, 1, 1), (1, -1, 1), (0, 0, 2)),
+        ((1, 1, 1, 0), (0, 1, -1, -1)), 1),
+}
+
+
+def _terms(row) -> tuple:
+    """The (index, ±1) pairs of a transform row's non-zero entries."""
+    return tuple((k, c) for k, c in enumerate(row) if c)
+
+
+@dataclass
+class _WinogradPhase:
+    """One phase (a stride-1 correlation with ``ry`` × ``rx`` taps at offsets ``dy0..``, ``dx0..``) as
+    Winograd's F(2×2, ry×rx): each 2×2 block of outputs from an α_y × α_x patch of inputs with
+    α_y·α_x products instead of 4·ry·rx (16 instead of 36 for 3×3 taps, 49 instead of 100 over a
+    5×5 upsampling's four phases).
+
+    Why: on a CPU without exact int8 kernels the decoder's widest layers are
+    float64 products; Winograd's transforms trade products for additions. With
+    integer transforms (the filter transform scaled by 2 per F(2, 3) side, so
+    the sum comes out ×2^log2, a power of two folded into the rounding's
+    shift) every transformed input, weight, product and sum is an integer, and
+    ``bound`` proves every one stays below 2^53: the same integers as the taps.
+
+    ``weights``: (α_y, α_x, cout, cin), the transformed filters ``U_ij``;
+    ``bias``: the layer's bias with the rounding's half, ×2^log2, (cout, 1).
+    """
+
+    ry: int
+    rx: int
+    dy0: int
+    dx0: int
+    weights: torch.Tensor
+    bias: torch.Tensor
+    log2: int
+
+    def __post_init__(self):
+        bt_y, _, at_y, _ = _WINOGRAD_TRANSFORMS[self.ry]
+        bt_x, _, at_x, _ = _WINOGRAD_TRANSFORMS[self.rx]
+        self.input_rows = tuple(_terms(r) for r in bt_y)  # Bᵀ along rows, then along columns
+        self.input_cols = tuple(_terms(r) for r in bt_x)
+        self.output_rows = tuple(_terms(r) for r in at_y)  # Aᵀ
+        self.output_cols = tuple(_terms(r) for r in at_x)
+        # The product U_11 V_11 enters every output with +1 (Aᵀ's second column is (1, 1) for r = 2 and 3):
+        # the bias joins it, in the product itself.
+        assert all(dict(t).get(1) == 1 for t in self.output_rows + self.output_cols)
+
+    @classmethod
+    def of(cls, offsets, weights: torch.Tensor, bias_half: torch.Tensor) -> "_WinogradPhase | None":
+        """From a phase's tap offsets and weights (cout, taps·cin); None where its taps are not a 2- or 3-wide
+        rectangle or a sum could reach 2^53."""
+        dys, dxs = sorted({dy for dy, _ in offsets}), sorted({dx for _, dx in offsets})
+        ry, rx = len(dys), len(dxs)
+        if (ry not in _WINOGRAD_TRANSFORMS or rx not in _WINOGRAD_TRANSFORMS or len(offsets) != ry * rx
+                or dys != list(range(dys[0], dys[0] + ry)) or dxs != list(range(dxs[0], dxs[0] + rx))):
+            return None
+        cout, cin = weights.shape[0], weights.shape[1] // len(offsets)
+        taps = weights.new_empty(ry, rx, cout, cin)
+        for j, (dy, dx) in enumerate(offsets):
+            taps[dy - dys[0], dx - dxs[0]] = weights[:, j * cin:(j + 1) * cin]
+        (bt_y, g_y, at_y, log2_y), (bt_x, g_x, at_x, log2_x) = _WINOGRAD_TRANSFORMS[ry], _WINOGRAD_TRANSFORMS[rx]
+        g_y, g_x = (torch.tensor(g, dtype=torch.float64) for g in (g_y, g_x))
+        u = torch.einsum("ia,jb,aboc->ijoc", g_y, g_x, taps).contiguous()  # small integers: exact
+        bias = bias_half * 2.0 ** (log2_y + log2_x)
+        # Every partial sum, of a product or of the output transform, is at most Σ_ij |Aᵀ|·‖U_ij row‖₁ times
+        # the largest transformed input (Bᵀ rows add two inputs: ≤ 4·ACT_LIMIT), plus the bias.
+        largest_input = (max(sum(map(abs, r)) for r in bt_y) * max(sum(map(abs, r)) for r in bt_x) * ACT_LIMIT)
+        spread = torch.tensor([[max(abs(a[i]) for a in at_y) * max(abs(b[j]) for b in at_x)
+                                for j in range(rx + 1)] for i in range(ry + 1)], dtype=torch.float64)
+        bound = float((spread[:, :, None] * u.abs().sum(3)).sum((0, 1)).max()) * largest_input
+        if bound + float(bias.abs().max()) >= EXACT_LIMIT:
+            return None
+        return cls(ry, rx, dys[0], dxs[0], u, bias, log2_y + log2_x)
+
+    def band(self, padded: torch.Tensor, row: int, col: int, tiles_y: int, tiles_x: int, buffers) -> list:
+        """The four output blocks [y00, y01, y10, y11] (cout, tiles_y·tiles_x) (output (2t + a, 2u + b) of tile
+        (t, u)), ×2^log2 and with the bias, of ``tiles_y`` × ``tiles_x`` tiles whose first patch starts at
+        (``row`` + dy0, ``col`` + dx0) in ``padded`` (cin, H, W); ``buffers``: from :func:`_winograd_buffers`."""
+        cin, cout, count = padded.shape[0], self.weights.shape[2], tiles_y * tiles_x
+        e, v, m, z, y = buffers
+        r, c = row + self.dy0, col + self.dx0
+        rows = 2 * tiles_y + self.ry - 1
+        # Bᵀ along the columns: E_j = Σ_b Bᵀ[j, b]·d[:, :, 2u + b] for every row the band's patches cover.
+        cols = [_combine([(k, padded[:, r:r + rows, c + b:c + b + 2 * tiles_x - 1:2]) for b, k in t],
+                         e[j, :cin * rows * tiles_x].view(cin, rows, tiles_x))
+                for j, t in enumerate(self.input_cols)]
+        out = [y[k, :cout * count].view(cout, count) for k in range(4)]
+        for i, rows_i in enumerate(self.input_rows):
+            products = []
+            for j, col_j in enumerate(cols):
+                # Bᵀ along the rows gives V_ij; then M_ij = U_ij V_ij (K = cin, the long dimension).
+                v_ij = _combine([(k, col_j[:, p:p + 2 * tiles_y - 1:2]) for p, k in rows_i],
+                                v[:cin * count].view(cin, tiles_y, tiles_x)).view(cin, count)
+                m_j = m[j, :cout * count].view(cout, count)
+                if (i, j) == (1, 1):
+                    torch.addmm(self.bias, self.weights[i, j], v_ij, out=m_j)
+                else:
+                    torch.mm(self.weights[i, j], v_ij, out=m_j)
+                products.append(m_j)
+            # Aᵀ along the columns gives Z_ib; Aᵀ along the rows adds it into the outputs it reaches.
+            for b, t in enumerate(self.output_cols):
+                z_b = _combine([(k, products[j]) for j, k in t], z[b, :cout * count].view(cout, count))
+                for a, t_a in enumerate(self.output_rows):
+                    k = dict(t_a).get(i)
+                    if k is None:
+                        continue
+                    target = out[2 * a + b]
+                    if i == t_a[0][0]:  # this output's first contribution
+                        target.copy_(z_b) if k == 1 else torch.neg(z_b, out=target)
+                    else:
+                        target.add_(z_b, alpha=k)
+        return out
+
+
+def _combine(terms, out: torch.Tensor) -> torch.Tensor:
+    """``out`` = Σ k·t over ``terms`` (k, t), every k ±1: a transform row, one pass per term after the first."""
+    (k0, t0), rest = terms[0], terms[1:]
+    if not rest:
+        return out.copy_(t0) if k0 == 1 else torch.neg(t0, out=out)
+    k1, t1 = rest[0]
+    if k0 == 1:
+        torch.add(t0, t1, alpha=k1, out=out)
+    elif k1 == 1:
+        torch.add(t1, t0, alpha=k0, out=out)
+    else:
+        torch.add(t0, t1, out=out).neg_()
+    for k, t in rest[1:]:
+        out.add_(t, alpha=k)
+    return out
+
+
+def _correlate_by_winograd(a: torch.Tensor, taps: _Taps, shift: int, epilogue: "_IntInverseGDN | None" = None,
+                           store: torch.dtype = torch.float64) -> torch.Tensor:
+    """:func:`_correlate_by_taps` on the float64 path for a layer with Winograd phases: the same integers,
+    each phase's 2×2 output tiles band by band (rounded, clamped and the epilogue applied while in cache).
+
+    The input is zero-padded once more row and column than the taps read, so
+    that an odd height or width makes whole tiles; their extra outputs are
+    dropped at the end.
+    """
+    n, cin, h, w = a.shape
+    s, before = taps.stride, taps.before
+    cout = taps.phases[0][3].shape[0]
+    tiles_y, tiles_x = (h + 1) // 2, (w + 1) // 2
+    band = max(1, WINOGRAD_BAND_TILES // tiles_x)
+    count = min(band, tiles_y) * tiles_x
+    rows = 2 * min(band, tiles_y) + 3  # the most rows a band's patches cover (α ≤ 4)
+    f64 = dict(dtype=torch.float64)
+    buffers = (a.new_empty(4, cin * rows * tiles_x, **f64), a.new_empty(cin * count, **f64),
+               a.new_empty(4, cout * count, **f64), a.new_empty(2, cout * count, **f64),
+               a.new_empty(4, cout * count, **f64))
+    scratch = a.new_empty(2, cout * count, **f64) if epilogue is not None else None
+    out = a.new_empty(n, cout, tiles_y, 2, s, tiles_x, 2, s, dtype=store)
+    for i in range(n):
+        padded = F.pad(a[i].to(torch.float64), (before, taps.after + 1, before, taps.after + 1))
+        for t0 in range(0, tiles_y, band):
+            t1 = min(tiles_y, t0 + band)
+            for (py, px, *_), phase in zip(taps.phases, taps.winograd):
+                blocks = phase.band(padded, before + 2 * t0, before, t1 - t0, tiles_x, buffers)
+                for k, block in enumerate(blocks):
+                    block.mul_(2.0 ** -(shift + phase.log2)).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+                    if epilogue is not None:
+                        epilogue.apply_(block, scratch)
+                    out[i, :, t0:t1, k // 2, py, :, k % 2, px] = block.view(cout, t1 - t0, tiles_x)
+    out = out.view(n, cout, 2 * tiles_y * s, 2 * tiles_x * s)
+    return out if (2 * tiles_y, 2 * tiles_x) == (h, w) else out[:, :, :h * s, :w * s].contiguous()
 
 
 def _flat_padded(a: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -197,9 +390,9 @@ def _flat_padded(a: torch.Tensor, before: int, after: int) -> torch.Tensor:
     ``[(before + dy)·w' + before + dx :][:h·w']`` with w' = w + before + after, then stays inside."""
     n, c, h, w = a.shape
     if before == after == 0:  # 1×1 layers: the input as it is
-        return a.reshape(n, c, h * w)
+        return a.reshape(n, c, h * w).to(torch.float64)
     wp = w + before + after
-    flat = a.new_zeros(n, c, (h + before + after) * wp + before + after)  # one tensor, one copy
+    flat = a.new_zeros(n, c, (h + before + after) * wp + before + after, dtype=torch.float64)  # one tensor, one copy
     flat[:, :, :(h + before + after) * wp].view(n, c, -1, wp)[:, :, before:before + h, before:before + w] = a
     return flat
 
@@ -214,7 +407,7 @@ of 80."""
 
 
 def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Tensor,
-                       epilogue: "_IntInverseGDN | None" = None) -> torch.Tensor:
+                       epilogue: "_IntInverseGDN | None" = None, store: torch.dtype = torch.float64) -> torch.Tensor:
     """The layer's output, rounded (``floor((Σ + bias)·2^-shift)``, ``bias`` (cout, 1) including the
     rounding's half) and clamped, then ``epilogue`` (an inverse GDN) applied: phase by phase, band by band.
 
@@ -230,15 +423,17 @@ def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Ten
     interleaved place. Every value is an integer sum below 2^53 (the layer's
     bound), so the result equals torch's kernel's exactly, on either path.
     """
+    on_int8 = taps.digits is not None and int_mm_pays()
+    if taps.winograd is not None and not on_int8:
+        return _correlate_by_winograd(a, taps, shift, epilogue, store)
     n, cin, h, w = a.shape
     s, before = taps.stride, taps.before
     cout = taps.phases[0][3].shape[0]
     wp = w + before + taps.after
     rows = max(1, BAND_POSITIONS // wp)
     flat = _flat_padded(a, before, taps.after)
-    out = a.new_empty(n, cout, h, s, w, s)
-    scratch = a.new_empty(3, cout * min(h, rows) * wp)  # the accumulator and the epilogue's two, reused
-    on_int8 = taps.digits is not None and int_mm_pays()
+    out = a.new_empty(n, cout, h, s, w, s, dtype=store)
+    scratch = flat.new_empty(3, cout * min(h, rows) * wp)  # the accumulator and the epilogue's two, reused
     for i in range(n):
         digits = digits_of(flat[i]) if on_int8 else None  # (cin, digits, L), made once for every band and phase
         for r0 in range(0, h, rows):
@@ -267,7 +462,7 @@ COLUMN_POSITIONS = 4096
 small additions) and 8192 (the product's output leaves the cache), 4096 was the fastest here."""
 
 
-def _conv_transpose_by_columns(a: torch.Tensor, conv: _IntConv) -> torch.Tensor:
+def _conv_transpose_by_columns(a: torch.Tensor, conv: _IntConv, store: torch.dtype = torch.float64) -> torch.Tensor:
     """A transposed convolution whose output is ``stride`` × its input and which has few outputs (the decoder's
     last layer, too thin for phases), rounded and clamped: one matrix product per band of input rows into
     columns, each column added into the output where its tap lands.
@@ -287,19 +482,23 @@ def _conv_transpose_by_columns(a: torch.Tensor, conv: _IntConv) -> torch.Tensor:
     s, p, k = conv.stride, conv.padding, conv.weight.shape[2]
     cout = conv.weight.shape[1]
     rows = max(1, COLUMN_POSITIONS // w)
-    out = a.new_empty(n, cout, s * h, s * w)
+    out = a.new_empty(n, cout, s * h, s * w, dtype=store)
     for i in range(n):
-        acc = a.new_zeros(cout, s * h + k, s * w + k)  # output row o = s·i + ky − p sits at row o + p
+        acc = a.new_zeros(cout, s * h + k, s * w + k, dtype=torch.float64)  # output row o = s·i + ky − p sits at row o + p
         flat = a[i].reshape(cin, h * w)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            columns = (conv._columns @ flat[:, r0 * w:r1 * w]).view(cout, k, k, r1 - r0, w)
+            columns = (conv._columns @ flat[:, r0 * w:r1 * w].to(torch.float64)).view(cout, k, k, r1 - r0, w)
             for ky in range(k):
                 for kx in range(k):
                     acc[:, s * r0 + ky:s * r1 + ky:s, kx:kx + s * w:s] += columns[:, ky, kx]
         # floor((Σ + b)·2^-shift + ½) as floor((Σ + b + 2^(shift−1))·2^-shift): the same integers (see _IntConv)
         mine = acc[:, p:p + s * h, p:p + s * w].add_(conv._bias_half[:, :, None])
-        torch.clamp(mine.mul_(2.0**-conv.shift).floor_(), -ACT_LIMIT, ACT_LIMIT, out=out[i])
+        mine.mul_(2.0**-conv.shift).floor_()
+        if store == torch.float64:
+            torch.clamp(mine, -ACT_LIMIT, ACT_LIMIT, out=out[i])
+        else:
+            out[i] = mine.clamp_(-ACT_LIMIT, ACT_LIMIT)
     return out
 
 
@@ -370,7 +569,9 @@ class _IntInverseGDN:
         self._bias = (self.beta + 2.0 ** (self.shift - 1))[:, None]  # with the rounding's half (exact)
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        """In place, ``BAND_POSITIONS`` positions at a time (see there)."""
+        """In place (on a float64 ``a``; float32 comes back as a float64 copy), ``BAND_POSITIONS`` positions at a
+        time (see there)."""
+        a = a.to(torch.float64)
         n, c, h, w = a.shape
         flat = a.view(n, c, h * w)
         scratch = a.new_empty(2, c * min(h * w, BAND_POSITIONS))
@@ -397,8 +598,31 @@ class _IntInverseGDN:
         return max(c * float(self.gamma.abs().max()) * ACT_LIMIT + float(self.beta.abs().max()), float(ACT_LIMIT) ** 2)
 
 
-def _conv_then_gdn(conv: _IntConv, gdn: _IntInverseGDN, a: torch.Tensor) -> torch.Tensor:
-    return _correlate_by_taps(a, conv._taps, conv.shift, conv._bias_half, epilogue=gdn)
+@dataclass
+class _Step:
+    """What :meth:`FixedPointProgram.run` calls: a layer, or a convolution by taps with the inverse GDN after it
+    applied to each band while in cache (``epilogue``: the same integers as one layer after the other).
+
+    ``store``: the dtype of the step's output. Between a program's layers it is
+    float32, which holds the activations' integers (|a| ≤ 2^20 < 2^24) exactly in
+    half the memory: the widest activations (64 channels at half the output
+    resolution, 25 MB for a Kodak image instead of 50) are written and read at
+    half the bandwidth, and stay under glibc's largest mmap threshold, so their
+    memory is reused instead of freshly mapped and page-faulted on every call.
+    Every product still runs in float64; the last step stores float64.
+    """
+
+    layer: "_IntConv | _IntReLU | _IntInverseGDN"
+    epilogue: "_IntInverseGDN | None" = None
+    store: torch.dtype = torch.float64
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        if self.epilogue is not None:
+            conv = self.layer
+            return _correlate_by_taps(a, conv._taps, conv.shift, conv._bias_half, self.epilogue, self.store)
+        if isinstance(self.layer, _IntConv):
+            return self.layer(a, self.store)
+        return self.layer(a)
 
 
 def _quantize_conv(layer: nn.Conv2d | nn.ConvTranspose2d) -> _IntConv:
@@ -445,13 +669,18 @@ class FixedPointProgram:
                 raise ValueError(f"fixed-point layer {layer!r:.60} could exceed 2^53; weights out of range")
         # What run() calls: a convolution by taps followed by an inverse GDN runs as one step, the GDN on
         # each band while it is in cache (the same integers as one layer after the other).
-        self._steps = []
+        self._steps: list[_Step] = []
         for layer in layers:
             previous = self._steps[-1] if self._steps else None
-            if isinstance(layer, _IntInverseGDN) and isinstance(previous, _IntConv) and previous._taps is not None:
-                self._steps[-1] = partial(_conv_then_gdn, previous, layer)
+            if (isinstance(layer, _IntInverseGDN) and previous is not None and previous.epilogue is None
+                    and isinstance(previous.layer, _IntConv) and previous.layer._taps is not None):
+                previous.epilogue = layer
             else:
-                self._steps.append(layer)
+                self._steps.append(_Step(layer))
+        # float32 between layers; the last step that is not a ReLU (which keeps its input's dtype) stores float64.
+        last = max((i for i, step in enumerate(self._steps) if not isinstance(step.layer, _IntReLU)), default=-1)
+        for step in self._steps[:last]:
+            step.store = torch.float32
 
     @classmethod
     def from_sequential(cls, seq: nn.Sequential) -> "FixedPointProgram":
