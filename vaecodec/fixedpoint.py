@@ -18,7 +18,10 @@ Speed, with the same integers: convolutions run as sums over taps of shifted
 slices of the padded input, band by band so that each band's accumulator is
 rounded (and an inverse GDN after it applied) while it is in cache; the widest
 layers multiply on exact int8 kernels as sums of int8 digits where the
-machine has them (:mod:`vaecodec.intmm`). Any path gives the same integers,
+machine has them (:mod:`vaecodec.intmm`), else in Winograd's domain
+(:class:`_WinogradPhase`: fewer float64 products, integer transforms, bounds
+proven at construction). Between layers activations are stored as float32,
+which holds them exactly (:class:`_Step`). Any path gives the same integers,
 so which one ran never shows in the pixels.
 
 Supported layers: Conv2d, ConvTranspose2d, ReLU and the inverse simplified
@@ -204,9 +207,10 @@ def _taps_of(conv: _IntConv) -> _Taps | None:
 WINOGRAD_MIN_IN_CHANNELS = 192
 """Layers on the taps path with at least this many input channels multiply in Winograd's domain on the
 float64 path (:class:`_WinogradPhase`). Below it the transforms' elementwise passes cost more than the
-products they save: timed on the shipped model's shapes (1 thread, this project's AVX2 machine), the
-phases of a 256 → 128 upsampling and the hyper-synthesis' 192 → 512 3×3 layer gained, 128 → 64 and
-64 → 64 upsamplings lost (``benchmarks/decoder_layers.py`` times the steps)."""
+products they save. On the shipped model (1 thread, this project's AVX2 machine) the hyper-synthesis'
+192 → 512 3×3 layer and the synthesis' 256 → 128 upsampling gain; Winograd on every layer that allows it
+(also the 128 → 64 and 64 → 64 upsamplings) saves less than this threshold does
+(``benchmarks/exact_paths.py`` pairs the forms)."""
 
 WINOGRAD_BAND_TILES = 512
 """2×2 output tiles per band of a Winograd phase: a band's transformed inputs and products stay in cache."""
