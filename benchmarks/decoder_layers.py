@@ -52,6 +52,14 @@ def _macs(layer, a_shape, out_shape) -> int:
     return int(weight.numel() * np.prod(out_shape[2:]))
 
 
+def _on_winograd(layer) -> bool:
+    """Whether the step multiplies in Winograd's domain here (where int8 kernels pay, digits go first)."""
+    from vaecodec.intmm import int_mm_pays
+
+    taps = getattr(layer, "_taps", None)
+    return taps is not None and taps.winograd is not None and (taps.digits is None or not int_mm_pays())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -91,7 +99,7 @@ def main() -> None:
             if step.epilogue is not None:
                 macs += _macs(step.epilogue, out.shape, out.shape)
             kind = (type(layer).__name__.strip("_") + ("+InverseGDN" if step.epilogue is not None else "")
-                    + (" (Winograd)" if getattr(getattr(layer, "_taps", None), "winograd", None) and not int_mm_pays() else ""))
+                    + (" (Winograd)" if _on_winograd(layer) else ""))
             rows.append({"program": name, "step": i, "kind": kind, "input": list(a.shape), "output": list(out.shape),
                          "cpu_ms": 1e3 * seconds, "gmac": macs / 1e9,
                          "gmac_per_s": macs / 1e9 / seconds if seconds > 0 and macs else None})

@@ -128,10 +128,12 @@ def test_thin_transposed_convolutions_by_columns_equal_torchs_kernel_exactly(ker
 @pytest.mark.parametrize("transposed,kernel,size", [
     (True, 5, (5, 7)),  # the decoder's upsampling: phases of 3×3, 3×2, 2×3 and 2×2 taps; odd sizes
     (True, 5, (6, 8)),
+    (True, 5, (13, 3)),  # narrow: with 5 tiles a band, bands of 2 tile rows and a short last one
     (False, 3, (9, 13)),  # the hyper-synthesis' last layer
     (False, 3, (32, 48)),
+    (False, 3, (13, 3)),
 ])
-@pytest.mark.parametrize("band_tiles", [512, 5])  # one band; many, the last one short
+@pytest.mark.parametrize("band_tiles", [512, 5])  # one band; several
 def test_winograd_phases_equal_torchs_kernel_exactly(transposed, kernel, size, band_tiles, monkeypatch):
     from vaecodec import fixedpoint
     from vaecodec.fixedpoint import _IntConv
@@ -153,7 +155,12 @@ def test_winograd_phases_equal_torchs_kernel_exactly(transposed, kernel, size, b
     ref = (F.conv_transpose2d(a, layer.weight, layer.bias, 2, kernel // 2, 1) if transposed
            else F.conv2d(a, layer.weight, layer.bias, 1, kernel // 2))
     assert ref.abs().max() > 2**37  # sums far beyond float32's exact range
-    assert torch.equal(layer(a.clone()), torch.floor(ref * 2.0**-18 + 0.5).clamp(-2**20, 2**20))
+    expected = torch.floor(ref * 2.0**-18 + 0.5).clamp(-2**20, 2**20)
+    out = layer(a.clone())
+    assert out.dtype == torch.float64 and torch.equal(out, expected)
+    # Stored as float32 between layers, from a float32 input: the same integers.
+    out = layer(a.float(), torch.float32)
+    assert out.dtype == torch.float32 and torch.equal(out.double(), expected)
 
 
 def test_winograd_upsampling_with_inverse_gdn_equals_the_taps_path(monkeypatch):
@@ -170,8 +177,21 @@ def test_winograd_upsampling_with_inverse_gdn_equals_the_taps_path(monkeypatch):
     by_winograd = FixedPointProgram.from_sequential(seq)
     assert by_winograd.layers[0]._taps.winograd is not None and by_taps.layers[0]._taps.winograd is None
     out = by_winograd.run(a.clone())
-    assert out.abs().max() > 2**ACT_FRAC_BITS
+    assert out.dtype == torch.float64 and out.abs().max() > 2**ACT_FRAC_BITS
     assert torch.equal(out, by_taps.run(a.clone()))
+
+
+def test_programs_store_float32_between_layers_and_return_float64(net):
+    """Activations between layers are float32 (exact for |a| ≤ 2^20); what run() returns is float64, as a
+    program that stores float64 everywhere computes it."""
+    program = FixedPointProgram.from_sequential(net.synthesis)  # convolutions by taps, the last by columns
+    assert [step.store for step in program._steps[:-1]] == [torch.float32] * (len(program._steps) - 1)
+    assert program._steps[-1].store == torch.float64
+    a = to_fixed(torch.randn(1, TINY_CONFIG["latent_channels"], 5, 7, generator=torch.Generator().manual_seed(4)))
+    out = program.run(a)
+    for step in program._steps:
+        step.store = torch.float64
+    assert out.dtype == torch.float64 and torch.equal(out, program.run(a))
 
 
 def test_winograd_is_refused_where_a_sum_could_reach_2_53(monkeypatch):

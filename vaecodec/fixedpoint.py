@@ -208,9 +208,9 @@ WINOGRAD_MIN_IN_CHANNELS = 192
 """Layers on the taps path with at least this many input channels multiply in Winograd's domain on the
 float64 path (:class:`_WinogradPhase`). Below it the transforms' elementwise passes cost more than the
 products they save. On the shipped model (1 thread, this project's AVX2 machine) the hyper-synthesis'
-192 → 512 3×3 layer and the synthesis' 256 → 128 upsampling gain; Winograd on every layer that allows it
-(also the 128 → 64 and 64 → 64 upsamplings) saves less than this threshold does
-(``benchmarks/exact_paths.py`` pairs the forms)."""
+192 → 512 3×3 layer and the synthesis' 256 → 128 upsampling gain; Winograd also on the 128 → 64 and
+64 → 64 upsamplings gained nothing more (``benchmarks/exact_paths.py`` pairs the forms), so only these
+two layers hold transformed weights (~13 MB each)."""
 
 WINOGRAD_BAND_TILES = 512
 """2×2 output tiles per band of a Winograd phase: a band's transformed inputs and products stay in cache."""
