@@ -151,7 +151,8 @@ def test_winograd_phases_equal_torchs_kernel_exactly(transposed, kernel, size, b
     assert layer._taps.winograd is not None
     a = torch.randint(-2**20, 2**20, (2, cin, *size), generator=g).double()
     a[0, :, 0, :3] = torch.tensor([2.0**20, -2.0**20, -2.0**20 + 1])  # the extremes
-    a[1, :, :2] = 2.0**20 * torch.sign(layer.weight.sum((0, 2, 3)) if not transposed else layer.weight.sum((1, 2, 3)))[:, None, None]
+    per_input = layer.weight.sum((1, 2, 3)) if transposed else layer.weight.sum((0, 2, 3))
+    a[1, :, :2] = 2.0**20 * torch.sign(per_input)[:, None, None]
     ref = (F.conv_transpose2d(a, layer.weight, layer.bias, 2, kernel // 2, 1) if transposed
            else F.conv2d(a, layer.weight, layer.bias, 1, kernel // 2))
     assert ref.abs().max() > 2**37  # sums far beyond float32's exact range
@@ -200,7 +201,8 @@ def test_winograd_is_refused_where_a_sum_could_reach_2_53(monkeypatch):
 
     monkeypatch.setattr(fixedpoint, "WINOGRAD_MIN_IN_CHANNELS", 8)
     cin = 4096  # 4096 inputs × 9 taps of 2^14 × 2^20 stay below 2^53 by taps, not once transformed (~×28)
-    layer = _IntConv(weight=torch.full((8, cin, 3, 3), 2.0**14, dtype=torch.float64), bias=torch.zeros(8, dtype=torch.float64), shift=30, stride=1,
+    f64 = dict(dtype=torch.float64)
+    layer = _IntConv(weight=torch.full((8, cin, 3, 3), 2.0**14, **f64), bias=torch.zeros(8, **f64), shift=30, stride=1,
                      padding=1, output_padding=0, transposed=False)
     assert layer.bound() < 2.0**53 and layer._taps is not None and layer._taps.winograd is None
 

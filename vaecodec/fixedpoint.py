@@ -19,7 +19,7 @@ slices of the padded input, band by band so that each band's accumulator is
 rounded (and an inverse GDN after it applied) while it is in cache; the widest
 layers multiply on exact int8 kernels as sums of int8 digits where the
 machine has them (:mod:`vaecodec.intmm`), else in Winograd's domain
-(:class:`_WinogradPhase`: fewer float64 products, integer transforms, bounds
+(:class:`~vaecodec.winograd.WinogradPhase`: fewer float64 products, integer transforms, bounds
 proven at construction). Between layers activations are stored as float32,
 which holds them exactly (:class:`_Step`). Any path gives the same integers,
 so which one ran never shows in the pixels.
@@ -47,6 +47,7 @@ from torch import nn
 
 from .intmm import DigitMatrix, digits_of, int_mm_pays
 from .model import SimplifiedGDN
+from .winograd import WinogradPhase
 
 __all__ = ["ACT_FRAC_BITS", "ACT_LIMIT", "FixedPointProgram", "conv_of_checkerboard_at", "round_shift"]
 
@@ -152,7 +153,7 @@ class _Taps:
     ``phases``: (row phase, column phase, the taps' input offsets (dy, dx), their weights side by side
     (cout, taps·cin), float64 integers); ``digits``: the same weights as :class:`~vaecodec.intmm.DigitMatrix`
     per phase where the layer runs on int8 kernels, else None; ``winograd``: each phase's
-    :class:`_WinogradPhase` where the float64 path multiplies in Winograd's domain, else None.
+    :class:`~vaecodec.winograd.WinogradPhase` where the float64 path multiplies in Winograd's domain, else None.
     """
 
     stride: int
@@ -160,7 +161,7 @@ class _Taps:
     after: int
     phases: list
     digits: list | None
-    winograd: "list[_WinogradPhase] | None" = None  # per phase, where the layer multiplies in Winograd's domain
+    winograd: "list[WinogradPhase] | None" = None  # per phase, where the layer multiplies in Winograd's domain
 
 
 def _taps_of(conv: _IntConv) -> _Taps | None:
@@ -199,156 +200,21 @@ def _taps_of(conv: _IntConv) -> _Taps | None:
     cin = phases[0][3].shape[1] // len(phases[0][2])
     if cin >= WINOGRAD_MIN_IN_CHANNELS:
         bias_half = conv.bias[:, None] + 2.0 ** (conv.shift - 1)
-        winograd = [_WinogradPhase.of(offsets, w, bias_half) for *_, offsets, w in phases]
+        winograd = [WinogradPhase.of(offsets, w, bias_half, ACT_LIMIT, EXACT_LIMIT) for *_, offsets, w in phases]
         winograd = None if None in winograd else winograd
     return _Taps(s, before, after, phases, digits, winograd)
 
 
 WINOGRAD_MIN_IN_CHANNELS = 192
 """Layers on the taps path with at least this many input channels multiply in Winograd's domain on the
-float64 path (:class:`_WinogradPhase`). Below it the transforms' elementwise passes cost more than the
-products they save. On the shipped model (1 thread, this project's AVX2 machine) the hyper-synthesis'
+float64 path (:class:`~vaecodec.winograd.WinogradPhase`). Below it the transforms' elementwise passes cost
+about what the products they save. On the shipped model (1 thread, this project's AVX2 machine) the hyper-synthesis'
 192 → 512 3×3 layer and the synthesis' 256 → 128 upsampling gain; Winograd also on the 128 → 64 and
 64 → 64 upsamplings gained nothing more (``benchmarks/exact_paths.py`` pairs the forms), so only these
 two layers hold transformed weights (~13 MB each)."""
 
 WINOGRAD_BAND_TILES = 512
 """2×2 output tiles per band of a Winograd phase: a band's transformed inputs and products stay in cache."""
-
-# Winograd's minimal filtering F(2, r) (Lavin & Gray 2016) in integers: r → (Bᵀ (α×α), the filter
-# transform scaled to integers (α×r), Aᵀ (2×α), log2 of that scale), α = r + 1. Two outputs
-# y = Aᵀ[(G g) ⊙ (Bᵀ d)] of the correlation of α inputs d with r taps g.
-_WINOGRAD_TRANSFORMS = {
-    2: (((1, -1, 0), (0, 1, 0), (0, -1, 1)), ((1, 0), (1, 1), (0, 1)), ((1, 1, 0), (0, 1, 1)), 0),
-    3: (((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)), ((2, 0, 0), (1, 1, 1), (1, -1, 1), (0, 0, 2)),
-        ((1, 1, 1, 0), (0, 1, -1, -1)), 1),
-}
-
-
-def _terms(row) -> tuple:
-    """The (index, ±1) pairs of a transform row's non-zero entries."""
-    return tuple((k, c) for k, c in enumerate(row) if c)
-
-
-@dataclass
-class _WinogradPhase:
-    """One phase (a stride-1 correlation with ``ry`` × ``rx`` taps at offsets ``dy0..``, ``dx0..``) as
-    Winograd's F(2×2, ry×rx): each 2×2 block of outputs from an α_y × α_x patch of inputs with
-    α_y·α_x products instead of 4·ry·rx (16 instead of 36 for 3×3 taps, 49 instead of 100 over a
-    5×5 upsampling's four phases).
-
-    Why: on a CPU without exact int8 kernels the decoder's widest layers are
-    float64 products; Winograd's transforms trade products for additions. With
-    integer transforms (the filter transform scaled by 2 per F(2, 3) side, so
-    the sum comes out ×2^log2, a power of two folded into the rounding's
-    shift) every transformed input, weight, product and sum is an integer, and
-    ``bound`` proves every one stays below 2^53: the same integers as the taps.
-
-    ``weights``: (α_y, α_x, cout, cin), the transformed filters ``U_ij``;
-    ``bias``: the layer's bias with the rounding's half, ×2^log2, (cout, 1).
-    """
-
-    ry: int
-    rx: int
-    dy0: int
-    dx0: int
-    weights: torch.Tensor
-    bias: torch.Tensor
-    log2: int
-
-    def __post_init__(self):
-        bt_y, _, at_y, _ = _WINOGRAD_TRANSFORMS[self.ry]
-        bt_x, _, at_x, _ = _WINOGRAD_TRANSFORMS[self.rx]
-        self.input_rows = tuple(_terms(r) for r in bt_y)  # Bᵀ along rows, then along columns
-        self.input_cols = tuple(_terms(r) for r in bt_x)
-        self.output_rows = tuple(_terms(r) for r in at_y)  # Aᵀ
-        self.output_cols = tuple(_terms(r) for r in at_x)
-        # The product U_11 V_11 enters every output with +1 (Aᵀ's second column is (1, 1) for r = 2 and 3):
-        # the bias joins it, in the product itself.
-        assert all(dict(t).get(1) == 1 for t in self.output_rows + self.output_cols)
-
-    @classmethod
-    def of(cls, offsets, weights: torch.Tensor, bias_half: torch.Tensor) -> "_WinogradPhase | None":
-        """From a phase's tap offsets and weights (cout, taps·cin); None where its taps are not a 2- or 3-wide
-        rectangle or a sum could reach 2^53."""
-        dys, dxs = sorted({dy for dy, _ in offsets}), sorted({dx for _, dx in offsets})
-        ry, rx = len(dys), len(dxs)
-        if (ry not in _WINOGRAD_TRANSFORMS or rx not in _WINOGRAD_TRANSFORMS or len(offsets) != ry * rx
-                or dys != list(range(dys[0], dys[0] + ry)) or dxs != list(range(dxs[0], dxs[0] + rx))):
-            return None
-        cout, cin = weights.shape[0], weights.shape[1] // len(offsets)
-        taps = weights.new_empty(ry, rx, cout, cin)
-        for j, (dy, dx) in enumerate(offsets):
-            taps[dy - dys[0], dx - dxs[0]] = weights[:, j * cin:(j + 1) * cin]
-        (bt_y, g_y, at_y, log2_y), (bt_x, g_x, at_x, log2_x) = _WINOGRAD_TRANSFORMS[ry], _WINOGRAD_TRANSFORMS[rx]
-        g_y, g_x = (torch.tensor(g, dtype=torch.float64) for g in (g_y, g_x))
-        u = torch.einsum("ia,jb,aboc->ijoc", g_y, g_x, taps).contiguous()  # small integers: exact
-        bias = bias_half * 2.0 ** (log2_y + log2_x)
-        # Every partial sum, of a product or of the output transform, is at most Σ_ij |Aᵀ|·‖U_ij row‖₁ times
-        # the largest transformed input (Bᵀ rows add two inputs: ≤ 4·ACT_LIMIT), plus the bias.
-        largest_input = (max(sum(map(abs, r)) for r in bt_y) * max(sum(map(abs, r)) for r in bt_x) * ACT_LIMIT)
-        spread = torch.tensor([[max(abs(a[i]) for a in at_y) * max(abs(b[j]) for b in at_x)
-                                for j in range(rx + 1)] for i in range(ry + 1)], dtype=torch.float64)
-        bound = float((spread[:, :, None] * u.abs().sum(3)).sum((0, 1)).max()) * largest_input
-        if bound + float(bias.abs().max()) >= EXACT_LIMIT:
-            return None
-        return cls(ry, rx, dys[0], dxs[0], u, bias, log2_y + log2_x)
-
-    def band(self, padded: torch.Tensor, row: int, col: int, tiles_y: int, tiles_x: int, buffers) -> list:
-        """The four output blocks [y00, y01, y10, y11] (cout, tiles_y·tiles_x) (output (2t + a, 2u + b) of tile
-        (t, u)), ×2^log2 and with the bias, of ``tiles_y`` × ``tiles_x`` tiles whose first patch starts at
-        (``row`` + dy0, ``col`` + dx0) in ``padded`` (cin, H, W); ``buffers``: from :func:`_winograd_buffers`."""
-        cin, cout, count = padded.shape[0], self.weights.shape[2], tiles_y * tiles_x
-        e, v, m, z, y = buffers
-        r, c = row + self.dy0, col + self.dx0
-        rows = 2 * tiles_y + self.ry - 1
-        # Bᵀ along the columns: E_j = Σ_b Bᵀ[j, b]·d[:, :, 2u + b] for every row the band's patches cover.
-        cols = [_combine([(k, padded[:, r:r + rows, c + b:c + b + 2 * tiles_x - 1:2]) for b, k in t],
-                         e[j, :cin * rows * tiles_x].view(cin, rows, tiles_x))
-                for j, t in enumerate(self.input_cols)]
-        out = [y[k, :cout * count].view(cout, count) for k in range(4)]
-        for i, rows_i in enumerate(self.input_rows):
-            products = []
-            for j, col_j in enumerate(cols):
-                # Bᵀ along the rows gives V_ij; then M_ij = U_ij V_ij (K = cin, the long dimension).
-                v_ij = _combine([(k, col_j[:, p:p + 2 * tiles_y - 1:2]) for p, k in rows_i],
-                                v[:cin * count].view(cin, tiles_y, tiles_x)).view(cin, count)
-                m_j = m[j, :cout * count].view(cout, count)
-                if (i, j) == (1, 1):
-                    torch.addmm(self.bias, self.weights[i, j], v_ij, out=m_j)
-                else:
-                    torch.mm(self.weights[i, j], v_ij, out=m_j)
-                products.append(m_j)
-            # Aᵀ along the columns gives Z_ib; Aᵀ along the rows adds it into the outputs it reaches.
-            for b, t in enumerate(self.output_cols):
-                z_b = _combine([(k, products[j]) for j, k in t], z[b, :cout * count].view(cout, count))
-                for a, t_a in enumerate(self.output_rows):
-                    k = dict(t_a).get(i)
-                    if k is None:
-                        continue
-                    target = out[2 * a + b]
-                    if i == t_a[0][0]:  # this output's first contribution
-                        target.copy_(z_b) if k == 1 else torch.neg(z_b, out=target)
-                    else:
-                        target.add_(z_b, alpha=k)
-        return out
-
-
-def _combine(terms, out: torch.Tensor) -> torch.Tensor:
-    """``out`` = Σ k·t over ``terms`` (k, t), every k ±1: a transform row, one pass per term after the first."""
-    (k0, t0), rest = terms[0], terms[1:]
-    if not rest:
-        return out.copy_(t0) if k0 == 1 else torch.neg(t0, out=out)
-    k1, t1 = rest[0]
-    if k0 == 1:
-        torch.add(t0, t1, alpha=k1, out=out)
-    elif k1 == 1:
-        torch.add(t1, t0, alpha=k0, out=out)
-    else:
-        torch.add(t0, t1, out=out).neg_()
-    for k, t in rest[1:]:
-        out.add_(t, alpha=k)
-    return out
 
 
 def _correlate_by_winograd(a: torch.Tensor, taps: _Taps, shift: int, epilogue: "_IntInverseGDN | None" = None,
@@ -488,7 +354,8 @@ def _conv_transpose_by_columns(a: torch.Tensor, conv: _IntConv, store: torch.dty
     rows = max(1, COLUMN_POSITIONS // w)
     out = a.new_empty(n, cout, s * h, s * w, dtype=store)
     for i in range(n):
-        acc = a.new_zeros(cout, s * h + k, s * w + k, dtype=torch.float64)  # output row o = s·i + ky − p sits at row o + p
+        # Output row o = s·i + ky − p sits at row o + p.
+        acc = a.new_zeros(cout, s * h + k, s * w + k, dtype=torch.float64)
         flat = a[i].reshape(cin, h * w)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
