@@ -195,6 +195,23 @@ def test_programs_store_float32_between_layers_and_return_float64(net):
     assert out.dtype == torch.float64 and torch.equal(out, program.run(a))
 
 
+def test_winograd_phase_takes_2_or_3_wide_rectangles_of_taps_only():
+    from vaecodec.winograd import WinogradPhase
+
+    w = torch.ones(4, 6 * 5, dtype=torch.float64)  # 4 outputs, up to 6 taps of 5 inputs
+    bias = torch.zeros(4, 1, dtype=torch.float64)
+
+    def phase(offsets):
+        return WinogradPhase.of(offsets, w[:, :5 * len(offsets)], bias, 2.0**20, 2.0**53)
+
+    rectangle = phase([(dy, dx) for dy in (-1, 0) for dx in (-1, 0, 1)])
+    assert rectangle is not None and (rectangle.ry, rectangle.rx, rectangle.dy0, rectangle.dx0) == (2, 3, -1, -1)
+    assert rectangle.weights.shape == (3, 4, 4, 5) and rectangle.log2 == 1
+    assert phase([(0, 0)]) is None  # one tap: nothing to save
+    assert phase([(0, 0), (0, 1), (1, 0)]) is None  # not a rectangle
+    assert phase([(dy, dx) for dy in (0, 1) for dx in (0, 2)]) is None  # a gap between the columns
+
+
 def test_winograd_is_refused_where_a_sum_could_reach_2_53(monkeypatch):
     from vaecodec import fixedpoint
     from vaecodec.fixedpoint import _IntConv
