@@ -14,7 +14,8 @@ CPU without exact int8 kernels: Winograd for layers of at least
 (every layer whose taps allow it: the evidence for that threshold). On one Kodak image's real ŷ and ẑ (quality
 75) it times each form at 1 thread, ``--rounds`` rounds with the forms
 interleaved, and reports each one's median CPU time and the median of the
-paired differences to the first form. Pairing within one process is the point:
+paired differences to the first form, and the minor page faults a run takes
+(the process's ``ru_minflt``: fresh memory mapped and touched). Pairing within one process is the point:
 on this project's shared machine separate runs of ``speed.py`` differ by
 ±20 % (``results/speed-avx2-runs/``), more than what is measured here.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -85,20 +87,23 @@ def main() -> None:
         assert all(torch.equal(outs[0], o) for o in outs[1:]), name
 
     times = {(name, form): [] for name in programs for form in forms}
+    faults = {(name, form): [] for name in programs for form in forms}
     for _ in range(args.rounds):
         for name, by_form in programs.items():
             for form, program in by_form.items():
                 a = inputs[name].clone()
-                t = time.process_time()
+                f, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
                 program.run(a)
                 times[name, form].append(1e3 * (time.process_time() - t))
+                faults[name, form].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
     rows = []
     for name in programs:
         base = np.array(times[name, "taps, float64"])
         for form in forms:
             ms = np.array(times[name, form])
             rows.append({"program": name, "form": form, "median_cpu_ms": float(np.median(ms)),
-                         "min_cpu_ms": float(ms.min()), "median_paired_diff_ms": float(np.median(ms - base))})
+                         "min_cpu_ms": float(ms.min()), "median_paired_diff_ms": float(np.median(ms - base)),
+                         "median_minor_page_faults": float(np.median(faults[name, form]))})
     result = {"command": "python benchmarks/exact_paths.py " + " ".join(sys.argv[1:]),
               "model": f"{m.model_id} {m.weight_hash.hex()}", "image": Path(args.image).name, "quality": 75,
               "rounds": args.rounds, "platform": platform.platform(), "int8_kernels": int_mm_pays(),
@@ -106,7 +111,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for r in rows:
         print(f"{r['program']:16s} {r['form']:37s} median {r['median_cpu_ms']:6.1f} ms  min {r['min_cpu_ms']:6.1f}  "
-              f"paired vs taps/float64 {r['median_paired_diff_ms']:+6.1f} ms")
+              f"paired vs taps/float64 {r['median_paired_diff_ms']:+6.1f} ms  page faults {r['median_minor_page_faults']:.0f}")
     print(f"wrote {args.out}")
 
 
