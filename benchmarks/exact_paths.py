@@ -5,7 +5,7 @@
         [--out benchmarks/results/exact-paths.json]
 
 Builds the shipped model's exact programs (the hyper-synthesis, run on both
-sides of the coder, and the synthesis) in three forms that give the same
+sides of the coder, and the synthesis) in four forms that give the same
 integers (checked): ``taps, float64`` (the taps path everywhere, every step's
 output float64: the decoder before these two changes), ``taps, float32
 between``, ``Winograd, float32 between`` (what the decoder runs now on a

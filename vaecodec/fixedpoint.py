@@ -291,7 +291,9 @@ def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Ten
     (:class:`~vaecodec.intmm.DigitMatrix`). Rows are computed on the padded
     width and the extra columns dropped when the phase is written into its
     interleaved place. Every value is an integer sum below 2^53 (the layer's
-    bound), so the result equals torch's kernel's exactly, on either path.
+    bound), so the result equals torch's kernel's exactly, on either path. A
+    layer with Winograd phases runs them instead on the float64 path
+    (:func:`_correlate_by_winograd`). ``store``: the output's dtype (see :class:`_Step`).
     """
     on_int8 = taps.digits is not None and int_mm_pays()
     if taps.winograd is not None and not on_int8:
@@ -474,13 +476,15 @@ class _Step:
     """What :meth:`FixedPointProgram.run` calls: a layer, or a convolution by taps with the inverse GDN after it
     applied to each band while in cache (``epilogue``: the same integers as one layer after the other).
 
-    ``store``: the dtype of the step's output. Between a program's layers it is
-    float32, which holds the activations' integers (|a| ≤ 2^20 < 2^24) exactly in
-    half the memory: the widest activations (64 channels at half the output
-    resolution, 25 MB for a Kodak image instead of 50) are written and read at
+    ``store``: the dtype of a convolution step's output (a ReLU keeps its input's,
+    a lone inverse GDN gives float64). Between a program's layers it is float32,
+    which holds the activations' integers (|a| ≤ 2^20 < 2^24) exactly in half
+    the memory: the widest activations (64 channels at half the output
+    resolution, 24 MiB for a Kodak image instead of 48) are written and read at
     half the bandwidth, and stay under glibc's largest mmap threshold, so their
-    memory is reused instead of freshly mapped and page-faulted on every call.
-    Every product still runs in float64; the last step stores float64.
+    memory is reused instead of freshly mapped and page-faulted on every call
+    (``benchmarks/exact_paths.py`` counts the page faults). The products still
+    run in float64 (or as exact int8 digits); the last step stores float64.
     """
 
     layer: "_IntConv | _IntReLU | _IntInverseGDN"

@@ -1,8 +1,8 @@
 """The 8-bit synthesis transform: trained as it will be decoded, decoded in exact integers.
 
 Why: the exact float64 program of :mod:`vaecodec.fixedpoint` (14-bit weights,
-activations up to 21 bits) is most of a decoder's time, and its cost is memory
-traffic over float64 tensors. With 8-bit activations and weights every product
+activations up to 21 bits) is most of a decoder's time, and its cost is float64
+products and the memory traffic around them. With 8-bit activations and weights every product
 of the synthesis is an int8 × int8 → int32 matrix product, the kind CPUs run
 fastest, and still exact on any machine: integer sums do not depend on
 summation order, kernel or thread count.
