@@ -52,6 +52,23 @@ def _macs(layer, a_shape, out_shape) -> int:
     return int(weight.numel() * np.prod(out_shape[2:]))
 
 
+def real_inputs(model, image: str, quality: int = 75):
+    """The exact programs' inputs for one image: (ẑ in fixed point, for the hyper-synthesis; ŷ, for the
+    synthesis), quantized around the hyperprior's means at ``quality``: realistic values for timing, not a
+    file's. The image's sides must be multiples of 64 (Kodak's are)."""
+    import torch
+    from PIL import Image
+
+    from vaecodec.fixedpoint import to_fixed
+
+    with Image.open(image) as im:
+        pixels = np.asarray(im.convert("RGB")).copy()
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    y, z = model.analyze(x)
+    params = model.hyper_decode(z)
+    return to_fixed(z.double()), model.dequantize(model.quantize(y, params, quality), params, quality)
+
+
 def _on_winograd(layer) -> bool:
     """Whether the step multiplies in Winograd's domain here (where int8 kernels pay, digits go first)."""
     from vaecodec.intmm import int_mm_pays
@@ -72,22 +89,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from PIL import Image
-
     from vaecodec.api import Codec
-    from vaecodec.fixedpoint import to_fixed
     from vaecodec.intmm import int_mm_pays
 
-    codec = Codec(args.model)
-    m = codec.model
-    with Image.open(args.image) as im:
-        pixels = np.asarray(im.convert("RGB"))
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
-    y, z = m.analyze(x)  # Kodak's sizes are multiples of 64: no padding needed
-    params = m.hyper_decode(z)
-    q = m.quantize(y, params, 75)  # around the hyperprior's means: realistic ŷ for timing, not the file's
-    y_hat = m.dequantize(q, params, 75)
-    z_fixed = to_fixed(z.double())
+    m = Codec(args.model).model
+    z_fixed, y_hat = real_inputs(m, args.image)
 
     def steps_of(program, a, name):
         rows = []

@@ -48,23 +48,17 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from PIL import Image
-
+    from decoder_layers import real_inputs  # benchmarks/, beside this script
     from vaecodec import fixedpoint
     from vaecodec.api import Codec
-    from vaecodec.fixedpoint import FixedPointProgram, to_fixed
+    from vaecodec.fixedpoint import FixedPointProgram
     from vaecodec.intmm import int_mm_pays
 
     codec = Codec(args.model)
     m = codec.model
     net = m.float_network()
-    with Image.open(args.image) as im:
-        pixels = np.asarray(im.convert("RGB")).copy()
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
-    y, z = m.analyze(x)
-    params = m.hyper_decode(z)
-    y_hat = m.dequantize(m.quantize(y, params, 75), params, 75)
-    inputs = {"hyper-synthesis": to_fixed(z.double()), "synthesis": y_hat}
+    z_fixed, y_hat = real_inputs(m, args.image)  # the same inputs decoder_layers.py times
+    inputs = {"hyper-synthesis": z_fixed, "synthesis": y_hat}
 
     def build(seq, min_in_channels: int | None, float32_between: bool) -> FixedPointProgram:
         saved = fixedpoint.WINOGRAD_MIN_IN_CHANNELS
