@@ -259,6 +259,51 @@ def test_the_channel_context_convolution_reads_its_own_colour_exactly(parity):
     assert torch.equal(conv_of_checkerboard_at(layer, a, positions, same_colour=True)[0], full[0][:, own])
 
 
+def test_the_checkerboard_convolution_refuses_positions_of_both_colours():
+    from vaecodec.fixedpoint import _IntConv, conv_of_checkerboard_at
+
+    layer = _IntConv(weight=torch.ones(2, 3, 3, 3, dtype=torch.float64), bias=torch.zeros(2, dtype=torch.float64),
+                     shift=0, stride=1, padding=1, output_padding=0, transposed=False)
+    with pytest.raises(ValueError, match="one colour"):
+        conv_of_checkerboard_at(layer, torch.zeros(1, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_analysis_gdn_in_place_by_bands_equals_its_forward(monkeypatch, dtype):
+    """SimplifiedGDN.forward_ on channels-last input (the encoder's analysis) normalizes band by band, a
+    last band shorter than the others; NCHW input takes the convolution. Both give forward's values."""
+    from vaecodec import model
+    from vaecodec.model import SimplifiedGDN
+
+    torch.manual_seed(5)
+    gdn = SimplifiedGDN(6)
+    with torch.no_grad():
+        gdn.gamma.add_(0.05 * torch.rand(6, 6))
+        gdn.beta.mul_(torch.rand(6) + 0.5)
+    gdn = gdn.to(dtype)
+    x = torch.randn(2, 6, 5, 7).to(dtype)
+    monkeypatch.setattr(model, "GDN_BAND_POSITIONS", 16)  # 70 positions: bands of 16, the last of 6
+    with torch.no_grad():
+        expected = gdn(x)
+        banded = gdn.forward_(x.clone(memory_format=torch.channels_last))
+        plain = gdn.forward_(x.clone())
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-2)
+    assert banded.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(banded, expected, **tolerance)
+    torch.testing.assert_close(plain, expected, **tolerance)
+
+
+def test_synthesis_output_becomes_pixels_exactly_in_place():
+    from vaecodec.coding_model import _to_pixels_
+    from vaecodec.fixedpoint import ACT_LIMIT, round_shift
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.randint(-ACT_LIMIT, ACT_LIMIT + 1, (5000,), generator=g).double(),
+                   torch.arange(-4096.0, 4096.0 * 2), torch.tensor([-ACT_LIMIT, ACT_LIMIT], dtype=torch.float64)])
+    expected = round_shift(x * 255.0, ACT_FRAC_BITS).clamp_(0, 255)
+    assert torch.equal(_to_pixels_(x), expected) and torch.equal(x, expected)
+
+
 def test_channel_slices_start_as_the_checkerboard_and_are_checked():
     from vaecodec.model import ChannelCheckerboardModel, CheckerboardModel
 

@@ -395,6 +395,12 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     are exact in any order, so the values equal the full convolution's. A
     channel context reads its own pass's colour: the taps at an even offset
     (5 of a 3×3 kernel's 9).
+
+    The gather is whole rows of contiguous copies, not an index per input: along
+    a row the positions of one colour are every second column, so split by
+    column parity every tap reads a contiguous run of its half for all of a
+    row's positions (faster than one index per tap and position, and the same
+    words: ``benchmarks/coding_paths.py`` pairs the two).
     """
     _, c, k, _ = layer.weight.shape
     if layer.transposed or layer.stride != 1 or k % 2 == 0 or layer.padding != k // 2:
@@ -405,18 +411,33 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     if len(positions) == 0:
         return a.new_empty(1, layer.weight.shape[0], 0)
     p = k // 2
-    wp = w + 2 * p
-    rows = positions // w
+    rows, cols = positions // w, positions % w
     r0, r1 = int(rows.min()), int(rows.max()) + 1
-    # Only the rows these positions read (r0 − p .. r1 + p), zero-padded: memory follows the positions asked for.
+    colour = int(rows[0] + cols[0]) % 2  # of y + x at the positions asked for
+    if not bool(((rows + cols) % 2 == colour).all()):
+        raise ValueError("conv_of_checkerboard_at takes positions of one colour of the checkerboard")
+    # Only the rows these positions read (r0 − p .. r1 + p), zero-padded (one more column on the right, so
+    # every row's slices below have the same length), split by column parity: memory follows the positions.
     band = a[0, :, max(0, r0 - p):min(h, r1 + p)]
-    flat = F.pad(band, (p, p, max(0, p - r0), max(0, r1 + p - h))).reshape(c, -1)
-    base = (rows - r0) * wp + positions % w  # the band's (row, col) for tap (0, 0) is (y − p, x − p)
-    parity = 0 if same_colour else 1  # tap (ky, kx) is at offset (ky − p, kx − p), of the parity of ky + kx
-    taps, weights = layer.checkerboard_taps(parity)
-    # One gather for every tap: (c, taps, positions), read as (c·taps, positions), the weights' order.
-    inputs = flat[:, (taps[:, 0, None] * wp + taps[:, 1, None]) + base].reshape(c * len(taps), -1)
-    acc = torch.addmm(layer.bias[:, None], weights, inputs)
+    padded = F.pad(band, (p, p + 1, max(0, p - r0), max(0, r1 + p - h)))
+    halves = (padded[:, :, 0::2].contiguous(), padded[:, :, 1::2].contiguous())
+    # Row y's positions of this colour are x = first(y) + 2j, j < count = ⌈w/2⌉ (one past the row's end where
+    # w is odd: computed, then dropped). Tap (ky, kx) reads padded column first(y) + kx + 2j: in one of the
+    # halves, a contiguous run of columns. So the taps' inputs for every such position of the rows are
+    # copied tap by tap and row parity, whole rows at a time: (c, taps, rows, count), read as (c·taps,
+    # rows·count), the weights' order.
+    taps, weights = layer.checkerboard_taps(1 if not same_colour else 0)  # tap parity: ky + kx, as dy + dx
+    n_rows, count = r1 - r0, (w + 1) // 2
+    inputs = torch.empty(c, len(taps), n_rows, count, dtype=torch.float64)
+    for e in range(min(2, n_rows)):  # rows r0 + e, r0 + e + 2, …
+        first = (colour - r0 - e) % 2
+        for t, (ky, kx) in enumerate(taps.tolist()):
+            start = first + kx
+            inputs[:, t, e::2] = halves[start % 2][:, ky + e:ky + n_rows:2, start // 2:start // 2 + count]
+    acc = torch.addmm(layer.bias[:, None], weights, inputs.view(c * len(taps), n_rows * count))
+    wanted = (rows - r0) * count + (cols - (colour - rows) % 2) // 2
+    if len(positions) != n_rows * count or not bool((wanted == torch.arange(len(positions))).all()):
+        acc = acc[:, wanted]  # a chunk's partial first and last rows, or the extra column of an odd width
     return _round_shift_(acc, layer.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)[None]
 
 

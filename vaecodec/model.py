@@ -162,11 +162,33 @@ class SimplifiedGDN(nn.Module):
         return x * norm if self.inverse else x / norm
 
     def forward_(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` overwriting ``x`` (inference, no autograd): the same values with one large
-        tensor fewer (the encoder's first GDN, at half resolution, ran 39 ms → ~15 ms on a Kodak image)."""
+        """:meth:`forward` overwriting ``x`` (inference, no autograd): the same values without a tensor as large
+        as ``x``. A channels-last ``x`` (the encoder's analysis) is normalized ``GDN_BAND_POSITIONS``
+        positions at a time, each band's norm one matrix product ``|x| Γᵀ + β`` while the band is in cache.
+
+        Why: torch runs this 1×1 convolution on channels-last input by its slow
+        reference kernel, and ``|x|`` and the norm were two fresh tensors as large as
+        ``x``. By bands the analysis gives the same latents in less time
+        (``benchmarks/coding_paths.py``).
+        """
         beta, gamma = self.effective_params()
-        norm = F.conv2d(x.abs(), gamma[:, :, None, None], beta)
-        return x.mul_(norm) if self.inverse else x.div_(norm)
+        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+            norm = F.conv2d(x.abs(), gamma[:, :, None, None], beta)
+            return x.mul_(norm) if self.inverse else x.div_(norm)
+        positions = x.permute(0, 2, 3, 1).view(-1, x.shape[1])  # channels-last memory as (n·h·w, c), no copy
+        gamma_t = gamma.t().contiguous()
+        band = min(GDN_BAND_POSITIONS, positions.shape[0])
+        magnitude, norm = x.new_empty(band, x.shape[1]), x.new_empty(band, x.shape[1])
+        for p0 in range(0, positions.shape[0], band):
+            part = positions[p0:p0 + band]
+            k = part.shape[0]
+            torch.addmm(beta, torch.abs(part, out=magnitude[:k]), gamma_t, out=norm[:k])
+            part.mul_(norm[:k]) if self.inverse else part.div_(norm[:k])
+        return x
+
+
+GDN_BAND_POSITIONS = 4096
+"""Positions per band of :meth:`SimplifiedGDN.forward_` on channels-last input (1 MB of |x| at 64 channels)."""
 
 
 def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
