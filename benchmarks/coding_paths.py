@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""What three exact rewrites save in the coder's stages, paired in one process: context gather, analysis GDN, pixels.
+"""What four exact rewrites save in the coder's stages, paired in one process: context, analysis GDN, last layer, pixels.
 
     python benchmarks/coding_paths.py [--model FILE] [--image kodim23.png] [--rounds 12] \
         [--out benchmarks/results/coding-paths.json]
 
-Three pairs of forms that give the same numbers, each timed on a whole stage of
+Four pairs of forms that give the same numbers, each timed on a whole stage of
 coding one Kodak image at 1 thread (quality 50), ``--rounds`` rounds with
 the two forms interleaved; reported: each form's median CPU time, the median
 of the paired differences (library − reference), and ``same_result``. Pairing within one process is the
@@ -23,8 +23,12 @@ point: on this project's shared machine separate runs of ``speed.py`` differ by
   below, the library's form before); new: :meth:`SimplifiedGDN.forward_` as it
   is, a matrix product per band of positions. Checked: the same latents
   (the same float32 values).
-* **Synthesis** (the exact synthesis of the image's ŷ into uint8 pixels).
-  Reference: the output scaled to pixels by ``round_shift(x·255)`` into fresh
+* **Synthesis, last layer** (the exact synthesis of the image's ŷ into uint8
+  pixels). Reference: the 3-channel upsampling's columns added where each tap
+  lands by k² strided additions per band (``strided_columns`` below, the
+  library's form before); new: ``fixedpoint._conv_transpose_by_columns`` as it
+  is, torch's col2im (``F.fold``) per band. Checked: the same pixels.
+* **Synthesis, pixels** (the same stage). Reference: the output scaled to pixels by ``round_shift(x·255)`` into fresh
   tensors (``fresh_pixels`` below, the library's form before); new:
   ``coding_model._to_pixels_``, in place. Checked: the same pixels.
 """
@@ -72,6 +76,33 @@ def conv_gdn_(self, x):
     beta, gamma = self.effective_params()
     norm = F.conv2d(x.abs(), gamma[:, :, None, None], beta)
     return x.mul_(norm) if self.inverse else x.div_(norm)
+
+
+def strided_columns(a, conv, store=None):
+    """The 3-channel transposed convolution's columns added tap by tap (the reference form)."""
+    import torch
+
+    from vaecodec.fixedpoint import ACT_LIMIT, COLUMN_POSITIONS
+
+    store = store or torch.float64
+    n, cin, h, w = a.shape
+    s, p, k = conv.stride, conv.padding, conv.weight.shape[2]
+    cout = conv.weight.shape[1]
+    rows = max(1, COLUMN_POSITIONS // w)
+    out = a.new_empty(n, cout, s * h, s * w, dtype=store)
+    for i in range(n):
+        acc = a.new_zeros(cout, s * h + k, s * w + k, dtype=torch.float64)
+        flat = a[i].reshape(cin, h * w)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            columns = (conv._columns @ flat[:, r0 * w:r1 * w].to(torch.float64)).view(cout, k, k, r1 - r0, w)
+            for ky in range(k):
+                for kx in range(k):
+                    acc[:, s * r0 + ky:s * r1 + ky:s, kx:kx + s * w:s] += columns[:, ky, kx]
+        mine = acc[:, p:p + s * h, p:p + s * w].add_(conv._bias_half[:, :, None])
+        mine.mul_(2.0**-conv.shift).floor_()
+        out[i] = mine.clamp_(-ACT_LIMIT, ACT_LIMIT)
+    return out
 
 
 def fresh_pixels(x):
@@ -129,7 +160,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from vaecodec import coding_model, entropy
+    from vaecodec import coding_model, entropy, fixedpoint
     from vaecodec.api import Codec
     from vaecodec.image import load_pixels, to_model_input
     from vaecodec.latent_codec import Latents
@@ -160,6 +191,9 @@ def main() -> None:
     analysis = compare(SimplifiedGDN, "forward_",
                        {"1×1 convolution (reference)": conv_gdn_, "banded product (library)": None},
                        lambda: m.analyze(x)[0], torch.equal, args.rounds)
+    last_layer = compare(fixedpoint, "_conv_transpose_by_columns",
+                         {"strided additions (reference)": strided_columns, "col2im (library)": None},
+                         lambda: m.synthesize(y_hat), np.array_equal, args.rounds)
     synthesis = compare(coding_model, "_to_pixels_",
                         {"fresh tensors (reference)": fresh_pixels, "in place (library)": None},
                         lambda: m.synthesize(y_hat), np.array_equal, args.rounds)
@@ -176,11 +210,13 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "latent_stages_push_and_pop": latents,
         "analysis": analysis,
+        "synthesis_last_layer": last_layer,
         "synthesis": synthesis,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    for stage, what in (("latent_stages_push_and_pop", "words"), ("analysis", "latents"), ("synthesis", "pixels")):
+    for stage, what in (("latent_stages_push_and_pop", "words"), ("analysis", "latents"),
+                        ("synthesis_last_layer", "pixels"), ("synthesis", "pixels")):
         for name, r in result[stage].items():
             if isinstance(r, dict):
                 print(f"{stage}: {name}: median {r['median_cpu_ms']:.1f} ms, paired "

@@ -346,9 +346,11 @@ def _conv_transpose_by_columns(a: torch.Tensor, conv: _IntConv, store: torch.dty
     ordinary product with the input channels as its inner dimension) hold all
     the products, and output ``(s·i + ky − p, s·j + kx − p)`` is the sum of
     column ``(c, ky, kx)`` at input ``(i, j)`` over the taps that land there:
-    k² strided additions per band into one padded accumulator. Integer sums
-    below 2^53 (the layer's bound), so the values equal torch's kernel's in
-    any order of bands and taps.
+    torch's col2im (``F.fold``) per band, added into one padded accumulator
+    (faster than k² strided additions per band, the same integers:
+    ``benchmarks/coding_paths.py`` pairs the two). Integer sums below 2^53 (the
+    layer's bound), so the values equal torch's kernel's in any order of bands
+    and taps.
     """
     n, cin, h, w = a.shape
     s, p, k = conv.stride, conv.padding, conv.weight.shape[2]
@@ -361,10 +363,10 @@ def _conv_transpose_by_columns(a: torch.Tensor, conv: _IntConv, store: torch.dty
         flat = a[i].reshape(cin, h * w)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            columns = (conv._columns @ flat[:, r0 * w:r1 * w].to(torch.float64)).view(cout, k, k, r1 - r0, w)
-            for ky in range(k):
-                for kx in range(k):
-                    acc[:, s * r0 + ky:s * r1 + ky:s, kx:kx + s * w:s] += columns[:, ky, kx]
+            columns = conv._columns @ flat[:, r0 * w:r1 * w].to(torch.float64)
+            # col2im: column (c, ky, kx) at input (i, j) lands on (s·i + ky, s·j + kx) of the band's rows
+            acc[:, s * r0:s * r1 + k - s, :s * w + k - s] += F.fold(
+                columns[None], (s * (r1 - r0) + k - s, s * w + k - s), k, stride=s)[0]
         # floor((Σ + b)·2^-shift + ½) as floor((Σ + b + 2^(shift−1))·2^-shift): the same integers (see _IntConv)
         mine = acc[:, p:p + s * h, p:p + s * w].add_(conv._bias_half[:, :, None])
         mine.mul_(2.0**-conv.shift).floor_()
