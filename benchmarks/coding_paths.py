@@ -21,8 +21,8 @@ point: on this project's shared machine separate runs of ``speed.py`` differ by
 * **Analysis** (the encoder's float analysis transform). Reference: each
   GDN's norm as torch's 1×1 convolution of a fresh ``|x|`` (``conv_gdn_``
   below, the library's form before); new: :meth:`SimplifiedGDN.forward_` as it
-  is, a matrix product per band of positions. Checked: the same latents
-  (the same float32 values).
+  is, a matrix product per band of positions. Checked: whether the latents are
+  the same float32 values (equal up to float rounding in general).
 * **Synthesis, last layer** (the exact synthesis of the image's ŷ into uint8
   pixels). Reference: the 3-channel upsampling's columns added where each tap
   lands by k² strided additions per band (``strided_columns`` below, the
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -199,7 +200,7 @@ def main() -> None:
                         lambda: m.synthesize(y_hat), np.array_equal, args.rounds)
 
     result = {
-        "command": "python benchmarks/coding_paths.py" + (f" --load {args.load}" if args.load else ""),
+        "command": "python benchmarks/coding_paths.py " + shlex.join(sys.argv[1:]),
         "model": f"{m.model_id} {m.weight_hash.hex()}",
         "image": Path(args.image).name,
         "quality": quality,

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -131,7 +132,7 @@ def main() -> None:
              "wall_s_per_step": statistics.median(x["wall_s_per_step"] for x in r),
              "cpu_s_per_step": statistics.median(x["cpu_s_per_step"] for x in r)} for name, r in runs.items()]
     result = {
-        "command": "python benchmarks/train_parallel.py" + (f" --load {args.load!r}" if args.load else ""),
+        "command": "python benchmarks/train_parallel.py " + shlex.join(sys.argv[1:]),
         "checkpoint": Path(args.checkpoint).name,
         "steps": args.steps, "rounds": args.rounds, "cores": os.cpu_count(),
         "environment": "GOMP_SPINCOUNT=1000 (as the training runs)",

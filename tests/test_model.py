@@ -288,6 +288,10 @@ def test_the_analysis_gdn_in_place_by_bands_equals_its_forward(monkeypatch, dtyp
         banded = gdn.forward_(x.clone(memory_format=torch.channels_last))
         plain = gdn.forward_(x.clone())
     tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-2)
+    channels_last = x.clone(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert gdn.forward_(channels_last) is channels_last  # in place: x itself holds the result
+    torch.testing.assert_close(channels_last, expected, **tolerance)
     assert banded.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(banded, expected, **tolerance)
     torch.testing.assert_close(plain, expected, **tolerance)
@@ -365,8 +369,11 @@ def test_the_context_convolution_of_a_checkerboard_is_exact_where_it_is_used(par
     positions = (~anchors).reshape(-1).nonzero().squeeze(1)
     sparse = conv_of_checkerboard_at(layer, a, positions)
     assert torch.equal(sparse[0], full[0][:, ~anchors])
-    for part in (slice(5, 9), slice(20, 31), slice(-3, None)):  # chunks: only their rows are read
+    for part in (slice(5, 9), slice(20, 31), slice(-3, None), slice(2, 4)):  # chunks: only their rows are read
         assert torch.equal(conv_of_checkerboard_at(layer, a, positions[part])[0], full[0][:, ~anchors][:, part])
+    # ŷ held as float32 (exact for these integers), and positions in any order: the same values, in that order.
+    order = torch.randperm(len(positions), generator=g)
+    assert torch.equal(conv_of_checkerboard_at(layer, a.float(), positions[order])[0], full[0][:, ~anchors][:, order])
     with pytest.raises(ValueError):
         conv_of_checkerboard_at(replace(layer, stride=2), a, positions)
 

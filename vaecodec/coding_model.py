@@ -123,7 +123,7 @@ def _to_pixels_(x: torch.Tensor) -> torch.Tensor:
 
     ``x·(255·2^-ACT_FRAC_BITS)`` is exact (x is an integer below 2^21, so x·255 has
     under 53 bits and the power of two only moves it): the same integers as
-    ``round_shift(x·255, ACT_FRAC_BITS)``, without its three fresh tensors as large
+    ``round_shift(x·255, ACT_FRAC_BITS)``, without its four fresh tensors as large
     as the image (``benchmarks/coding_paths.py`` times both on a Kodak image).
     """
     return x.mul_(255.0 * 2.0**-ACT_FRAC_BITS).add_(0.5).floor_().clamp_(0, 255)

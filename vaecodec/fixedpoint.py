@@ -331,7 +331,8 @@ def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Ten
 COLUMN_POSITIONS = 4096
 """Input positions per band of a thin transposed convolution: its columns (outputs × k² of them per position,
 75 for the synthesis' last layer) stay ~2.5 MB in float64: timed on that layer against 2048 (more bands, more
-small additions) and 8192 (the product's output leaves the cache), 4096 was the fastest here."""
+small additions) and 8192 (the product's output leaves the cache), 4096 was the fastest here, and again with the
+col2im form against 2048, 8192 and 16384 (scratch timing)."""
 
 
 def _conv_transpose_by_columns(a: torch.Tensor, conv: _IntConv, store: torch.dtype = torch.float64) -> torch.Tensor:
@@ -430,7 +431,7 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     # rows·count), the weights' order.
     taps, weights = layer.checkerboard_taps(1 if not same_colour else 0)  # tap parity: ky + kx, as dy + dx
     n_rows, count = r1 - r0, (w + 1) // 2
-    inputs = torch.empty(c, len(taps), n_rows, count, dtype=torch.float64)
+    inputs = a.new_empty(c, len(taps), n_rows, count, dtype=torch.float64)
     for e in range(min(2, n_rows)):  # rows r0 + e, r0 + e + 2, …
         first = (colour - r0 - e) % 2
         for t, (ky, kx) in enumerate(taps.tolist()):

@@ -162,14 +162,14 @@ class SimplifiedGDN(nn.Module):
         return x * norm if self.inverse else x / norm
 
     def forward_(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` overwriting ``x`` (inference, no autograd): the same values without a tensor as large
-        as ``x``. A channels-last ``x`` (the encoder's analysis) is normalized ``GDN_BAND_POSITIONS``
+        """:meth:`forward` overwriting ``x`` (inference, no autograd): the same values up to float rounding (a
+        matrix product sums in its own order), without a tensor as large as ``x``. A channels-last ``x`` (the encoder's analysis) is normalized ``GDN_BAND_POSITIONS``
         positions at a time, each band's norm one matrix product ``|x| Γᵀ + β`` while the band is in cache.
 
         Why: torch runs this 1×1 convolution on channels-last input by its slow
         reference kernel, and ``|x|`` and the norm were two fresh tensors as large as
-        ``x``. By bands the analysis gives the same latents in less time
-        (``benchmarks/coding_paths.py``).
+        ``x``. By bands the analysis takes less time; on the Kodak image of
+        ``benchmarks/coding_paths.py`` its latents came out bit-identical.
         """
         beta, gamma = self.effective_params()
         if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
