@@ -15,11 +15,15 @@ of two takes 4 or 1), so the same optimisation, only computed differently.
 
 Each arm runs in fresh processes (a training step of the checkpoint's
 architecture: forward, backward, gradient clipping and Adam on seeded crops;
-the data pipeline left out), ``--steps`` steps timed after two warm-ups, in
+the data pipeline left out; its crops are contiguous NCHW, as the crop pool gives them now), ``--steps``
+steps timed after two warm-ups, in
 ``--rounds`` interleaved rounds: wall seconds per step (rank 0, after a
 barrier) and CPU seconds per step, summed over the processes (what the
-training counts as CPU-hours). Times on a shared machine are noisy; compare
-arms within one run.
+training counts as CPU-hours). Two more arms feed each form the same crops as
+a channels-last view, as the crop pool gave them before (a permuted
+(n, h, w, 3) array): torch then keeps every convolution channels-last, where
+the GDNs' 1×1 convolutions take a slow reference kernel. Times on a shared
+machine are noisy; compare arms within one run.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import torch.distributed as dist
 from vaecodec.model import ModelConfig, build_model
 from vaecodec.training.loss import rd_loss, sample_lambdas
 
-checkpoint, threads, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+checkpoint, threads, steps, layout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 torch.set_num_threads(threads)
 if world > 1:
@@ -60,7 +64,9 @@ g = torch.Generator().manual_seed(rank)
 batches = []
 for n, size in ((8, 128), (2, 256)):  # the global batch of a small and of a large step
     n //= world
-    batches.append((torch.rand(n, 3, size, size, generator=g), sample_lambdas(config, n, g)))
+    x = torch.rand(n, 3, size, size, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    batches.append((x, sample_lambdas(config, n, g)))
 
 
 def step(k):
@@ -98,14 +104,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_arm(checkpoint: str, world: int, threads: int, steps: int) -> dict:
+def run_arm(checkpoint: str, world: int, threads: int, steps: int, layout: str = "contiguous") -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), GOMP_SPINCOUNT="1000")
     procs = []
     port = _free_port()
     for rank in range(world):
         e = dict(env, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                  MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-c", CHILD, checkpoint, str(threads), str(steps)], env=e,
+        procs.append(subprocess.Popen([sys.executable, "-c", CHILD, checkpoint, str(threads), str(steps), layout], env=e,
                                       stdout=subprocess.PIPE, text=True))
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -122,13 +128,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train-parallel.json"))
     args = ap.parse_args()
 
-    arms = {"1 process × 2 threads": (1, 2), "2 processes × 1 thread (DDP)": (2, 1)}
+    arms = {"1 process × 2 threads": (1, 2, "contiguous"), "2 processes × 1 thread (DDP)": (2, 1, "contiguous"),
+            "1 process × 2 threads, channels-last crops": (1, 2, "channels_last"),
+            "2 processes × 1 thread (DDP), channels-last crops": (2, 1, "channels_last")}
     runs = {name: [] for name in arms}
     for _ in range(args.rounds):
-        for name, (world, threads) in arms.items():
-            runs[name].append(run_arm(args.checkpoint, world, threads, args.steps))
+        for name, (world, threads, layout) in arms.items():
+            runs[name].append(run_arm(args.checkpoint, world, threads, args.steps, layout))
             print(name, runs[name][-1], flush=True)
-    rows = [{"arm": name, "processes": arms[name][0], "threads_per_process": arms[name][1], "runs": r,
+    rows = [{"arm": name, "processes": arms[name][0], "threads_per_process": arms[name][1], "input": arms[name][2],
+             "runs": r,
              "wall_s_per_step": statistics.median(x["wall_s_per_step"] for x in r),
              "cpu_s_per_step": statistics.median(x["cpu_s_per_step"] for x in r)} for name, r in runs.items()]
     result = {

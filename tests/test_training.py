@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -353,3 +354,26 @@ def test_growing_a_channel_context_keeps_the_estimate_and_training_continues(tmp
                           "--slices", "5,5", "--data", str(data)], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "Traceback" not in run.stderr and "sum to" in run.stderr
     assert not (tmp_path / "y.pt").exists()
+
+
+def test_crop_pool_batches_are_contiguous_crops_of_its_images(data):
+    """Contiguous NCHW: a channels-last view would make torch run the whole training step channels-last."""
+    from vaecodec.training.data import CropPool
+
+    pool = CropPool(data, crop=256, crops_per_image=2, seed=3)
+    x = pool.batch(3, 128)
+    assert x.shape == (3, 3, 128, 128) and x.dtype == torch.float32 and x.is_contiguous()
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    # Every sample is a (possibly mirrored) 128² window of one of the pool's crops, scaled to [0, 1].
+    pixels = torch.round(x * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    def window_of(crop, sample) -> bool:  # rows matching the sample's first row, then the whole window
+        for oy in range(crop.shape[0] - 127):
+            runs = np.lib.stride_tricks.sliding_window_view(crop[oy], (128, 3))[:, 0]
+            for ox in np.flatnonzero((runs == sample[0]).all(axis=(1, 2))):
+                if (crop[oy:oy + 128, ox:ox + 128] == sample).all():
+                    return True
+        return False
+
+    for sample in pixels:
+        assert any(window_of(crop, candidate) for crop in pool.crops for candidate in (sample, sample[:, ::-1]))

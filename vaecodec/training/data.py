@@ -48,7 +48,12 @@ class CropPool:
         self.rng = np.random.default_rng(seed)
 
     def batch(self, size: int, patch: int) -> torch.Tensor:
-        """(size, 3, patch, patch) float32 in [0, 1]."""
+        """(size, 3, patch, patch) float32 in [0, 1], contiguous (NCHW).
+
+        Contiguous, not the channels-last view the crops' (h, w, 3) layout gives: torch keeps a
+        convolution's memory format, so that view made the whole training step channels-last, where the
+        GDNs' 1×1 convolutions fall to a slow reference kernel (``benchmarks/train_parallel.py``).
+        """
         n, c = self.crops.shape[0], self.crops.shape[1]
         patch = min(patch, c)
         idx = self.rng.integers(0, n, size)
@@ -58,4 +63,4 @@ class CropPool:
         for k in range(size):
             tile = self.crops[idx[k], oy[k]:oy[k] + patch, ox[k]:ox[k] + patch]
             out[k] = tile[:, ::-1] if self.rng.random() < 0.5 else tile
-        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
