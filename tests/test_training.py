@@ -131,6 +131,100 @@ def test_torchrun_two_processes(tmp_path, data):
     assert state.step == 150  # periodic saves (collectives) were taken together: no rank stopped early
 
 
+def test_adam_is_fused_and_resumes_a_state_saved_unfused():
+    """Checkpoints written by the per-tensor Adam resume on the fused one, moments and step counts kept."""
+    import copy
+
+    from vaecodec.training.loop import make_adam
+
+    torch.manual_seed(0)
+    shapes = [(5, 3), (4,)]
+    before = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    old = torch.optim.Adam(before, lr=1e-2)  # torch's default on the CPU: not fused
+    assert not old.param_groups[0]["fused"]
+
+    def step(params, opt):
+        opt.zero_grad()
+        sum((q.sin() * q).sum() for q in params).backward()
+        opt.step()
+
+    for _ in range(3):
+        step(before, old)
+    after = [torch.nn.Parameter(q.detach().clone()) for q in before]
+    new = make_adam(after, 1e-2, copy.deepcopy(old.state_dict()))  # as from a file: no tensor shared with `old`
+    assert new.param_groups[0]["fused"]
+    for q_old, q_new in zip(before, after):
+        assert torch.equal(new.state[q_new]["exp_avg_sq"], old.state[q_old]["exp_avg_sq"])
+        assert float(new.state[q_new]["step"]) == 3
+    step(before, old)
+    step(after, new)
+    for q_old, q_new in zip(before, after):  # the same update, up to float rounding
+        torch.testing.assert_close(q_new, q_old, rtol=1e-6, atol=1e-7)
+    assert not make_adam(before, 1e-2, new.state_dict()).param_groups[0].get("foreach")  # and back: a valid group
+
+
+def _three_images(tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    for i in range(3):  # an odd count: the shards are uneven
+        Image.fromarray(smooth_image(40 + 8 * i, 56, seed=10 + i)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_sharded_evaluation_gives_the_rows_of_one_process(tmp_path):
+    """Ranks split the evaluation images; the averaged rows equal one process evaluating them all."""
+    from vaecodec.image import image_files
+    from vaecodec.model import build_model
+    from vaecodec.training.evaluate import evaluate_estimate, image_estimates
+
+    folder, lambdas = _three_images(tmp_path), [0.004, 0.03]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**TINY_CB))
+    whole = evaluate_estimate(model, folder, lambdas)
+    files = image_files(folder)
+    shards = [image_estimates(model, files[r::2], lambdas) for r in range(2)]
+    assert [len(s) for s in shards] == [2, 1]
+
+    def gather(mine):
+        assert mine == shards[0]  # this rank's share: images 0 and 2
+        return shards
+
+    assert evaluate_estimate(model, folder, lambdas, shard=(0, 2), gather=gather) == whole
+    assert model.training  # its mode restored
+
+
+DDP_EVAL = """
+import json, sys, torch, torch.distributed as dist
+from vaecodec.model import ModelConfig, build_model
+from vaecodec.training.evaluate import evaluate_estimate
+from vaecodec.training.loop import _gathered
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = build_model(ModelConfig(**json.loads(sys.argv[1])))
+rows = evaluate_estimate(model, sys.argv[2], [0.004, 0.03], shard=(dist.get_rank(), 2), gather=_gathered)
+if dist.get_rank() == 0:
+    json.dump({"sharded": rows, "whole": evaluate_estimate(model, sys.argv[2], [0.004, 0.03])}, open(sys.argv[3], "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not installed")
+def test_torchrun_evaluation_is_shared_by_the_ranks(tmp_path):
+    """Two processes each evaluate part of the images and gather the rest: the rows of one process."""
+    import json
+
+    script, out = tmp_path / "ddp_eval.py", tmp_path / "rows.json"
+    script.write_text(DDP_EVAL)
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29518", str(script), json.dumps(TINY_CB),
+                          str(_three_images(tmp_path)), str(out)],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert rows["sharded"] == rows["whole"] and len(rows["whole"]) == 2
+
+
 def test_widening_keeps_the_function_and_training_continues(tmp_path, data):
     """A hyperprior widened into a checkerboard model reconstructs identically and codes z identically."""
     from vaecodec.model import HyperpriorModel
