@@ -19,9 +19,9 @@ the data pipeline left out; its crops are contiguous NCHW, as the crop pool give
 steps timed after two warm-ups, in
 ``--rounds`` interleaved rounds: wall seconds per step (rank 0, after a
 barrier), CPU seconds per step, summed over the processes (what the
-training counts as CPU-hours), and minor page faults per step (summed too;
-counts, not timings: they do not depend on the machine's load), and the CPU
-seconds of Adam's update alone, summed too. Two more arms feed each form the same crops as
+training counts as CPU-hours), minor page faults per step (summed too), and
+the CPU seconds of Adam's update alone (summed too); each a median over the
+rounds by itself. Two more arms feed each form the same crops as
 a channels-last view, as the crop pool gave them before (a permuted
 (n, h, w, 3) array): torch then keeps every convolution channels-last, where
 the GDNs' 1×1 convolutions take a slow reference kernel. Every arm but one

@@ -160,7 +160,37 @@ def test_adam_is_fused_and_resumes_a_state_saved_unfused():
     step(after, new)
     for q_old, q_new in zip(before, after):  # the same update, up to float rounding
         torch.testing.assert_close(q_new, q_old, rtol=1e-6, atol=1e-7)
-    assert not make_adam(before, 1e-2, new.state_dict()).param_groups[0].get("foreach")  # and back: a valid group
+
+
+def test_a_checkpoint_written_by_the_per_tensor_adam_resumes_fused(tmp_path):
+    """Through the checkpoint file: second moments (stored in bfloat16) and step counts carried, momentum not."""
+    from vaecodec.model import build_model
+    from vaecodec.training.loop import TrainState, make_adam, save_checkpoint
+    from vaecodec.training.loss import rd_loss
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**TINY_CONFIG)
+    model = build_model(cfg)
+    old = torch.optim.Adam(model.parameters(), lr=1e-3)  # how the run's checkpoints were written until step 313,582
+    x, lam = torch.rand(2, 3, 64, 64), torch.tensor([0.01, 0.05])
+    for _ in range(3):
+        old.zero_grad()
+        rd_loss(model, cfg, x, lam)[0].backward()
+        old.step()
+    save_checkpoint(tmp_path / "old.pt", TrainState(cfg, step=3), model, model, old)
+    _, resumed, _, saved = load_checkpoint(tmp_path / "old.pt")
+    assert saved["param_groups"][0]["fused"] is not True
+    new = make_adam(resumed.parameters(), 1e-3, saved)
+    assert new.param_groups[0]["fused"]
+    for q_new, q_old in zip(resumed.parameters(), model.parameters()):
+        state = new.state[q_new]
+        assert float(state["step"]) == 3 and state["step"].device == q_new.device
+        assert torch.equal(state["exp_avg_sq"], old.state[q_old]["exp_avg_sq"].to(torch.bfloat16).float())
+        assert not state["exp_avg"].any()
+    new.zero_grad()
+    rd_loss(resumed, cfg, x, lam)[0].backward()
+    new.step()  # the fused kernel takes the loaded state
+    assert all(float(new.state[q]["step"]) == 4 for q in resumed.parameters())
 
 
 def _three_images(tmp_path):
@@ -175,7 +205,7 @@ def test_sharded_evaluation_gives_the_rows_of_one_process(tmp_path):
     """Ranks split the evaluation images; the averaged rows equal one process evaluating them all."""
     from vaecodec.image import image_files
     from vaecodec.model import build_model
-    from vaecodec.training.evaluate import evaluate_estimate, image_estimates
+    from vaecodec.training.evaluate import evaluate_estimate, image_estimates, interleave
 
     folder, lambdas = _three_images(tmp_path), [0.004, 0.03]
     torch.manual_seed(0)
@@ -191,6 +221,12 @@ def test_sharded_evaluation_gives_the_rows_of_one_process(tmp_path):
 
     assert evaluate_estimate(model, folder, lambdas, shard=(0, 2), gather=gather) == whole
     assert model.training  # its mode restored
+    assert interleave(shards, 3) == image_estimates(model, files, lambdas)  # per image, in folder order
+    assert interleave([["a", "c"], ["b"]], 3) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="same folder"):
+        interleave([["a"], ["b"]], 3)
+    with pytest.raises(ValueError, match="gather"):
+        evaluate_estimate(model, folder, lambdas, shard=(0, 2))
 
 
 DDP_EVAL = """
@@ -217,7 +253,7 @@ def test_torchrun_evaluation_is_shared_by_the_ranks(tmp_path):
     script, out = tmp_path / "ddp_eval.py", tmp_path / "rows.json"
     script.write_text(DDP_EVAL)
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29518", str(script), json.dumps(TINY_CB),
+    run = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), json.dumps(TINY_CB),
                           str(_three_images(tmp_path)), str(out)],
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert run.returncode == 0, run.stderr[-2000:]

@@ -12,7 +12,7 @@ from PIL import Image
 from ..image import image_files, to_model_input
 from ..model import DOWNSAMPLING
 
-__all__ = ["evaluate_estimate", "image_estimates"]
+__all__ = ["evaluate_estimate", "image_estimates", "interleave"]
 
 
 @torch.no_grad()
@@ -33,16 +33,21 @@ def evaluate_estimate(model, folder: str | Path, lambdas: list[float], max_image
     the same as one process evaluating every image.
     """
     rank, world = shard
+    if world > 1 and gather is None:
+        raise ValueError("a shard of the images needs gather (every rank's values)")
     files = image_files(folder)[:max_images]
     mine = image_estimates(model, files[rank::world], lambdas)
-    if world > 1:
-        shards = gather(mine)
-        per_image = [shards[i % world][i // world] for i in range(len(files))]
-    else:
-        per_image = mine
+    per_image = interleave(gather(mine), len(files)) if world > 1 else mine
     return [{"lambda": lam,
              "bpp": float(np.mean([image[k][0] for image in per_image])),
              "psnr": float(np.mean([image[k][1] for image in per_image]))} for k, lam in enumerate(lambdas)]
+
+
+def interleave(shards: list[list], count: int) -> list:
+    """The ``count`` items in their original order, from the shards ``items[r::len(shards)]`` of each rank r."""
+    if sum(map(len, shards)) != count:
+        raise ValueError(f"the ranks evaluated {sum(map(len, shards))} images, not {count}: do they read the same folder?")
+    return [shards[i % len(shards)][i // len(shards)] for i in range(count)]
 
 
 @torch.no_grad()

@@ -170,7 +170,8 @@ def save_checkpoint(path: Path, state: TrainState, model, ema, optimizer) -> Non
     opt = optimizer.state_dict()
     # state_dict() shares the live per-parameter dicts: build copies, never touch the optimizer's own.
     opt["state"] = {
-        i: {k: (v.detach().cpu().to(torch.bfloat16) if k == "exp_avg_sq" else v) for k, v in s.items() if k != "exp_avg"}
+        i: {k: (v.detach().cpu().to(torch.bfloat16) if k == "exp_avg_sq" else v.detach().cpu()) for k, v in s.items()
+            if k != "exp_avg"}  # every tensor on the CPU: the fused Adam keeps its step counts on the parameters' device
         for i, s in opt["state"].items()
     }
     blob = {
@@ -236,6 +237,13 @@ def _all_sum(value: float, device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item())
+
+
+def _gathered(obj) -> list:
+    """``obj`` from every rank, in rank order."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _probe_threads(step_fn, steps: int = 6) -> int:
@@ -470,47 +478,35 @@ class _Run:
     def evaluate(self, folder, lambdas, flush_clocks) -> None:
         flush_clocks()
         # Every rank evaluates its share of the images (the EMA is the same on every rank: DDP keeps the
-        # weights in step); rank 0 records the average.
-        rows = evaluate_estimate(self.ema, folder, lambdas, shard=(self.rank, self.world), gather=_gathered)
+        # weights in step), and every rank gets the rows (gathering waits for all: no barrier needed).
+        rows = evaluate_estimate(self.ema, folder, lambdas, shard=(self.rank, self.world),
+                                 gather=_gathered if self.world > 1 else None)
         if self.rank == 0:
             self.state.history.append({"step": self.state.step, "cpu_hours": self.state.cpu_seconds / 3600,
                                        "gpu_hours": self.state.gpu_seconds / 3600, "phase": self.state.phase,
                                        "precision": self.precision, "estimate": rows})
             self.log("eval " + json.dumps(self.state.history[-1]))
-        if self.world > 1:
-            dist.barrier()
 
 
 def make_adam(params, lr: float, saved: dict | None = None) -> torch.optim.Adam:
-    """The training's Adam, fused where this torch has the kernel for the parameters' device, with the
-    ``saved`` state (``Adam.state_dict()``, as :func:`load_checkpoint` gives it) loaded.
+    """The training's Adam: torch's fused kernel (CPU and CUDA, torch ≥ 2.4), with the ``saved`` state
+    (``Adam.state_dict()``, as :func:`load_checkpoint` gives it) loaded.
 
     Why fused: one kernel updates every parameter instead of a loop of small
     operations per tensor; on this project's CPU the update took 0.017 instead
     of 0.062 CPU-s per step (both processes of the DDP run, of ~0.73;
     ``python benchmarks/train_parallel.py --arms ddp,ddp-fused`` →
-    ``results/train-adam.json``). The same update up to float rounding. A saved state records
-    the kind of the optimizer that wrote it; the kind chosen here wins, so a
-    checkpoint of either kind resumes on either (its step counts moved to where
-    the fused kernel wants them).
+    ``results/train-adam.json``). The same update up to float rounding. A saved
+    state records the kind of optimizer that wrote it, and ``load_state_dict``
+    would restore that kind: checkpoints written by the per-tensor Adam (before
+    step 313,582) are loaded as fused ones, their step counts moved to where the
+    fused kernel keeps them.
     """
-    params = list(params)
-    try:
-        optimizer = torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):  # no fused kernel for this device in this torch
-        optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(params, lr=lr, fused=True)
     if saved is not None:
-        fused = optimizer.param_groups[0]["fused"]
-        groups = [dict(g, fused=fused, foreach=None if fused else g.get("foreach")) for g in saved["param_groups"]]
+        groups = [dict(g, fused=True, foreach=None) for g in saved["param_groups"]]
         optimizer.load_state_dict(dict(saved, param_groups=groups))  # moves the moments to the parameters' device
     return optimizer
-
-
-def _gathered(obj) -> list:
-    """``obj`` from every rank, in rank order."""
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _spread(lambdas: tuple[float, ...], n: int) -> list[float]:
@@ -564,9 +560,7 @@ def anneal(data: str | Path, stable: str | Path, annealed: str | Path, steps: in
             raise ValueError(f"{stable} is not a stable-phase checkpoint")
         state.phase = "annealed"
         state.history = state.history + [{"anneal_from_step": state.step, "anneal_steps": steps}]
-        optimizer = torch.optim.Adam(model.parameters())
-        optimizer.load_state_dict(opt)
-        save_checkpoint(annealed, state, model, ema, optimizer)
+        save_checkpoint(annealed, state, model, ema, make_adam(model.parameters(), options.lr, opt))
     else:
         state = load_checkpoint(annealed)[0]
         planned = next((h for h in reversed(state.history) if "anneal_from_step" in h), {})
