@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""What four exact rewrites save in the coder's stages, paired in one process: context, analysis GDN, last layer, pixels.
+"""What exact rewrites save in the coder's stages, paired in one process: context, analysis GDN, last layer,
+pixels, the taps' input.
 
     python benchmarks/coding_paths.py [--model FILE] [--image kodim23.png] [--rounds 12] \
-        [--out benchmarks/results/coding-paths.json]
+        [--pairs context,analysis-gdn,last-layer,pixels,taps-input] [--out benchmarks/results/coding-paths.json]
 
-Four pairs of forms that give the same numbers, each timed on a whole stage of
+Pairs of forms that give the same numbers, each timed on a whole stage of
 coding one Kodak image at 1 thread (quality 50), ``--rounds`` rounds with
 the two forms interleaved; reported: each form's median CPU time, the median
 of the paired differences (library − reference), and ``same_result``. Pairing within one process is the
@@ -31,6 +32,11 @@ point: on this project's shared machine separate runs of ``speed.py`` differ by
 * **Synthesis, pixels** (the same stage). Reference: the output scaled to pixels by ``round_shift(x·255)`` into fresh
   tensors (``fresh_pixels`` below, the library's form before); new:
   ``coding_model._to_pixels_``, in place. Checked: the same pixels.
+* **Synthesis, the taps' input** (the same stage). Reference: each layer by
+  taps reads one float64 copy of its whole padded input (``whole_input_taps``
+  below, the library's form before); new: ``fixedpoint._correlate_by_taps`` as
+  it is, a float64 window of each band's padded rows filled just before its
+  products. Checked: the same pixels.
 """
 
 from __future__ import annotations
@@ -106,6 +112,42 @@ def strided_columns(a, conv, store=None):
     return out
 
 
+def whole_input_taps(a, taps, shift, bias, epilogue=None, store=None):
+    """A layer by taps on the float64 path from one padded float64 copy of its whole input (the reference form)."""
+    import torch
+
+    from vaecodec import fixedpoint as fp
+
+    store = store or torch.float64
+    if taps.digits is not None and fp.int_mm_pays():
+        raise SystemExit("the taps pair compares the float64 path; this machine runs the layer on int8 kernels")
+    if taps.winograd is not None:
+        return fp._correlate_by_winograd(a, taps, shift, epilogue, store)
+    n, cin, h, w = a.shape
+    s, before = taps.stride, taps.before
+    cout = taps.phases[0][3].shape[0]
+    wp = w + before + taps.after
+    rows = max(1, fp.BAND_POSITIONS // wp)
+    flat = fp._flat_padded(a, before, taps.after)
+    out = a.new_empty(n, cout, h, s, w, s, dtype=store)
+    scratch = flat.new_empty(3, cout * min(h, rows) * wp)
+    for i in range(n):
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            length = (r1 - r0) * wp
+            for py, px, offsets, weights in taps.phases:
+                acc = fp._block(scratch[0], cout, length)
+                for j, (dy, dx) in enumerate(offsets):
+                    t = (before + dy + r0) * wp + before + dx
+                    x, wt = flat[i, :, t:t + length], weights[:, j * cin:(j + 1) * cin]
+                    torch.addmm(bias, wt, x, out=acc) if j == 0 else acc.addmm_(wt, x)
+                acc.mul_(2.0**-shift).floor_().clamp_(-fp.ACT_LIMIT, fp.ACT_LIMIT)
+                if epilogue is not None:
+                    epilogue.apply_(acc, scratch[1:])
+                out[i, :, r0:r1, py, :, px] = acc.view(cout, r1 - r0, wp)[:, :, :w]
+    return out.view(n, cout, h * s, w * s)
+
+
 def fresh_pixels(x):
     """The synthesis output to pixels through fresh tensors (the reference form)."""
     from vaecodec.fixedpoint import ACT_FRAC_BITS, round_shift
@@ -148,11 +190,21 @@ def compare(owner, attribute: str, forms: dict, stage, same, rounds: int) -> dic
     return {**times, "same_result": all(bool(same(results[0], r)) for r in results[1:])}
 
 
+PAIRS = {  # --pairs key: (result key, what is compared)
+    "context": ("latent_stages_push_and_pop", "words"),
+    "analysis-gdn": ("analysis", "latents"),
+    "last-layer": ("synthesis_last_layer", "pixels"),
+    "pixels": ("synthesis", "pixels"),
+    "taps-input": ("synthesis_taps_input", "pixels"),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--image", default=str(ROOT.parent / "shared" / "data" / "kodak" / "kodim23.png"))
     ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--pairs", default=",".join(PAIRS), help="comma-separated, of: " + ", ".join(PAIRS))
     ap.add_argument("--load", default="", help="what else ran on the machine, for the record")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "coding-paths.json"))
     args = ap.parse_args()
@@ -186,18 +238,27 @@ def main() -> None:
 
     params = m.hyper_decode(z)  # ŷ quantized around the hyperprior's means: realistic values for timing
     y_hat = m.dequantize(m.quantize(y, params, quality), params, quality)
-    latents = compare(coding_model, "conv_of_checkerboard_at",
-                      {"index gather (reference)": index_gather, "row copies (library)": None},
-                      push_and_pop, np.array_equal, args.rounds)
-    analysis = compare(SimplifiedGDN, "forward_",
-                       {"1×1 convolution (reference)": conv_gdn_, "banded product (library)": None},
-                       lambda: m.analyze(x)[0], torch.equal, args.rounds)
-    last_layer = compare(fixedpoint, "_conv_transpose_by_columns",
-                         {"strided additions (reference)": strided_columns, "col2im (library)": None},
-                         lambda: m.synthesize(y_hat), np.array_equal, args.rounds)
-    synthesis = compare(coding_model, "_to_pixels_",
-                        {"fresh tensors (reference)": fresh_pixels, "in place (library)": None},
-                        lambda: m.synthesize(y_hat), np.array_equal, args.rounds)
+    pairs = {  # result key: (owner, attribute, forms, stage, same)
+        "latent_stages_push_and_pop": (coding_model, "conv_of_checkerboard_at",
+                                       {"index gather (reference)": index_gather, "row copies (library)": None},
+                                       push_and_pop, np.array_equal),
+        "analysis": (SimplifiedGDN, "forward_",
+                     {"1×1 convolution (reference)": conv_gdn_, "banded product (library)": None},
+                     lambda: m.analyze(x)[0], torch.equal),
+        "synthesis_last_layer": (fixedpoint, "_conv_transpose_by_columns",
+                                 {"strided additions (reference)": strided_columns, "col2im (library)": None},
+                                 lambda: m.synthesize(y_hat), np.array_equal),
+        "synthesis": (coding_model, "_to_pixels_",
+                      {"fresh tensors (reference)": fresh_pixels, "in place (library)": None},
+                      lambda: m.synthesize(y_hat), np.array_equal),
+        "synthesis_taps_input": (fixedpoint, "_correlate_by_taps",
+                                 {"whole padded input (reference)": whole_input_taps, "a window per band (library)": None},
+                                 lambda: m.synthesize(y_hat), np.array_equal),
+    }
+    chosen = args.pairs.split(",")
+    if not set(chosen) <= set(PAIRS):
+        raise SystemExit(f"--pairs: choose from {', '.join(PAIRS)}")
+    measured = {PAIRS[key][0]: compare(*pairs[PAIRS[key][0]], args.rounds) for key in chosen}
 
     result = {
         "command": "python benchmarks/coding_paths.py " + shlex.join(sys.argv[1:]),
@@ -209,15 +270,11 @@ def main() -> None:
         "platform": platform.platform(),
         "load": args.load,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "latent_stages_push_and_pop": latents,
-        "analysis": analysis,
-        "synthesis_last_layer": last_layer,
-        "synthesis": synthesis,
+        **measured,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    for stage, what in (("latent_stages_push_and_pop", "words"), ("analysis", "latents"),
-                        ("synthesis_last_layer", "pixels"), ("synthesis", "pixels")):
+    for stage, what in (PAIRS[key] for key in chosen):
         for name, r in result[stage].items():
             if isinstance(r, dict):
                 print(f"{stage}: {name}: median {r['median_cpu_ms']:.1f} ms, paired "

@@ -241,6 +241,32 @@ def test_same_convolutions_by_taps_equal_torchs_kernel_exactly(cin, cout, kernel
         assert torch.equal(layer(a.clone()), torch.floor(ref * 2.0**-17 + 0.5).clamp(-2**20, 2**20))
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_taps_by_bands_of_a_few_rows_equal_torchs_kernel_exactly(transposed, monkeypatch):
+    """Bands of two rows, the last one partial, over two images: each band's window of padded input rows is
+    refilled (zero rows above and below the image), and rows an earlier band left in it reach no output."""
+    from vaecodec import fixedpoint
+    from vaecodec.fixedpoint import _IntConv
+
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")
+    monkeypatch.setattr(fixedpoint, "BAND_POSITIONS", 30)  # padded width 11 or 13: two rows a band
+    g = torch.Generator().manual_seed(9)
+    cin, cout = 6, 16  # 16: the fewest outputs a transposed layer runs by phases with
+    shape = (cin, cout, 5, 5) if transposed else (cout, cin, 5, 5)
+    layer = _IntConv(weight=torch.randint(-2**14, 2**14, shape, generator=g).double(),
+                     bias=torch.randint(-2**30, 2**30, (cout,), generator=g).double(), shift=17,
+                     stride=2 if transposed else 1, padding=2, output_padding=int(transposed), transposed=transposed)
+    assert layer._taps is not None and layer._taps.winograd is None
+    a = torch.randint(-2**20, 2**20 + 1, (2, cin, 7, 9), generator=g).double()
+    if transposed:
+        ref = F.conv_transpose2d(a, layer.weight, layer.bias, 2, 2, 1)
+    else:
+        ref = F.conv2d(a, layer.weight, layer.bias, 1, 2)
+    expected = torch.floor(ref * 2.0**-17 + 0.5).clamp(-2**20, 2**20)
+    assert torch.equal(layer(a.clone()), expected)
+    assert torch.equal(layer(a.float(), torch.float32).double(), expected)  # from and to float32 storage
+
+
 @pytest.mark.parametrize("parity", [0, 1])
 def test_the_channel_context_convolution_reads_its_own_colour_exactly(parity):
     from vaecodec.fixedpoint import _IntConv, conv_of_checkerboard_at

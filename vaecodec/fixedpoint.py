@@ -254,6 +254,28 @@ def _correlate_by_winograd(a: torch.Tensor, taps: _Taps, shift: int, epilogue: "
     return out if (2 * tiles_y, 2 * tiles_x) == (h, w) else out[:, :, :h * s, :w * s].contiguous()
 
 
+def _padded_rows_into(window: torch.Tensor, a: torch.Tensor, first: int, stop: int, before: int, wp: int) -> None:
+    """Rows ``first`` … ``stop − 1`` of ``a`` (c, h, w), zero outside 0 … h − 1, into ``window`` (c, L) as float64
+    rows of width ``wp`` starting at column ``before``: what the taps of one band of output rows read, laid out
+    as :func:`_flat_padded` lays out the whole input.
+
+    Why: the float64 copy of a whole layer's padded input was the decoder's
+    largest buffer (64 channels at half the output resolution: 51 MB for a
+    Kodak image), written once and read back from memory band by band, its
+    pages faulted in on every call. A band's rows are a window of ~1.4 MB,
+    filled just before its products read it (in cache) and reused. Its padding
+    columns are never written (zero since the window was made); rows past
+    ``stop − first`` keep an earlier band's values, which only the outputs in
+    the padding columns read (computed, then dropped, as on the whole input).
+    """
+    c, h, w = a.shape
+    grid = window[:, :(stop - first) * wp].view(c, stop - first, wp)
+    y0, y1 = max(first, 0), min(stop, h)
+    grid[:, :y0 - first].zero_()
+    grid[:, y1 - first:].zero_()
+    grid[:, y0 - first:y1 - first, before:before + w] = a[:, y0:y1]
+
+
 def _flat_padded(a: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """``a`` (n, c, h, w) zero-padded on every side and flattened row-major to (n, c, L), with ``before + after``
     more zeros at the end: the slice a tap at offset (dy, dx) reads for a whole row-major output,
@@ -288,7 +310,9 @@ def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Ten
     slice, so in float64 each tap is a plain ``addmm`` into the phase's
     accumulator; on int8 kernels the taps' slices of the input's digits are
     stacked into one operand and the phase is one exact digit product
-    (:class:`~vaecodec.intmm.DigitMatrix`). Rows are computed on the padded
+    (:class:`~vaecodec.intmm.DigitMatrix`). On the float64 path the padded
+    input is laid out one band of rows at a time, in a window the band's
+    products then read from cache (:func:`_padded_rows_into`). Rows are computed on the padded
     width and the extra columns dropped when the phase is written into its
     interleaved place. Every value is an integer sum below 2^53 (the layer's
     bound), so the result equals torch's kernel's exactly, on either path. A
@@ -299,27 +323,36 @@ def _correlate_by_taps(a: torch.Tensor, taps: _Taps, shift: int, bias: torch.Ten
     if taps.winograd is not None and not on_int8:
         return _correlate_by_winograd(a, taps, shift, epilogue, store)
     n, cin, h, w = a.shape
-    s, before = taps.stride, taps.before
+    s, before, after = taps.stride, taps.before, taps.after
     cout = taps.phases[0][3].shape[0]
-    wp = w + before + taps.after
+    wp = w + before + after
     rows = max(1, BAND_POSITIONS // wp)
-    flat = _flat_padded(a, before, taps.after)
+    f64 = dict(dtype=torch.float64)
+    flat = window = None
+    if on_int8 or before == after == 0:  # the digits of the whole input; or a 1×1 layer's input as it is
+        flat = _flat_padded(a, before, after)
+    else:  # one band's padded input rows at a time, in float64 (see _padded_rows_into); zero where never written
+        window = a.new_zeros(cin, (min(h, rows) + before + after) * wp + before + after, **f64)
     out = a.new_empty(n, cout, h, s, w, s, dtype=store)
-    scratch = flat.new_empty(3, cout * min(h, rows) * wp)  # the accumulator and the epilogue's two, reused
+    scratch = a.new_empty(3, cout * min(h, rows) * wp, **f64)  # the accumulator and the epilogue's two, reused
     for i in range(n):
         digits = digits_of(flat[i]) if on_int8 else None  # (cin, digits, L), made once for every band and phase
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             length = (r1 - r0) * wp
+            if window is not None:
+                _padded_rows_into(window, a[i], r0 - before, r1 + after, before, wp)
+            src, base = (window, 0) if window is not None else (flat[i], r0 * wp)  # where padded row r0 starts
             for k, (py, px, offsets, weights) in enumerate(taps.phases):
-                starts = [(before + dy + r0) * wp + before + dx for dy, dx in offsets]
                 if digits is not None:
+                    starts = [(before + dy + r0) * wp + before + dx for dy, dx in offsets]
                     acc = taps.digits[k].matmul_digits(torch.cat([digits[:, :, t:t + length] for t in starts]))
                     acc.add_(bias)
                 else:  # the first tap's product starts from the bias
                     acc = _block(scratch[0], cout, length)
-                    for j, t in enumerate(starts):
-                        x, wt = flat[i, :, t:t + length], weights[:, j * cin:(j + 1) * cin]
+                    for j, (dy, dx) in enumerate(offsets):
+                        t = base + (before + dy) * wp + before + dx
+                        x, wt = src[:, t:t + length], weights[:, j * cin:(j + 1) * cin]
                         torch.addmm(bias, wt, x, out=acc) if j == 0 else acc.addmm_(wt, x)
                 acc.mul_(2.0**-shift).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
                 if epilogue is not None:
