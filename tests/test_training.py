@@ -15,6 +15,8 @@ from vaecodec.training import TrainOptions, anneal, learning_rate, load_checkpoi
 
 from conftest import TINY_CONFIG, smooth_image
 
+TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+needs_torchrun = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
 TINY_CB = dict(TINY_CONFIG, kind="checkerboard", bottleneck_channels=12, context_channels=8)
 FAST = TrainOptions(batch_size=2, patch=64, large_batch=1, large_patch=64, crop=64, crops_per_image=2)
 
@@ -113,14 +115,12 @@ def test_cli_train_and_anneal(tmp_path, data):
     assert run.returncode == 1 and run.stderr.count("\n") == 1 and "annealed" in run.stderr
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-                    reason="torchrun not installed")
+@needs_torchrun
 def test_torchrun_two_processes(tmp_path, data):
     """DDP on 2 CPU processes: rank 0 saves, CPU time is summed over ranks, ranks stop together."""
     ckpt, log = tmp_path / "ddp.pt", tmp_path / "ddp.log"
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "vaecodec", "train", str(ckpt),
+    run = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29517", "-m", "vaecodec", "train", str(ckpt),
                           "--model", "tiny", "--steps", "150", "--save-every", "1", "--data", str(data),
                           "--batch-size", "4", "--patch", "64", "--crops-per-image", "2", "--log-file", str(log)],
                          capture_output=True, text=True, timeout=300, env=env)
@@ -244,16 +244,14 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-                    reason="torchrun not installed")
+@needs_torchrun
 def test_torchrun_evaluation_is_shared_by_the_ranks(tmp_path):
     """Two processes each evaluate part of the images and gather the rest: the rows of one process."""
     import json
 
     script, out = tmp_path / "ddp_eval.py", tmp_path / "rows.json"
     script.write_text(DDP_EVAL)
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    run = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), json.dumps(TINY_CB),
+    run = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), json.dumps(TINY_CB),
                           str(_three_images(tmp_path)), str(out)],
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert run.returncode == 0, run.stderr[-2000:]
