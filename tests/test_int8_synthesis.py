@@ -10,9 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vaecodec import int8_float
 from vaecodec.fixedpoint import ACT_FRAC_BITS
-from vaecodec.int8_synthesis import ACT_TOP, INPUT_TOP, Int8Synthesis, Int8SynthesisProgram, _Int8Deconv, int_matmul
+from vaecodec.int8_float import Int8FloatProgram
+from vaecodec.int8_synthesis import (ACT_TOP, INPUT_TOP, Int8Synthesis, Int8SynthesisProgram, _Int8Deconv, _Rescale,
+                                     int_matmul)
 from vaecodec.model import SimplifiedGDN, _deconv
+from vaecodec.winograd import WinogradPhase
 
 from conftest import make_tiny_model, smooth_image
 
@@ -96,6 +100,51 @@ def test_the_float32_path_gives_the_int8_kernels_integers(monkeypatch):
     program = Int8SynthesisProgram.from_module(_synthesis(seed=3))
     y = _fixed(torch.randn(1, 16, 4, 6, generator=g) * 4)
     assert torch.equal(program.run(y), _reference(program, y))
+
+
+@pytest.mark.parametrize("form", ["as built", "digit planes", "float64"])
+def test_the_float_path_gives_the_int8_programs_integers(monkeypatch, form):
+    if form == "digit planes":  # the first layer's 16-bit input as two float32 products instead of Winograd's
+        monkeypatch.setattr(WinogradPhase, "of", lambda *args: None)
+    if form == "float64":  # every product in float64, as a layer whose float32 sums could reach 2^24
+        monkeypatch.setattr(int8_float, "FLOAT32_EXACT_LIMIT", 0.0)
+    g = torch.Generator().manual_seed(5)
+    program = Int8SynthesisProgram.from_module(_synthesis(seed=5))
+    on_floats = Int8FloatProgram(program)
+    first = on_floats.steps[0]
+    assert (first.winograd is not None) == (form != "digit planes")
+    assert {step.dtype for step in on_floats.steps} == {torch.float64 if form == "float64" else torch.float32}
+    assert any(layer.rescale.any_pre for layer in program.layers)  # (without one: the test below)
+    y = _fixed(torch.randn(1, 16, 5, 7, generator=g) * 4)  # odd sizes: partial Winograd tiles
+    y[0, :, 0, 0], y[0, :, 2, 3] = 2.0**20, -2.0**20  # inputs that saturate
+    expected = _reference(program, y)
+    assert torch.equal(on_floats.run(y), expected)
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")  # where int8 kernels do not pay: the float path
+    assert torch.equal(program.run(y), expected)
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "int8")  # the int8 kernels' path, however slow they are here
+    assert torch.equal(program.run(y), expected)
+
+
+@pytest.mark.parametrize("pre", [False, True])
+def test_the_float_rescaling_gives_the_int32_rescalings_integers(pre):
+    g = torch.Generator().manual_seed(7)
+    c = 6
+    pre_shift = torch.tensor([0, 3, 9, 0, 24, 1], dtype=torch.int32) if pre else torch.zeros(c, dtype=torch.int32)
+    rescale = _Rescale(pre_shift, torch.randint(2**13, 2**15, (c,), generator=g, dtype=torch.int32),
+                       torch.tensor([1, 7, 15, 22, 13, 20], dtype=torch.int32), ACT_TOP)
+    assert rescale.any_pre == pre
+    bias = torch.randint(-2**20, 2**20, (c,), generator=g, dtype=torch.int32)
+    # Per channel, sums whose results spread over ±300 (so within ±127 and saturated), then the extremes.
+    unit = 2.0 ** (rescale.shift + rescale.pre_shift).double() / rescale.multiplier.double()
+    target = torch.rand(c, 3000, generator=g, dtype=torch.float64) * 600 - 300
+    sums = (target * unit[:, None]).round().clamp(-2**30, 2**30).long() - bias[:, None]
+    sums[:, :100] = sums[:, :100] // 2**10 * 2**10  # multiples of powers of two: ties at ½ after shifts
+    sums[:, 100] = 2**31 - 1 - 2**20 - 2**24  # as large as the int32 program's sums get, either side
+    sums[:, 101] = -sums[:, 100]
+    expected = rescale((sums + bias[:, None]).to(torch.int32), channels_first=True)
+    got = int8_float._Requantize(rescale, bias)(sums.double(), torch.empty(sums.shape, dtype=torch.float64))
+    assert torch.equal(got, expected.double())
+    assert 0 < int((got.abs() < ACT_TOP).sum()) < got.numel()  # inside the range and saturated, both
 
 
 def test_training_sees_what_the_decoder_computes():

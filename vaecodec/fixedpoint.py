@@ -220,15 +220,34 @@ WINOGRAD_BAND_TILES = 512
 def _correlate_by_winograd(a: torch.Tensor, taps: _Taps, shift: int, epilogue: "_IntInverseGDN | None" = None,
                            store: torch.dtype = torch.float64) -> torch.Tensor:
     """:func:`_correlate_by_taps` on the float64 path for a layer with Winograd phases: the same integers,
-    each phase's 2×2 output tiles band by band (rounded, clamped and the epilogue applied while in cache).
+    each phase's 2×2 output tiles band by band (rounded, clamped and the epilogue applied while in cache)."""
+    scratch = []  # the epilogue's, made for the first block (a first band's are the largest)
+
+    def finish(block: torch.Tensor, phase: WinogradPhase) -> None:
+        block.mul_(2.0 ** -(shift + phase.log2)).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+        if epilogue is not None:
+            scratch or scratch.append(block.new_empty(2, block.numel()))
+            epilogue.apply_(block, scratch[0])
+
+    positions = [(py, px) for py, px, *_ in taps.phases]
+    return winograd_by_bands(a, taps.stride, taps.before, taps.after, positions, taps.winograd, finish, store)
+
+
+def winograd_by_bands(a: torch.Tensor, stride: int, before: int, after: int, positions: list, phases: list,
+                      finish, store: torch.dtype) -> torch.Tensor:
+    """A stride-``stride`` upsampling (or, with ``stride`` 1, a correlation) of ``a`` (n, cin, h, w) whose
+    output phases ``positions`` ((row, column) each) are Winograd ``phases``
+    (:class:`~vaecodec.winograd.WinogradPhase`): each phase's 2×2 output tiles band by band, every block
+    (cout, tiles) handed to ``finish(block, phase)`` while in cache, to turn its sums (×2^phase.log2, with
+    the phase's bias) into the stored values in place. The first band's blocks are the largest.
 
     The input is zero-padded once more row and column than the taps read, so
     that an odd height or width makes whole tiles; their extra outputs are
     dropped at the end.
     """
     n, cin, h, w = a.shape
-    s, before = taps.stride, taps.before
-    cout = taps.phases[0][3].shape[0]
+    s = stride
+    cout = phases[0].weights.shape[2]
     tiles_y, tiles_x = (h + 1) // 2, (w + 1) // 2
     band = max(1, WINOGRAD_BAND_TILES // tiles_x)
     count = min(band, tiles_y) * tiles_x
@@ -237,18 +256,15 @@ def _correlate_by_winograd(a: torch.Tensor, taps: _Taps, shift: int, epilogue: "
     buffers = (a.new_empty(4, cin * rows * tiles_x, **f64), a.new_empty(cin * count, **f64),
                a.new_empty(4, cout * count, **f64), a.new_empty(2, cout * count, **f64),
                a.new_empty(4, cout * count, **f64))
-    scratch = a.new_empty(2, cout * count, **f64) if epilogue is not None else None
     out = a.new_empty(n, cout, tiles_y, 2, s, tiles_x, 2, s, dtype=store)
     for i in range(n):
-        padded = F.pad(a[i].to(torch.float64), (before, taps.after + 1, before, taps.after + 1))
+        padded = F.pad(a[i].to(torch.float64), (before, after + 1, before, after + 1))
         for t0 in range(0, tiles_y, band):
             t1 = min(tiles_y, t0 + band)
-            for (py, px, *_), phase in zip(taps.phases, taps.winograd):
+            for (py, px), phase in zip(positions, phases):
                 blocks = phase.band(padded, before + 2 * t0, before, t1 - t0, tiles_x, buffers)
                 for k, block in enumerate(blocks):
-                    block.mul_(2.0 ** -(shift + phase.log2)).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
-                    if epilogue is not None:
-                        epilogue.apply_(block, scratch)
+                    finish(block, phase)
                     out[i, :, t0:t1, k // 2, py, :, k % 2, px] = block.view(cout, t1 - t0, tiles_x)
     out = out.view(n, cout, 2 * tiles_y * s, 2 * tiles_x * s)
     return out if (2 * tiles_y, 2 * tiles_x) == (h, w) else out[:, :, :h * s, :w * s].contiguous()

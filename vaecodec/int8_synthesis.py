@@ -37,7 +37,8 @@ Two faces, one module:
   no machine's ``exp`` decides a decoder's number) and stored in the model
   file (``tables``/``from_tables``). ``run`` maps fixed-point ŷ to fixed-point
   x̂ as :class:`vaecodec.fixedpoint.FixedPointProgram` does, so the codec's tiled
-  synthesis is unchanged.
+  synthesis is unchanged. Where int8 kernels do not pay (AVX2-only CPUs) it runs
+  on float products instead (:mod:`vaecodec.int8_float`): the same integers.
 
 This module knows nothing of files, bytes or entropy coding.
 """
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fixedpoint import ACT_FRAC_BITS
-from .intmm import int_matmul, int_mm_is_exact
+from .intmm import int_matmul, int_mm_is_exact, int_mm_pays
 from .model import SimplifiedGDN
 
 __all__ = ["ACT_TOP", "INPUT_TOP", "Int8Synthesis", "Int8SynthesisProgram", "int_matmul", "int_mm_is_exact"]
@@ -369,6 +370,7 @@ class Int8SynthesisProgram:
 
     def __init__(self, input_multiplier: torch.Tensor, input_shift: torch.Tensor, layers: list):
         self.input_multiplier, self.input_shift, self.layers = input_multiplier, input_shift, layers
+        self._on_floats = None  # the float path, made on first use where int8 kernels do not pay
         if bool((input_shift < 1).any()) or bool((input_shift > 52).any()):
             raise ValueError("the 8-bit synthesis' input step is out of range")
         # m·2^-shift as one float64 per channel (ldexp: exact); ŷ (< 2^21) times it is exact in float64.
@@ -486,8 +488,17 @@ class Int8SynthesisProgram:
 
     @torch.no_grad()
     def run(self, a: torch.Tensor) -> torch.Tensor:
+        """Fixed-point ŷ → fixed-point x̂: on int8 kernels where they pay (:func:`~vaecodec.intmm.int_mm_pays`),
+        else on float matrix products (:class:`~vaecodec.int8_float.Int8FloatProgram`, made on first use):
+        the same integers either way."""
         if a.dtype != torch.float64 or a.shape[0] != 1:
             raise TypeError("the 8-bit synthesis takes one float64 tensor of fixed-point integers")
+        if not int_mm_pays():
+            if self._on_floats is None:
+                from .int8_float import Int8FloatProgram
+
+                self._on_floats = Int8FloatProgram(self)
+            return self._on_floats.run(a)
         x = self.quantize_input(a)
         for layer in self.layers:
             x = layer(x)
