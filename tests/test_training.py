@@ -505,3 +505,17 @@ def test_crop_pool_batches_are_contiguous_crops_of_its_images(data):
 
     for sample in pixels:
         assert any(window_of(crop, candidate) for crop in pool.crops for candidate in (sample, sample[:, ::-1]))
+
+
+def test_a_crop_pool_built_by_several_processes_is_the_same_for_any_number_of_them(tmp_path):
+    from vaecodec.training.data import CropPool
+
+    for i in range(3):  # large enough for downscaled crops of 64² at random factors
+        Image.fromarray(smooth_image(90 + 7 * i, 100, seed=i)).save(tmp_path / f"{i}.png")
+    one = CropPool(tmp_path, crop=64, crops_per_image=4, seed=2)
+    two = CropPool(tmp_path, crop=64, crops_per_image=4, seed=2, workers=2)
+    three = CropPool(tmp_path, crop=64, crops_per_image=4, seed=2, workers=3)
+    assert two.crops.shape == one.crops.shape == (12, 64, 64, 3)
+    assert np.array_equal(two.crops, three.crops)
+    assert not np.array_equal(one.crops, two.crops)  # per-image seeds: other crops than one generator's
+    assert not np.array_equal(two.crops, CropPool(tmp_path, crop=64, crops_per_image=4, seed=3, workers=2).crops)

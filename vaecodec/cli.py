@@ -786,6 +786,8 @@ train_options = [
     click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Small-patch batch."),
     click.option("--patch", type=click.IntRange(64), default=128, show_default=True, help="Small-patch size."),
     click.option("--crops-per-image", type=click.IntRange(1), default=20, show_default=True),
+    click.option("--data-workers", type=click.IntRange(1), default=1, show_default=True,
+                 help="Processes that build the crop pool (more than 1: a per-image seeding, other crops)."),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
                  help="Learning rate (the stable phase's; an anneal decays from it)."),
 ]
@@ -799,12 +801,13 @@ def _apply(options):
     return wrap
 
 
-def _train_options(device, threads, precision, save_every, eval_every, batch_size, patch, crops_per_image, lr, **extra):
+def _train_options(device, threads, precision, save_every, eval_every, batch_size, patch, crops_per_image, data_workers,
+                   lr, **extra):
     from .training import TrainOptions
 
     return TrainOptions(device=device, threads=threads, precision=precision, save_every_s=save_every, eval_every_s=eval_every,
                         batch_size=batch_size, patch=patch, large_batch=max(1, batch_size // 4),
-                        crops_per_image=crops_per_image, lr=lr, **extra)
+                        crops_per_image=crops_per_image, data_workers=data_workers, lr=lr, **extra)
 
 
 @cli.command()

@@ -89,6 +89,7 @@ class TrainOptions:
         spread over the anchors).
       seed: base seed; rank r draws its crops and noise from seed + 1000·r + the step it resumes at.
       crop, crops_per_image: the crop pool.
+      data_workers: processes that build the crop pool (:class:`CropPool`'s ``workers``).
     """
 
     batch_size: int = 8
@@ -108,6 +109,7 @@ class TrainOptions:
     seed: int = 0
     crop: int = 256
     crops_per_image: int = 20
+    data_workers: int = 1
 
 
 @dataclass
@@ -115,7 +117,8 @@ class TrainState:
     """Counters and history; saved with the weights as one file.
 
     ``phase`` is ``"stable"`` or ``"annealed"``; ``cpu_seconds`` is CPU time
-    summed over all ranks, ``gpu_seconds`` wall time × GPUs.
+    summed over all ranks of CPU training, ``gpu_seconds`` wall time × GPUs of
+    GPU training (whose host CPU time, spent feeding the GPU, counts in neither).
     """
 
     config: ModelConfig
@@ -322,7 +325,8 @@ class _Run:
         seed = options.seed + 1000 * self.rank + self.state.step
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.pool = CropPool(data, crop=options.crop, crops_per_image=options.crops_per_image, seed=seed)
+        self.pool = CropPool(data, crop=options.crop, crops_per_image=options.crops_per_image, seed=seed,
+                             workers=options.data_workers)
         self.log(f"crop pool: {self.pool.crops.shape[0]} crops of {options.crop}² on rank {self.rank} of {self.world}, "
                  f"device {self.device}, {self.precision}")
 
@@ -437,14 +441,17 @@ class _Run:
             if not stats.pop("skipped", 0):
                 running = stats if running is None else {k: 0.98 * running[k] + 0.02 * stats[k] for k in stats}
             cpu_now, wall_now = time.process_time(), time.perf_counter()
-            cpu_local += cpu_now - cpu_mark
-            if self.device.type == "cuda":
+            if self.device.type == "cuda":  # GPU time; the host's CPU only fed it (not the curve's CPU-hours)
                 gpu_local += wall_now - wall_mark
+            else:
+                cpu_local += cpu_now - cpu_mark
             cpu_mark, wall_mark = cpu_now, wall_now
             if state.step % 100 == 0 and running is not None:
                 self.log(f"step {state.step} cpu_h {(state.cpu_seconds + cpu_local * self.world) / 3600:.3f} "
                          f"threads {threads} lr {lr_at(state.step - 1):.2e} loss {running['loss']:.4f} "
                          f"bpp {running['bpp']:.3f} psnr {running['psnr']:.2f}"
+                         + (f" gpu_h {(state.gpu_seconds + gpu_local * self.world) / 3600:.4f}"
+                            if self.device.type == "cuda" else "")
                          + (f" skipped {self.skipped_steps}" if self.skipped_steps else ""))
             if probe:
                 window_steps += 1

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# On a lent GPU machine (bin/gpu-kit's last device call): continue the stable run on CUDA, then hand the
+# checkpoint back in parts. MINUTES: training time; BATCH: small-patch batch; DEVICE: cuda (cpu to rehearse
+# here); PRECISION: float32 (TF32 convolutions on the GPU) as every step of the run so far, not bfloat16, whose
+# rounding of y and μ moves r by up to 1/8 of a bin at the top λ (a review, not yet measured on a GPU);
+# OUT: where the device tool collects files (set there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${MINUTES:=7}" "${BATCH:=128}" "${DEVICE:=cuda}" "${PRECISION:=float32}" "${OUT:?OUT must name the folder that comes back}"
+PYTHON=${PYTHON:-python3}
+SITE=${SITE:-/tmp/vaecodec-site}
+# constriction from the carried wheel (nothing can be fetched there); the rest is the device's own.
+"$PYTHON" -c "import constriction" 2>/dev/null || {
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .gpu/wheels/*.whl
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT"
+DATA=${DATA:-/tmp/vaecodec-train}
+mkdir -p "$DATA"
+cp .gpu/data-*/* "$DATA"/
+echo "images: $(ls "$DATA" | wc -l); $("$PYTHON" -c 'import torch; print(torch.__version__, torch.cuda.is_available())')"
+"$PYTHON" -u -m vaecodec train .gpu/ckpt/cc-stable.pt --data "$DATA" --device "$DEVICE" --minutes "$MINUTES" \
+    --batch-size "$BATCH" --precision "$PRECISION" --data-workers "$(nproc)" --save-every 120 --log "$OUT/gpu-train.log"
+mkdir -p "$OUT/ckpt"
+"$PYTHON" bin/gpu-kit split .gpu/ckpt/cc-stable.pt "$OUT/ckpt"

@@ -1,0 +1,76 @@
+"""bin/gpu-kit: the big tracked files stop travelling and come back exactly; checkpoints cross in checked parts."""
+
+import importlib.machinery
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _kit():
+    loader = importlib.machinery.SourceFileLoader("gpu_kit", str(ROOT / "bin" / "gpu-kit"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("gpu_kit", loader))
+    loader.exec_module(module)
+    return module
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _travelling(repo: Path) -> set[str]:
+    """What the device tool sends: tracked files and untracked ones git does not ignore."""
+    return set(_git(repo, "ls-files", "--cached", "--others", "--exclude-standard").split())
+
+
+def test_hide_keeps_the_big_files_home_and_unhide_restores_the_index_exactly(tmp_path):
+    kit = _kit()
+    repo = tmp_path / "repo"
+    for name, data in {"vaecodec/weights/m.pt": b"model", "checkpoints/s.pt": b"state", "README.md": b"hi",
+                       "checkpoints/log.txt": b"log"}.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "start")
+    (repo / "checkpoints" / "s.pt").write_bytes(b"state, trained on")  # uncommitted progress
+    status = _git(repo, "status", "--porcelain")
+
+    assert sorted(kit.hide(repo)) == ["checkpoints/s.pt", "vaecodec/weights/m.pt"]
+    assert _travelling(repo) == {"README.md", "checkpoints/log.txt"}
+    assert (repo / "checkpoints" / "s.pt").read_bytes() == b"state, trained on"  # on disk, untouched
+    assert (repo / "vaecodec" / "weights" / "m.pt").read_bytes() == b"model"
+
+    kit.unhide(repo)
+    assert _git(repo, "status", "--porcelain") == status  # the modified checkpoint is modified again, nothing staged
+    assert _git(repo, "diff", "--cached") == ""
+    assert _travelling(repo) == {"README.md", "checkpoints/log.txt", "checkpoints/s.pt", "vaecodec/weights/m.pt"}
+    assert (repo / "checkpoints" / "s.pt").read_bytes() == b"state, trained on"
+    exclude = (repo / ".git" / "info" / "exclude").read_text().splitlines()
+    assert exclude[-1] == f"/{kit.KIT}/" and exclude.count(kit.EXCLUDE_MARK) == 1
+
+
+def test_a_checkpoint_crosses_in_parts_and_a_damaged_part_is_refused(tmp_path, monkeypatch):
+    kit = _kit()
+    monkeypatch.setattr(kit, "PART_BYTES", 1000)
+    data = bytes(range(256)) * 10  # 2,560 bytes: three parts
+    checkpoint = tmp_path / "cc-stable.pt"
+    checkpoint.write_bytes(data)
+    manifest = kit.split(checkpoint, tmp_path / "out")
+    assert [p["name"] for p in manifest["parts"]] == [f"cc-stable.pt.part{i}" for i in range(3)]
+    assert all((tmp_path / "out" / p["name"]).stat().st_size <= 1000 for p in manifest["parts"])
+
+    kit.join(tmp_path / "out", tmp_path / "joined.pt")
+    assert (tmp_path / "joined.pt").read_bytes() == data
+    with pytest.raises(SystemExit, match="exists"):  # never overwritten without force
+        kit.join(tmp_path / "out", tmp_path / "joined.pt")
+
+    part = tmp_path / "out" / "cc-stable.pt.part1"
+    part.write_bytes(part.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(SystemExit, match="damaged"):
+        kit.join(tmp_path / "out", tmp_path / "joined.pt", force=True)
+    assert (tmp_path / "joined.pt").read_bytes() == data  # the earlier file is still whole
