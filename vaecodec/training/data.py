@@ -50,12 +50,14 @@ class CropPool:
         self.crops = np.stack(crops)  # (n, crop, crop, 3) uint8
         self.rng = np.random.default_rng(seed)
 
-    def batch(self, size: int, patch: int) -> torch.Tensor:
-        """(size, 3, patch, patch) float32 in [0, 1], contiguous (NCHW).
+    def batch(self, size: int, patch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(size, 3, patch, patch) float32 in [0, 1], contiguous (NCHW), on ``device``.
 
         Contiguous, not the channels-last view the crops' (h, w, 3) layout gives: torch keeps a
         convolution's memory format, so that view made the whole training step channels-last, where the
         GDNs' 1×1 convolutions fall to a slow reference kernel (``benchmarks/train_parallel.py``).
+        The pixels cross to a GPU as uint8 and become floats there (a quarter of the bytes, and no
+        conversion on the host between steps); the same values (x/255 is correctly rounded on both).
         """
         n, c = self.crops.shape[0], self.crops.shape[1]
         patch = min(patch, c)
@@ -66,7 +68,8 @@ class CropPool:
         for k in range(size):
             tile = self.crops[idx[k], oy[k]:oy[k] + patch, ox[k]:ox[k] + patch]
             out[k] = tile[:, ::-1] if self.rng.random() < 0.5 else tile
-        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+        pixels = torch.from_numpy(out).to(device, non_blocking=True)
+        return pixels.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
 def _crops_of(path: Path, crop: int, count: int, rng: random.Random | str) -> list[np.ndarray]:

@@ -335,7 +335,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         size, n = (o.large_patch, o.large_batch) if large else (o.patch, o.batch_size)
-        x = self.pool.batch(n, size).to(self.device, non_blocking=True)
+        x = self.pool.batch(n, size, self.device)
         lam = sample_lambdas(self.state.config, n, self.generator).to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             loss, stats = rd_loss(self.net, self.state.config, x, lam)
