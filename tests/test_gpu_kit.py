@@ -74,3 +74,15 @@ def test_a_checkpoint_crosses_in_parts_and_a_damaged_part_is_refused(tmp_path, m
     with pytest.raises(SystemExit, match="damaged"):
         kit.join(tmp_path / "out", tmp_path / "joined.pt", force=True)
     assert (tmp_path / "joined.pt").read_bytes() == data  # the earlier file is still whole
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_with_the_big_files_hidden_every_device_call_fits_its_64_mib():
+    """What the kit's calls carry beside the tree: one part of the images (``PART_MB``), or the stable
+    checkpoint and constriction's wheel (<1 MB). A tree grown past that would stop a lent GPU's calls."""
+    kit = _kit()
+    tracked = set(_git(ROOT, "ls-files", "-z").split("\0")) - {""}
+    tree = sum((ROOT / f).stat().st_size for f in tracked - set(kit.hidden_files(ROOT)) if (ROOT / f).exists())
+    checkpoint = (ROOT / "checkpoints" / "cc-stable.pt").stat().st_size
+    assert tree + kit.PART_MB * 1e6 < 64 * 2**20
+    assert tree + checkpoint + 1e6 < 64 * 2**20
