@@ -82,7 +82,8 @@ def jpeg_curve(path: Path) -> tuple[list[float], list[float]]:
 
 
 def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None:
-    """Least squares bd_window = a + b·log2(CPU-h) + c_k over the stable points from ``fit_from`` on, where
+    """Least squares bd_window = a + b·log2(CPU-h) + c_k over the stable points from ``fit_from`` on (none
+    after GPU training: their CPU-hours leave the GPU's work out), where
     c_k is a step for each segment k of the run after a change (a re-anchoring, a channel context grown on
     it); the CPU-hours where the latest segment's line plus (full − window of the latest point) reaches
     ``target``.
@@ -91,8 +92,9 @@ def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None
     the segment's points once it has two (a segment with fewer is left out, and the projection starts
     from the segment before it).
     """
+    # A point after GPU training sits at CPU-hours that leave out the GPU's work: kept on the plot, not fitted.
     pts = [p for p in points if p["phase"] == "stable" and p["cpu_hours"] >= fit_from
-           and p["bd_rate_vs_jpeg_window"] is not None and not p.get("transient")]
+           and p["bd_rate_vs_jpeg_window"] is not None and not p.get("transient") and not p.get("gpu_hours")]
     counts = {}
     for p in pts:
         counts[p.get("segment", 0)] = counts.get(p.get("segment", 0), 0) + 1

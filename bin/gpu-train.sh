@@ -18,8 +18,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 DATA=${DATA:-/tmp/vaecodec-train}
 mkdir -p "$DATA"
+count=$(find .gpu -path '.gpu/data-*' -type f | wc -l)  # the parts that reached this machine
 cp .gpu/data-*/* "$DATA"/
-echo "images: $(ls "$DATA" | wc -l); $("$PYTHON" -c 'import torch; print(torch.__version__, torch.cuda.is_available())')"
+echo "images: $count; $("$PYTHON" -c 'import torch; print(torch.__version__, torch.cuda.is_available())')"
+# A machine given back between the calls keeps none of the earlier parts: never train on a subset.
+[ "$count" -eq "$(cat .gpu/ckpt/images.txt)" ] || { echo "error: $count images here, $(cat .gpu/ckpt/images.txt) packed: a part is missing (the machine was given back between calls?)"; exit 1; }
 "$PYTHON" -u -m vaecodec train .gpu/ckpt/cc-stable.pt --data "$DATA" --device "$DEVICE" --minutes "$MINUTES" \
     --batch-size "$BATCH" --precision "$PRECISION" --data-workers "$(nproc)" --save-every 120 --log "$OUT/gpu-train.log"
 mkdir -p "$OUT/ckpt"

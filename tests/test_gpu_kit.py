@@ -45,13 +45,52 @@ def test_hide_keeps_the_big_files_home_and_unhide_restores_the_index_exactly(tmp
     assert (repo / "checkpoints" / "s.pt").read_bytes() == b"state, trained on"  # on disk, untouched
     assert (repo / "vaecodec" / "weights" / "m.pt").read_bytes() == b"model"
 
-    kit.unhide(repo)
+    assert kit.unhide(repo) == []  # nothing changed on disk meanwhile
     assert _git(repo, "status", "--porcelain") == status  # the modified checkpoint is modified again, nothing staged
     assert _git(repo, "diff", "--cached") == ""
     assert _travelling(repo) == {"README.md", "checkpoints/log.txt", "checkpoints/s.pt", "vaecodec/weights/m.pt"}
     assert (repo / "checkpoints" / "s.pt").read_bytes() == b"state, trained on"
     exclude = (repo / ".git" / "info" / "exclude").read_text().splitlines()
     assert exclude[-1] == f"/{kit.KIT}/" and exclude.count(kit.EXCLUDE_MARK) == 1
+
+
+def _repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "checkpoints").mkdir(parents=True)
+    (repo / "checkpoints" / "s.pt").write_bytes(b"state")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "start")
+    return repo
+
+
+def test_hide_and_unhide_refuse_what_could_lose_data_and_keep_what_git_would_clobber(tmp_path):
+    kit = _kit()
+    repo = _repo(tmp_path)
+    with pytest.raises(kit.KitError, match="nothing is hidden"):
+        kit.unhide(repo)
+    (repo / "checkpoints" / "s.pt").write_bytes(b"staged")
+    _git(repo, "add", "checkpoints/s.pt")
+    with pytest.raises(kit.KitError, match="staged"):  # unhide could only give back HEAD's entry
+        kit.hide(repo)
+    assert "s.pt" in _git(repo, "ls-files") and _git(repo, "diff", "--cached", "--name-only") == "checkpoints/s.pt\n"
+    _git(repo, "reset", "-q")
+    (repo / "checkpoints" / "s.pt").write_bytes(b"trained on")
+    kit.hide(repo)
+    with pytest.raises(kit.KitError, match="already hidden"):
+        kit.hide(repo)
+    _git(repo, "checkout", "HEAD", "--", "checkpoints")  # a git command that clobbers the ignored file
+    assert (repo / "checkpoints" / "s.pt").read_bytes() == b"state"
+    changed = kit.unhide(repo)
+    assert len(changed) == 1 and changed[0].startswith("checkpoints/s.pt (hidden as ")
+    blob = changed[0].split("hidden as ")[1].rstrip(")")
+    assert _git(repo, "cat-file", "blob", blob) == "trained on"  # recoverable
+    kit.hide(repo)
+    (repo / "new.txt").write_text("x")
+    _git(repo, "add", "new.txt")
+    _git(repo, "commit", "-q", "-m", "while hidden")
+    with pytest.raises(kit.KitError, match="HEAD moved"):
+        kit.unhide(repo)
 
 
 def test_a_checkpoint_crosses_in_parts_and_a_damaged_part_is_refused(tmp_path, monkeypatch):
@@ -81,7 +120,7 @@ def test_with_the_big_files_hidden_every_device_call_fits_its_64_mib():
     """What the kit's calls carry beside the tree: one part of the images (``PART_MB``), or the stable
     checkpoint and constriction's wheel (<1 MB). A tree grown past that would stop a lent GPU's calls."""
     kit = _kit()
-    tracked = set(_git(ROOT, "ls-files", "-z").split("\0")) - {""}
+    tracked = set(_git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")) - {""}
     tree = sum((ROOT / f).stat().st_size for f in tracked - set(kit.hidden_files(ROOT)) if (ROOT / f).exists())
     checkpoint = (ROOT / "checkpoints" / "cc-stable.pt").stat().st_size
     assert tree + kit.PART_MB * 1e6 < 64 * 2**20

@@ -125,6 +125,41 @@ def test_the_float_path_gives_the_int8_programs_integers(monkeypatch, form):
     assert torch.equal(program.run(y), expected)
 
 
+def test_the_float_path_takes_a_rescaling_without_pre_shift_tiny_sizes_and_a_one_layer_program(monkeypatch):
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")
+    g = torch.Generator().manual_seed(8)
+    tables = Int8SynthesisProgram.from_module(_synthesis(seed=5)).tables()
+    assert tables["s8.2.pre_shift"].any()
+    tables["s8.2.pre_shift"] = np.zeros_like(tables["s8.2.pre_shift"])  # the middle layer's: sums plus a bias,
+    program = Int8SynthesisProgram.from_tables(tables)                  # rescaled by one multiplier alone
+    assert not program.layers[2].rescale.any_pre
+    for h, w in [(1, 1), (1, 4), (3, 1), (2, 2), (5, 7)]:
+        y = _fixed(torch.randn(1, 16, h, w, generator=g) * 4)
+        y[0, :, 0, 0] = 2.0**20
+        assert torch.equal(program.run(y), _reference(program, y)), (h, w)
+    torch.manual_seed(9)
+    one = Int8Synthesis(_deconv(16, 3))  # its one layer multiplies the 16-bit input by columns
+    one.calibrate(torch.randn(2, 16, 6, 7) * 3)
+    program = Int8SynthesisProgram.from_module(one)
+    # Its sums of 16-bit inputs could pass 2^24 (where they are seen, they mostly saturate the output
+    # anyway): its bound is taken with the 16-bit range, so it multiplies in float64.
+    assert Int8FloatProgram(program).steps[0].dtype == torch.float64
+    y = _fixed(torch.randn(1, 16, 8, 9, generator=g) * 4)
+    assert torch.equal(program.run(y), _reference(program, y))
+
+
+def test_a_layout_the_float_path_does_not_take_decodes_by_the_int_path(monkeypatch):
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")
+    torch.manual_seed(10)
+    s = Int8Synthesis(_deconv(16, 8), SimplifiedGDN(8, True), SimplifiedGDN(8, True), _deconv(8, 3))
+    s.calibrate(torch.randn(2, 16, 6, 7) * 3)
+    program = Int8SynthesisProgram.from_module(s)
+    with pytest.raises(ValueError):
+        Int8FloatProgram(program)
+    y = _fixed(torch.randn(1, 16, 3, 4, generator=torch.Generator().manual_seed(1)) * 4)
+    assert torch.equal(program.run(y), _reference(program, y))
+
+
 @pytest.mark.parametrize("pre", [False, True])
 def test_the_float_rescaling_gives_the_int32_rescalings_integers(pre):
     g = torch.Generator().manual_seed(7)

@@ -54,9 +54,11 @@ class _Requantize:
     The int32 program computes v = Σ + b, v' = floor((v + ½·2^pre)·2^-pre) (its rounding right shift),
     clamps v' to ±bound (only so that v'·m fits int32: the result saturates there anyway), then
     floor((v'·m + ½·2^shift)·2^-shift) clamped to ±limit. In float64 no clamp is needed before the product
-    (|v'·m| < 2^46), and without a pre-shift the bias and the rounding half fold into one offset:
-    floor(Σ·(m·2^-shift) + (b·m + ½·2^shift)·2^-shift), every term an integer multiple of 2^-shift below
-    2^53 of them, so every step is exact.
+    where it is exact, and without a pre-shift the bias and the rounding half fold into one offset:
+    floor(Σ·(m·2^-shift) + (b·m + ½·2^shift)·2^-shift), every term an integer multiple of 2^-shift.
+    Below 2^53 of them every step is exact; beyond (the first layer's 16-bit sums without a pre-shift can
+    reach it) the value is at least 2^(53 − shift) ≥ 2^23, far past ±limit, where rounding, being
+    monotone, cannot move it back: the clamp gives the same integer.
     """
 
     def __init__(self, r: _Rescale, bias: torch.Tensor | None = None):
@@ -135,8 +137,8 @@ class _Upsampling:
         self.columns_form = layer.last
         # The first layer's 16-bit input (±32 512) as two planes of int8 digits, x = 255·hi + lo, each
         # multiplied alone and the sums joined in float64: float32 products, exact, instead of float64 ones.
-        self.digits = layer.digits
-        input_top = ACT_TOP if layer.digits else input_top
+        self.digits = layer.digits and not layer.last  # (a one-layer program's columns take the input whole)
+        input_top = ACT_TOP if self.digits else input_top
         self.requantize = _Requantize(layer.rescale, layer.bias)
         self.norm = norm
         taps = layer.taps

@@ -149,7 +149,11 @@ class Int8Synthesis(nn.Sequential):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         # float32 even under bfloat16 autocast: bf16 sums (8-bit mantissas) would move values by up to a
         # quarter step near ±127, and training would round differently from the decoder.
-        with torch.autocast(y.device.type, enabled=False):
+        # Nor TF32 on a GPU: its 10-bit significands cannot hold the first layer's 16-bit integers.
+        cudnn = torch.backends.cudnn
+        no_tf32 = cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                              allow_tf32=False)
+        with torch.autocast(y.device.type, enabled=False), no_tf32:
             return self._forward(y.float())
 
     def _forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -497,8 +501,12 @@ class Int8SynthesisProgram:
             if self._on_floats is None:
                 from .int8_float import Int8FloatProgram
 
-                self._on_floats = Int8FloatProgram(self)
-            return self._on_floats.run(a)
+                try:
+                    self._on_floats = Int8FloatProgram(self)
+                except ValueError:  # a layout the float path does not take (a GDN after a GDN): the int path
+                    self._on_floats = False
+            if self._on_floats:
+                return self._on_floats.run(a)
         x = self.quantize_input(a)
         for layer in self.layers:
             x = layer(x)

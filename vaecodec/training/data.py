@@ -57,7 +57,8 @@ class CropPool:
         convolution's memory format, so that view made the whole training step channels-last, where the
         GDNs' 1×1 convolutions fall to a slow reference kernel (``benchmarks/train_parallel.py``).
         The pixels cross to a GPU as uint8 and become floats there (a quarter of the bytes, and no
-        conversion on the host between steps); the same values (x/255 is correctly rounded on both).
+        conversion on the host between steps); there x/255 may be one ulp from the CPU's (torch's CUDA
+        kernel multiplies by 1/255).
         """
         n, c = self.crops.shape[0], self.crops.shape[1]
         patch = min(patch, c)
