@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a lent GPU machine (bin/gpu-kit's last device call): continue the stable run on CUDA, then hand the
 # checkpoint back in parts. MINUTES: training time; BATCH: small-patch batch; DEVICE: cuda (cpu to rehearse
-# here); PRECISION: float32 (TF32 convolutions on the GPU) as every step of the run so far, not bfloat16, whose
-# rounding of y and μ moves r by up to 1/8 of a bin at the top λ (a review, not yet measured on a GPU);
+# here); PRECISION: float32 (TF32 convolutions on the GPU) as every step of the run so far, not bfloat16, which
+# would round the latents and their means before the rate sees them (not measured on a GPU yet);
 # OUT: where the device tool collects files (set there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
