@@ -2,7 +2,7 @@
 """What lower-precision arithmetic in the synthesis would cost in PSNR, before any quantization-aware training.
 
     python benchmarks/synthesis_precision.py [--images ../shared/data/kodak] [--count 6] [--qualities 20,50,90]
-        [--out benchmarks/results/synthesis-precision.json]
+        [--variants 8:8:channel,8:9:channel] [--out benchmarks/results/synthesis-precision.json]
 
 The exact decoder runs the synthesis on 14-bit weights and up to 21-bit
 activations in float64 (``vaecodec/fixedpoint.py``), its slowest part
@@ -37,7 +37,11 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=6)
     ap.add_argument("--qualities", default="20,50,90")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "synthesis-precision.json"))
+    ap.add_argument("--variants", help="W:A:layer|channel,... (weight bits, activation bits, scale; 0 = float); "
+                    "default: the set above")
     args = ap.parse_args()
+    variants = VARIANTS if not args.variants else [
+        (int(w), int(a), per) for w, a, per in (v.split(":") for v in args.variants.split(","))]
 
     import numpy as np
     import torch
@@ -106,7 +110,7 @@ def main() -> None:
         for _, _, _, y, _ in samples:
             run(y, 0, 0, "layer", peaks, record=True)
     rows = [{"variant": "exact (shipped)", "psnr": {q: float(np.mean([s[4] for s in samples if s[0] == q])) for q in qualities}}]
-    for wbits, abits, per in VARIANTS:
+    for wbits, abits, per in variants:
         by_q = {q: [] for q in qualities}
         for q, px, analysed, y, _ in samples:
             with torch.no_grad():
