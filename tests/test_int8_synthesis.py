@@ -148,6 +148,27 @@ def test_the_float_path_takes_a_rescaling_without_pre_shift_tiny_sizes_and_a_one
     assert torch.equal(program.run(y), _reference(program, y))
 
 
+def test_taps_whose_sums_could_pass_the_float32_limit_are_summed_in_runs(monkeypatch):
+    program = Int8SynthesisProgram.from_module(_synthesis(seed=5))
+    middle = program.layers[2]  # 12 → 8 channels, 3×3, 3×2, 2×3 and 2×2 taps per phase
+    one_tap = max(float(middle.weight[:, :, ky, kx].double().abs().sum(0).max())
+                  for ky in range(5) for kx in range(5)) * ACT_TOP
+    monkeypatch.setattr(int8_float, "FLOAT32_EXACT_LIMIT", 2.5 * one_tap)  # as if weights were ~2^24 / 2.5
+    on_floats = Int8FloatProgram(program)
+    step = on_floats.steps[1]
+    assert step.dtype == torch.float32 and step.runs > 1  # runs of taps, not float64
+    for phase in step.phases:  # every run's sums below the (patched) limit, and the runs cover the taps
+        assert phase.groups[0][0] == 0 and phase.groups[-1][1] == len(phase.weights)
+        assert all(a[1] == b[0] for a, b in zip(phase.groups, phase.groups[1:]))
+        for start, stop in phase.groups:
+            run = sum(phase.weights[j].double().abs().sum(1) for j in range(start, stop))
+            assert float(run.max()) * ACT_TOP < int8_float.FLOAT32_EXACT_LIMIT
+    g = torch.Generator().manual_seed(11)
+    for h, w in [(5, 7), (1, 3)]:
+        y = _fixed(torch.randn(1, 16, h, w, generator=g) * 4)
+        assert torch.equal(on_floats.run(y), _reference(program, y))
+
+
 def test_a_layout_the_float_path_does_not_take_decodes_by_the_int_path(monkeypatch):
     monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")
     torch.manual_seed(10)

@@ -9,11 +9,15 @@ Yet an int8 × int8 product is a small integer (at most 127² = 16 129), and
 float32 (24-bit significands, twice float64's products per cycle on AVX2) sums
 such products exactly as long as every partial sum stays below 2^24. So here:
 
-* a layer's products run in float32 where its bound (127 times the largest
-  Σ|w| of one output over its taps and input channels, computed at
-  construction) is below 2^24, else in float64 (the first layer, whose 16-bit
-  input reaches ±32 512, and any layer whose weights would overflow): an
-  integer sum is exact in any order below the significand's limit;
+* a layer's products run in float32, each phase's taps summed in runs whose
+  bound (127 times the largest Σ|w| of one output over the run's taps and
+  input channels, computed at construction) stays below 2^24, the runs joined
+  in float64 (one run for an 8-bit layer's usual weights; more would let
+  wider weights or activations keep float32 products); a layer where one tap
+  alone could reach 2^24 multiplies in float64. The first layer's 16-bit
+  input (±32 512) is split into two int8 digit planes, or multiplied by
+  Winograd's phases in float64. An integer sum is exact in any order below
+  the significand's limit;
 * every rescaling (int32 sums times 15-bit multipliers, pre- and post-shifts)
   runs in float64: every intermediate is an integer below 2^53 and every
   scaling a power of two, so ``floor`` gives the int32 program's integers.
@@ -123,6 +127,21 @@ class _Phase:
     col: int
     offsets: list  # the taps' input offsets (dy, dx)
     weights: list  # per tap, (cout, cin) in the products' dtype
+    groups: list  # runs of consecutive taps (start, stop) whose sums stay below the products' exact limit
+
+
+def _tap_groups(tap_sums: list[torch.Tensor], input_top: float) -> list[tuple[int, int]] | None:
+    """Consecutive runs of taps whose partial sums, for every output, stay below 2^24 (``tap_sums``: per tap,
+    Σ|w| over the input channels of each output); None where one tap alone could reach it."""
+    groups, start, running = [], 0, torch.zeros_like(tap_sums[0])
+    for t, sums in enumerate(tap_sums):
+        if float(sums.max()) * input_top >= FLOAT32_EXACT_LIMIT:
+            return None
+        if float((running + sums).max()) * input_top >= FLOAT32_EXACT_LIMIT:
+            groups.append((start, t))
+            start, running = t, torch.zeros_like(running)
+        running = running + sums
+    return groups + [(start, len(tap_sums))]
 
 
 class _Upsampling:
@@ -142,16 +161,25 @@ class _Upsampling:
         self.requantize = _Requantize(layer.rescale, layer.bias)
         self.norm = norm
         taps = layer.taps
-        # The largest |sum| one output's products reach: over its phase's taps and input channels.
-        bound = max(float(sum(w[:, :, ky, kx].abs() for ky, _ in rows for kx, _ in cols).sum(0).max())
-                    for rows in taps for cols in taps) * input_top
-        self.dtype = torch.float32 if bound < FLOAT32_EXACT_LIMIT else torch.float64
-        if self.columns_form:  # (cout·k², cin): a band's columns are one product
+        # Per phase, each tap's Σ|w| over the input channels, per output: times the input's largest magnitude,
+        # what its products add to a sum. A phase's taps are summed in float32 in runs that stay below 2^24
+        # (one run for an 8-bit layer's usual weights), the runs joined in float64; where a single tap could
+        # reach 2^24 the layer multiplies in float64.
+        phase_taps = [[(ky, dy, kx, dx) for ky, dy in rows for kx, dx in cols] for rows in taps for cols in taps]
+        tap_sums = [[w[:, :, ky, kx].abs().sum(0) for ky, _, kx, _ in chosen] for chosen in phase_taps]
+        groups = [_tap_groups(sums, input_top) for sums in tap_sums]
+        self.dtype = torch.float32 if None not in groups else torch.float64
+        if self.columns_form:  # (cout·k², cin): a band's columns are one product; col2im adds a phase's taps
             self.columns = w.permute(1, 2, 3, 0).reshape(cout * k * k, cin).to(self.dtype).contiguous()
+            whole = max(float(sum(sums).max()) for sums in tap_sums) * input_top
+            self.fold_dtype = torch.float32 if whole < FLOAT32_EXACT_LIMIT else torch.float64
+            self.winograd = None
             return
-        self.phases = [_Phase(py, px, [(dy, dx) for _, dy in rows for _, dx in cols],
-                              [w[:, :, ky, kx].t().to(self.dtype).contiguous() for ky, _ in rows for kx, _ in cols])
-                       for py, rows in enumerate(taps) for px, cols in enumerate(taps)]
+        self.phases = [_Phase(i // len(taps), i % len(taps), [(dy, dx) for _, dy, _, dx in chosen],
+                              [w[:, :, ky, kx].t().to(self.dtype).contiguous() for ky, _, kx, _ in chosen],
+                              groups[i] or [(0, len(chosen))])
+                       for i, chosen in enumerate(phase_taps)]
+        self.runs = max(len(p.groups) for p in self.phases)
         self.winograd = self._winograd(layer) if layer.digits else None
 
     def _winograd(self, layer: _Int8Deconv) -> list[WinogradPhase] | None:
@@ -200,7 +228,7 @@ class _Upsampling:
         windows = [a.new_zeros(cin, (min(h, rows) + before + after) * wp + before + after, dtype=self.dtype)
                    for _ in planes]
         band = min(h, rows) * wp
-        products = a.new_empty(len(planes), cout * band, dtype=self.dtype)
+        products = a.new_empty(len(planes) * self.runs, cout * band, dtype=self.dtype)
         scratch = a.new_empty(3, cout * band, dtype=torch.float64)  # the sums, then the norm's two
         out = a.new_empty(cout, h, s, w, s, dtype=torch.float32)
         for r0 in range(0, h, rows):
@@ -209,19 +237,25 @@ class _Upsampling:
             for window, plane in zip(windows, planes):
                 _padded_rows_into(window, plane, r0 - before, r1 + after, before, wp)
             for phase in self.phases:
-                sums = []
-                for window, room in zip(windows, products):
-                    acc = _block(room, cout, length)
-                    for j, (dy, dx) in enumerate(phase.offsets):
-                        t = (before + dy) * wp + before + dx
-                        x = window[:, t:t + length]
-                        torch.mm(phase.weights[j], x, out=acc) if j == 0 else acc.addmm_(phase.weights[j], x)
-                    sums.append(acc)
+                sums = []  # (run's sums, its factor): Σ·x = 255·(Σ·hi) + Σ·lo for digit planes
+                for plane, (window, factor) in enumerate(zip(windows, (INPUT_DIGIT, 1) if self.digits else (1,))):
+                    for run, (start, stop) in enumerate(phase.groups):
+                        acc = _block(products[plane * self.runs + run], cout, length)
+                        for j in range(start, stop):
+                            dy, dx = phase.offsets[j]
+                            t = (before + dy) * wp + before + dx
+                            x = window[:, t:t + length]
+                            torch.mm(phase.weights[j], x, out=acc) if j == start else acc.addmm_(phase.weights[j], x)
+                        sums.append((acc, factor))
                 v = _block(scratch[0], cout, length)
-                if self.digits:  # Σ·x = 255·(Σ·hi) + Σ·lo, joined in float64 (below 2^53)
-                    v = self.requantize(v.copy_(sums[1]).add_(sums[0], alpha=INPUT_DIGIT), v)
-                else:
-                    v = self.requantize(sums[0], v)
+                if len(sums) == 1:
+                    v = self.requantize(sums[0][0], v)
+                else:  # joined in float64, exact (below 2^53): in-place additions compute in float64
+                    (first, factor), rest = sums[-1], sums[:-1]
+                    v.copy_(first).mul_(factor)
+                    for acc, factor in rest:
+                        v.add_(acc, alpha=factor)
+                    v = self.requantize(v, v)
                 if self.norm is not None:
                     self.norm.apply_(v, scratch[1:])
                 out[:, r0:r1, phase.row, :, phase.col] = v.view(cout, r1 - r0, wp)[:, :, :w]
@@ -234,11 +268,11 @@ class _Upsampling:
         cin, h, w = a.shape
         s, p, k, cout = self.stride, self.padding, self.k, self.cout
         rows = max(1, COLUMN_POSITIONS // w)
-        acc = a.new_zeros(cout, s * h + k, s * w + k, dtype=self.dtype)  # output row o at o + p
+        acc = a.new_zeros(cout, s * h + k, s * w + k, dtype=self.fold_dtype)  # output row o at o + p
         flat = a.reshape(cin, h * w)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            columns = self.columns @ flat[:, r0 * w:r1 * w].to(self.dtype)
+            columns = (self.columns @ flat[:, r0 * w:r1 * w].to(self.dtype)).to(self.fold_dtype)
             acc[:, s * r0:s * r1 + k - s, :s * w + k - s] += F.fold(
                 columns[None], (s * (r1 - r0) + k - s, s * w + k - s), k, stride=s)[0]
         sums = acc[:, p:p + s * h, p:p + s * w].reshape(cout, s * h * s * w)
