@@ -2,7 +2,7 @@
 """What a narrower or an 8-bit integer synthesis would cost to decode: the speed side of choosing the next model.
 
     python benchmarks/synthesis_cost.py [--images ../shared/data/kodak] [--count 6] [--repeats 2]
-        [--variants 128x64,128x48,96x48,128x32,96x32,64x32,int8:128x64] [--out benchmarks/results/synthesis-cost.json]
+        [--variants 128x64,128x48,96x48,128x32,96x32,64x32,int8:128x64,int10:128x64] [--out benchmarks/results/synthesis-cost.json]
 
 The decoder's bottleneck is the exact float64 synthesis (``benchmarks/speed.py``).
 Its cost is set by the widths (w at 1/8 and 1/4 resolution, n at 1/2), not by
@@ -21,6 +21,11 @@ analysis keeps its width: it is an encoder-side float network, exactness does
 not bind it). Quality is not measured here: a narrower synthesis has to be
 trained to know what it loses, and an 8-bit one's loss before retraining is
 ``benchmarks/synthesis_precision.py``'s question.
+
+``int10:WxN`` (any ``intB``) times the 8-bit program on float products with
+its taps summed in the runs that B-bit weights and activations would need
+(every sum 4^(B−8) times larger; the products are the same): the speed of a
+wider integer synthesis on a CPU without int8 kernels, before one exists.
 
 ``int8:WxN`` runs the decoder's own 8-bit program
 (:class:`vaecodec.int8_synthesis.Int8SynthesisProgram`, int8 products summed in
@@ -57,7 +62,9 @@ def main() -> None:
     torch.set_num_threads(1)
     import vaecodec
     from vaecodec.fixedpoint import ACT_FRAC_BITS, FixedPointProgram
+    from vaecodec import int8_float
     from vaecodec.int8_synthesis import Int8Synthesis, Int8SynthesisProgram
+    from vaecodec.intmm import int_mm_pays
     from vaecodec.image import load_pixels
     from vaecodec.model import SimplifiedGDN, _deconv
 
@@ -94,13 +101,25 @@ def main() -> None:
     # The shipped program with its trained weights; its MACs are those of its widths.
     variants = {"shipped": (shipped, macs_per_pixel(stack(model.config.wide, model.config.channels)))}
     for spec in args.variants.split(","):
-        int8 = spec.startswith("int8:")
-        w, n = (int(v) for v in spec.removeprefix("int8:").split("x"))
+        prefix, _, widths = spec.rpartition(":")
+        w, n = (int(v) for v in widths.split("x"))
         seq = stack(w, n)
-        if int8:
+        if prefix:  # int8, or intB: the 8-bit program on float products summed as B-bit ones would be
+            bits = int(prefix.removeprefix("int"))
             module = Int8Synthesis(*seq)
             module.calibrate(y_hats[0].float() * 2.0**-ACT_FRAC_BITS)
             program = Int8SynthesisProgram.from_module(module)
+            if bits != 8:
+                if int_mm_pays():
+                    raise SystemExit("intB variants time the float path; set VAECODEC_INT8_KERNEL=float32 here")
+                # Weights and activations 2^(B−8) times larger make every sum 4^(B−8) times larger: the float
+                # path's runs of taps are what its bound would choose for them (same products, more runs).
+                limit = int8_float.FLOAT32_EXACT_LIMIT
+                int8_float.FLOAT32_EXACT_LIMIT = limit / 4 ** (bits - 8)
+                try:
+                    program._on_floats = int8_float.Int8FloatProgram(program)
+                finally:
+                    int8_float.FLOAT32_EXACT_LIMIT = limit
         else:
             program = FixedPointProgram.from_sequential(seq)
         variants[spec] = (program, macs_per_pixel(seq))
