@@ -19,8 +19,10 @@ such products exactly as long as every partial sum stays below 2^24. So here:
   Winograd's phases in float64. An integer sum is exact in any order below
   the significand's limit;
 * every rescaling (int32 sums times 15-bit multipliers, pre- and post-shifts)
-  runs in float64: every intermediate is an integer below 2^53 and every
-  scaling a power of two, so ``floor`` gives the int32 program's integers.
+  runs in float64: every intermediate is an integer below 2^53 (or so far
+  past the clamp that rounding cannot bring it back, see :class:`_Requantize`)
+  and every scaling a power of two, so ``floor`` gives the int32 program's
+  integers.
 
 The layout is :mod:`vaecodec.fixedpoint`'s taps path: activations channels
 first (c, h, w), each phase of an upsampling a few taps' products over
