@@ -2,7 +2,7 @@
 """What narrower integers in the networks that feed the entropy coder would cost in rate, before retraining.
 
     python benchmarks/latent_precision.py [--images ../shared/data/kodak] [--count 6]
-        [--variants 10:10,8:8] [--out benchmarks/results/latent-precision.json]
+        [--variants 10:10,8:8] [--calibrate ../shared/data/train] [--out benchmarks/results/latent-precision.json]
 
 The exact decoder's latent side (the hyper-synthesis, the checkerboard
 context, the channel contexts and the entropy-parameter networks that turn
@@ -16,8 +16,10 @@ the shipped weights and no retraining, the model's own rate estimate and PSNR
 convolution of those networks has its weights rounded to W bits (per output
 channel, power-of-two scale) and its input to A bits (a power-of-two scale
 per channel, set from the largest value these same images reach: an
-optimistic calibration), against the float model. The synthesis and the
-analysis are left as they are. ``W:A`` = ``0:0`` is the float model.
+optimistic calibration; ``--calibrate DIR`` takes them from other images,
+as a shipped program would, and inputs beyond saturate; ``--headroom B``
+scales the peaks by 2^B first), against the float
+model. The synthesis and the analysis are left as they are.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=6)
     ap.add_argument("--lambdas", default="0.0008,0.0064,0.0512,0.4096,3.2768")
     ap.add_argument("--variants", default="10:10,9:9,8:8")
+    ap.add_argument("--headroom", type=float, default=0.0, help="bits of headroom above the calibrated peaks")
+    ap.add_argument("--calibrate", help="folder whose first --count images set the input scales (e.g. training "
+                    "images: the way a shipped program would be made); default: the measured images themselves")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latent-precision.json"))
     args = ap.parse_args()
 
@@ -80,9 +85,12 @@ def main() -> None:
         return hook
 
     handles = [c.register_forward_pre_hook(record(n)) for n, c in latent_convs(net)]
-    float_rows = image_estimates(net, files, lambdas)
+    calibration = image_files(args.calibrate)[:args.count] if args.calibrate else files
+    float_rows = image_estimates(net, calibration, lambdas)
     for h in handles:
         h.remove()
+    if args.calibrate:
+        float_rows = image_estimates(net, files, lambdas)
 
     def summary(rows) -> list[dict]:
         return [{"lambda": lam, "bpp": float(np.mean([r[k][0] for r in rows])), "psnr": float(np.mean([r[k][1] for r in rows]))}
@@ -100,7 +108,7 @@ def main() -> None:
                     peak = w.abs().amax(dim=[d for d in range(w.dim()) if d != out_dim], keepdim=True)
                     w.copy_(to_bits(w, wbits, peak))
             if abits:
-                p = peaks[name][None, :, None, None]
+                p = peaks[name][None, :, None, None] * 2.0**args.headroom
                 conv.register_forward_pre_hook(lambda _, inputs, p=p: (to_bits(inputs[0], abits, p),))
         results.append({"variant": f"weights {wbits}, activations {abits}", "weight_bits": wbits,
                         "activation_bits": abits, "rows": summary(image_estimates(q, files, lambdas))})
@@ -111,6 +119,7 @@ def main() -> None:
             row["psnr_change_db"] = row["psnr"] - b["psnr"]
     out = {"command": "python benchmarks/latent_precision.py " + " ".join(sys.argv[1:]),
            "model": f"{model.model_id} {model.weight_hash.hex()}", "images": [Path(f).name for f in files],
+           "calibration_images": [Path(f).name for f in calibration],
            "results": results}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"{'variant':<28}" + "".join(f"{'λ ' + str(lam):>22}" for lam in lambdas))
