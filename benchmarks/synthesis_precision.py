@@ -2,7 +2,7 @@
 """What lower-precision arithmetic in the synthesis would cost in PSNR, before any quantization-aware training.
 
     python benchmarks/synthesis_precision.py [--images ../shared/data/kodak] [--count 6] [--qualities 20,50,90]
-        [--variants 8:8:channel,8:9:channel] [--out benchmarks/results/synthesis-precision.json]
+        [--variants 8:8:channel,8:9:channel] [--headroom 1] [--out benchmarks/results/synthesis-precision.json]
 
 The exact decoder runs the synthesis on 14-bit weights and up to 21-bit
 activations in float64 (``vaecodec/fixedpoint.py``), its slowest part
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=6)
     ap.add_argument("--qualities", default="20,50,90")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "synthesis-precision.json"))
+    ap.add_argument("--headroom", type=float, default=0.0, help="bits of headroom above the calibrated peaks")
     ap.add_argument("--variants", help="W:A:layer|channel,... (weight bits, activation bits, scale; 0 = float); "
                     "default: the set above")
     args = ap.parse_args()
@@ -81,7 +82,8 @@ def main() -> None:
                 return v
             if not abits:
                 return v
-            return round_to_bits(v, abits, peaks[key] if per == "channel" else peaks[key].max())
+            peak = peaks[key] if per == "channel" else peaks[key].max()
+            return round_to_bits(v, abits, peak * 2.0**args.headroom)
 
         a = y
         for i, layer in enumerate(layers):
