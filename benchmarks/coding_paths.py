@@ -220,6 +220,9 @@ def main() -> None:
     from vaecodec.model import SimplifiedGDN
 
     codec = Codec(args.model)
+    if codec.model.config.latent_bits and "latent_stages_push_and_pop" in args.pairs.split(","):
+        raise SystemExit("the latent_stages_push_and_pop pair times the fixed-point context's gather; this model's "
+                         "latent networks are 10-bit programs: pass --model vaecodec/weights/vaecodec-cc64-r5.pt")
     m = codec.model
     pixels = load_pixels(args.image)
     x = to_model_input(pixels, 64, torch.uint8)
@@ -239,7 +242,7 @@ def main() -> None:
     params = m.hyper_decode(z)  # ŷ quantized around the hyperprior's means: realistic values for timing
     y_hat = m.dequantize(m.quantize(y, params, quality), params, quality)
     pairs = {  # result key: (owner, attribute, forms, stage, same)
-        "latent_stages_push_and_pop": (coding_model, "conv_of_checkerboard_at",
+        "latent_stages_push_and_pop": (fixedpoint, "conv_of_checkerboard_at",  # a model without 10-bit latents
                                        {"index gather (reference)": index_gather, "row copies (library)": None},
                                        push_and_pop, np.array_equal),
         "analysis": (SimplifiedGDN, "forward_",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The full Kodak rate–distortion benchmark: every codec, all 24 images, one run.
 
-    python benchmarks/kodak.py [--kodak ../shared/data/kodak] [-j 2] [--codecs ...]
+    python benchmarks/kodak.py [--kodak ../shared/data/kodak] [-j 2] [--codecs ...] [--model FILE] [--out DIR]
 
 Writes to benchmarks/results/: kodak.json (every measurement), kodak-rd.png
 (PSNR and MS-SSIM curves), kodak.md (tables, command, versions, machine), and
@@ -82,10 +82,11 @@ def main():
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--codecs", default="vaecodec,jpeg,webp,avif,avif-psnr,jxl,jpeg2000")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--model", help="vaecodec model file (default: the shipped model)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = run_benchmark([args.kodak], args.codecs.split(","), jobs=args.jobs)
+    report = run_benchmark([args.kodak], args.codecs.split(","), model=args.model, jobs=args.jobs)
     report.command = "python benchmarks/kodak.py " + " ".join(sys.argv[1:])
     print(format_table(report))
     save_json(report, out / "kodak.json")

@@ -40,6 +40,12 @@ def main() -> None:
     ap.add_argument("--lambdas", default="0.0008,0.0064,0.0512,0.4096,3.2768")
     ap.add_argument("--variants", default="10:10,9:9,8:8")
     ap.add_argument("--headroom", type=float, default=0.0, help="bits of headroom above the calibrated peaks")
+    ap.add_argument("--scheme", choices=("separate", "folded", "tensor"), default="separate",
+                    help="separate: weights rounded per output channel on their own, activations per channel "
+                    "(the default; not what one integer accumulator computes); folded: each input channel's "
+                    "activation step folded into the weights before they are rounded per output channel (what an "
+                    "integer program with per-channel activation steps computes); tensor: one activation step "
+                    "per layer input")
     ap.add_argument("--calibrate", help="folder whose first --count images set the input scales (e.g. training "
                     "images: the way a shipped program would be made); default: the measured images themselves")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latent-precision.json"))
@@ -100,6 +106,7 @@ def main() -> None:
     for spec in args.variants.split(","):
         wbits, abits = (int(v) for v in spec.split(":"))
         q = copy.deepcopy(net)
+        original = {n: c.weight.detach().clone() for n, c in latent_convs(q)}
         for name, conv in latent_convs(q):
             with torch.no_grad():
                 w = conv.weight
@@ -107,10 +114,26 @@ def main() -> None:
                 if wbits:
                     peak = w.abs().amax(dim=[d for d in range(w.dim()) if d != out_dim], keepdim=True)
                     w.copy_(to_bits(w, wbits, peak))
-            if abits:
+            if abits and args.scheme == "tensor":
+                p = peaks[name].max()[None, None, None, None].expand(1, len(peaks[name]), 1, 1) * 2.0**args.headroom
+            elif abits:
                 p = peaks[name][None, :, None, None] * 2.0**args.headroom
+            if abits and wbits and args.scheme == "folded":
+                # The integer program's weights: w·step_i per input channel i, rounded per output channel,
+                # then seen in real units again (÷ step_i); the separate rounding above is replaced.
+                top = 2 ** (abits - 1) - 1
+                step = 1.0 / torch.exp2(torch.floor(torch.log2(top / p.flatten().clamp_min(1e-12))))
+                with torch.no_grad():
+                    w = conv.weight
+                    w.copy_(original[name])
+                    shape = (-1, 1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (1, -1, 1, 1)
+                    folded = w * step.view(shape)
+                    out_dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
+                    peak = folded.abs().amax(dim=[d for d in range(w.dim()) if d != out_dim], keepdim=True)
+                    w.copy_(to_bits(folded, wbits, peak) / step.view(shape))
+            if abits:
                 conv.register_forward_pre_hook(lambda _, inputs, p=p: (to_bits(inputs[0], abits, p),))
-        results.append({"variant": f"weights {wbits}, activations {abits}", "weight_bits": wbits,
+        results.append({"variant": f"weights {wbits}, activations {abits}" + ("" if args.scheme == "separate" else f" ({args.scheme})"), "weight_bits": wbits,
                         "activation_bits": abits, "rows": summary(image_estimates(q, files, lambdas))})
     base = results[0]["rows"]
     for r in results[1:]:
@@ -119,7 +142,7 @@ def main() -> None:
             row["psnr_change_db"] = row["psnr"] - b["psnr"]
     out = {"command": "python benchmarks/latent_precision.py " + " ".join(sys.argv[1:]),
            "model": f"{model.model_id} {model.weight_hash.hex()}", "images": [Path(f).name for f in files],
-           "calibration_images": [Path(f).name for f in calibration],
+           "calibration_images": [Path(f).name for f in calibration], "scheme": args.scheme,
            "results": results}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"{'variant':<28}" + "".join(f"{'λ ' + str(lam):>22}" for lam in lambdas))

@@ -131,6 +131,12 @@ def main():
                    f"checkpoints/train-state.pt vaecodec/weights/vaecodec-hp64.pt --quality-span "
                    f"{' '.join(map(str, training.get('quality_span', [])))}`")
         seen = f" ({training['step'] * 8 * 128 * 128 / 1e9:.2f} Gpixel seen)"
+    base = None  # a derived model file (the 10-bit latent programs over a shipped model's weights)
+    blob = torch.load(ROOT / "vaecodec" / "weights" / SHIPPED_MODEL, map_location="cpu", weights_only=True)
+    if "base" in blob:
+        base = blob["base"]
+        command = command.replace(f"vaecodec/weights/{SHIPPED_MODEL} --model-id {m.model_id}`",
+                                  f"vaecodec/weights/{base['file']} --model-id {base['model_id']}`")
     scale = training.get("quality_scale")
     if scale:
         q75 = m.quality_position(75)
@@ -141,8 +147,13 @@ def main():
             f"`training.json`); qualities whose JPEG PSNR lies beyond the anchors' reach spread evenly to the first "
             f"and last anchor. Quality 75 sits at position {q75:.2f}. How it holds on Kodak: "
             f"`benchmarks/results/quality-scale.md`.")
-        command = command.replace(f"--model-id {m.model_id}`",
-                                  f"--model-id {m.model_id} --jpeg-quality-scale ../shared/data/train`")
+        exported = base["model_id"] if base else m.model_id
+        command = command.replace(f"--model-id {exported}`",
+                                  f"--model-id {exported} --jpeg-quality-scale ../shared/data/train`")
+    if base:
+        command += (f", then `bin/narrow-latents vaecodec/weights/{base['file']} vaecodec/weights/{SHIPPED_MODEL} "
+                    f"--data ../shared/data/train --model-id {m.model_id}` (the 10-bit latent programs: the same "
+                    f"weights and quality tables as `{base['model_id']}`, whose file this one names)")
     else:
         quality_scale = "quality q sits at anchor position lo + (q−1)/99·(hi − lo), log-linearly in λ."
     lines = [
@@ -156,7 +167,14 @@ def main():
         "trained anchors unless the span says so)",
         f"- parameters: {m.num_parameters:,} (shipped in fp16, with integer coding tables)",
         *[f"- {k}: {v / 1e3:.1f} kMAC per pixel" for k, v in macs.items()],
-        ("- decoder arithmetic: the synthesis is an 8-bit integer program (int8 activations and weights, per-channel "
+        ("- decoder arithmetic: the networks that feed the entropy coder (hyper-synthesis, checkerboard and channel "
+         "contexts, entropy parameters) are 10-bit integer programs (activations within ±511 at one power-of-two step "
+         "per layer input, calibrated on 6 training images with one bit of headroom; weights rounded per output "
+         "channel to ±512; sums exact in float32 runs below 2^24, joined and rescaled exactly in float64; "
+         "`vaecodec/narrow.py`); the synthesis is integer fixed point (12 fractional bits for activations, 14-bit "
+         "weights) evaluated exactly in float64; every decoder number is an integer, the same on any machine. The "
+         "encoder's analysis runs in float32." if cfg.latent_bits == 10 else
+         "- decoder arithmetic: the synthesis is an 8-bit integer program (int8 activations and weights, per-channel "
          "steps, int32 sums by int8 matrix products, integer rescaling; `vaecodec/int8_synthesis.py`); the "
          "hyper-synthesis and context networks are integer fixed point (12 fractional bits for activations, 14-bit "
          "weights) evaluated exactly in float64; every decoder number is an integer, the same on any machine. The "

@@ -12,7 +12,8 @@ TINY_CHECKERBOARD = dict(TINY_CONFIG, kind="checkerboard", bottleneck_channels=1
 TINY_CHANNEL = dict(TINY_CHECKERBOARD, channel_slices=(2, 4, 6))
 TINY_KINDS = {"hyperprior": TINY_CONFIG, "checkerboard": TINY_CHECKERBOARD,
               "int8": TINY_CHECKERBOARD,  # with an 8-bit synthesis
-              "channel": TINY_CHANNEL}
+              "channel": TINY_CHANNEL,
+              "narrow": TINY_CHANNEL}  # with the 10-bit latent programs
 
 
 def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyperprior"):
@@ -32,7 +33,23 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
             for context, correction in zip(getattr(net, "channel_context", []), getattr(net, "channel_parameters", [])):
                 correction[-1].weight.normal_(0, 0.2)
                 context.weight.mul_(8)
-    return CodingModel.from_training_model(net, model_id)
+    model = CodingModel.from_training_model(net, model_id)
+    if kind == "narrow":  # its 10-bit steps calibrated on two small seeded images
+        import tempfile
+
+        from PIL import Image
+
+        from vaecodec.training.narrow_calibration import latent_exponents
+
+        rng = np.random.default_rng(seed)
+        with tempfile.TemporaryDirectory() as folder:
+            paths = []
+            for i in range(2):
+                smooth = np.cumsum(rng.integers(-6, 7, (72, 80, 3)), 1) + 128
+                paths.append(Path(folder) / f"calibration{i}.png")
+                Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8)).save(paths[-1])
+            model = model.with_narrow_latents(latent_exponents(model.float_network(), paths), model_id)
+    return model
 
 
 def make_tiny_pixel_model(seed: int = 0, model_id: str = "px-tiny-test", hidden: int = 8, components: int = 1):
@@ -90,7 +107,7 @@ def any_lossless_codec(request, tiny_model, tiny_pixel_model, tiny_mixture_model
     return Codec(tiny_model, tiny_pixel_model if request.param == "laplace" else tiny_mixture_model)
 
 
-@pytest.fixture(scope="session", params=["hyperprior", "checkerboard", "int8", "channel"])
+@pytest.fixture(scope="session", params=["hyperprior", "checkerboard", "int8", "channel", "narrow"])
 def any_tiny_codec(request):
     """A tiny codec of each architecture."""
     from vaecodec.api import Codec

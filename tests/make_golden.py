@@ -1,6 +1,6 @@
 """Regenerate the golden files in tests/data/ — only when the format changes on purpose.
 
-    python tests/make_golden.py [hyperprior|checkerboard|int8|channel|v2|v3|shipped]
+    python tests/make_golden.py [hyperprior|checkerboard|int8|channel|narrow|v2|v3|shipped]
 
 Writes a tiny seeded model (golden-model.pt), a .vae file of a seeded image
 (golden.vae) and the SHA-256 of its decoded pixels (golden.json); for the
@@ -13,7 +13,9 @@ tiles (golden-v3-tiles, 1100 × 24 RGB, checkerboard model; rewriting the v2
 files would turn them into version 3). ``int8`` writes a version-3 file of a tiny checkerboard model
 with an 8-bit synthesis (golden-s8: its integer program's tables are in the model file, and the
 file pins the integers it computes). ``channel`` writes a version-3 file of a tiny checkerboard model
-with channel slices (golden-cc: pins the slices' stack order and the channel context's integers). A format change must bump container.FORMAT_VERSION;
+with channel slices (golden-cc: pins the slices' stack order and the channel context's integers). ``narrow`` writes
+one of the same architecture with the 10-bit latent programs (golden-n10: pins their integers; the exponent
+tables are in the model file, a derived one naming golden-cc-model.pt). A format change must bump container.FORMAT_VERSION;
 then add goldens of the new version and commit. ``shipped`` writes a file of the package's current default
 model (shipped-<model file stem>), run just before a new model becomes the default: it proves that files of
 every earlier default keep decoding.
@@ -34,7 +36,8 @@ from vaecodec.api import Codec  # noqa: E402
 
 
 GOLDEN = {"hyperprior": ("golden", "golden-tiny"), "checkerboard": ("golden-cb", "golden-tiny-cb"),
-          "int8": ("golden-s8", "golden-tiny-s8"), "channel": ("golden-cc", "golden-tiny-cc")}
+          "int8": ("golden-s8", "golden-tiny-s8"), "channel": ("golden-cc", "golden-tiny-cc"),
+          "narrow": ("golden-n10", "golden-tiny-n10")}
 
 
 def write(prefix: str, codec: Codec, data: bytes) -> None:
@@ -85,7 +88,8 @@ def main() -> None:
         return version_3()
     prefix, model_id = GOLDEN[kind]
     model = make_tiny_model(seed=7, model_id=model_id, kind=kind)
-    model.save(DATA / f"{prefix}-model.pt")
+    # The 10-bit one shares golden-cc's weights: a derived model file (format version 2) naming it.
+    model.save(DATA / f"{prefix}-model.pt", base=DATA / "golden-cc-model.pt" if kind == "narrow" else None)
     codec = Codec(DATA / f"{prefix}-model.pt")
     # Note: this writes the current format version; the committed golden.vae and golden-cb.vae are version 1.
     write(prefix, codec, codec.compress(smooth_image(37, 53, seed=7), quality=64))

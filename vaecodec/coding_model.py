@@ -41,9 +41,10 @@ from torch import nn
 
 from .entropy import IndexedPmfs, quantize_pmf
 from .errors import ModelFileError
-from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, conv_of_checkerboard_at, round_shift, to_fixed
+from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, round_shift, to_fixed
 from .hardware import native_bfloat16
 from .int8_synthesis import Int8SynthesisProgram
+from .narrow import NarrowProgram
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
                     SimplifiedGDN, build_model, checkerboard_anchor_mask, interpolate_rows)
 
@@ -51,6 +52,7 @@ __all__ = ["CodingModel", "HyperParams", "NUM_QUALITIES", "DOWNSAMPLING"]
 
 MODEL_FORMAT = "vaecodec-model"
 MODEL_FORMAT_VERSION = 1
+DERIVED_FORMAT_VERSION = 2  # a model file that shares another's weights (CodingModel.save(base=...))
 NUM_QUALITIES = 100
 NUM_SCALES = 64  # the scale table of 0.1's models; a model's own count is ``config.num_scales``
 Y_RADIUS = 1023
@@ -218,23 +220,26 @@ class CodingModel:
         self.analysis = net.analysis.to(memory_format=torch.channels_last)
         self._analysis_bf16 = copy.deepcopy(self.analysis).to(torch.bfloat16)
         self.hyper_analysis = net.hyper_analysis
-        self.hyper_synthesis = FixedPointProgram.from_sequential(net.hyper_synthesis)
+        latent_program = self._latent_program_builder(net)
+        self.hyper_synthesis = latent_program("hyper_synthesis", net.hyper_synthesis)
         if config.synthesis_bits == 8:  # the integer tables computed at export; no float math decides them here
             self.synthesis = Int8SynthesisProgram.from_tables(self.tables, config.latent_channels)
         else:
             self.synthesis = FixedPointProgram.from_sequential(net.synthesis)
         self.has_context = config.kind == "checkerboard"
         if self.has_context:
-            self.context = FixedPointProgram.from_sequential(net.context)
-            self.entropy_parameters = FixedPointProgram.from_sequential(net.entropy_parameters)
             # context_params relies on both: one context convolution, and entropy parameters position by position.
-            if len(self.context.layers) != 1 or any(getattr(layer, "weight", torch.empty(1, 1, 1, 1)).shape[2:] != (1, 1)
-                                                    for layer in self.entropy_parameters.layers):
+            convs = [m for m in net.entropy_parameters if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+            if len(net.context) != 1 or any(m.kernel_size != (1, 1) for m in convs):
                 raise ValueError("a checkerboard model needs one context convolution and 1×1 entropy parameters")
+            self.context = latent_program("context", net.context)
+            self.entropy_parameters = latent_program("entropy_parameters", net.entropy_parameters)
         self.slice_bounds = config.slice_bounds
         if config.channel_slices:
-            self.channel_context = [FixedPointProgram.from_sequential(nn.Sequential(conv)) for conv in net.channel_context]
-            self.channel_parameters = [FixedPointProgram.from_sequential(seq) for seq in net.channel_parameters]
+            self.channel_context = [latent_program(f"channel_context.{s}", nn.Sequential(conv))
+                                    for s, conv in enumerate(net.channel_context)]
+            self.channel_parameters = [latent_program(f"channel_parameters.{s}", seq)
+                                       for s, seq in enumerate(net.channel_parameters)]
         self.y_pmfs = IndexedPmfs(self.tables["y_pmfs"], Y_RADIUS)
         if self.y_pmfs.num_tables != config.num_scales:
             raise ValueError("scale table does not match the model")
@@ -246,6 +251,34 @@ class CodingModel:
         self.weight_hash = self._hash()
         self.synthesis_tile = SYNTHESIS_TILE
         self._float_network: HyperpriorModel | None = None  # float_network(), built on first use
+
+    def _latent_program_builder(self, net: HyperpriorModel):
+        """``build(name, sequential)``: the exact program of one network that feeds the entropy coder: the
+        fixed-point one (float64), or with ``latent_bits`` 10 the 10-bit one from the model file's exponent
+        tables ``n10.{name}.{i}`` (its i-th convolution's input; :mod:`vaecodec.narrow`)."""
+        if self.config.latent_bits != 10:
+            return lambda name, seq: FixedPointProgram.from_sequential(seq)
+
+        def build(name: str, seq: nn.Sequential) -> NarrowProgram:
+            count = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in seq)
+            exponents = []
+            for i in range(count):
+                table = self.tables.get(f"n10.{name}.{i}")
+                if table is None or table.dtype.kind not in "iu" or table.ndim != 1:
+                    raise ValueError(f"10-bit table n10.{name}.{i} missing or of the wrong type")
+                exponents.append(torch.from_numpy(table.astype(np.int64)))
+            return NarrowProgram.from_sequential(seq, exponents)
+
+        return build
+
+    def with_narrow_latents(self, exponents: dict[str, np.ndarray], model_id: str) -> "CodingModel":
+        """This model with the 10-bit latent programs (``latent_bits`` 10): the same weights and quality
+        tables, plus the exponent ``tables`` (``n10.*``, from
+        :func:`vaecodec.training.narrow_calibration.latent_exponents`). Files of either decode only with
+        their own (the weight hash differs)."""
+        config = ModelConfig.from_dict({**self.config.to_dict(), "latent_bits": 10})
+        tables = {k: v for k, v in self.tables.items() if not k.startswith("n10.")}
+        return CodingModel(config, self.weights, {**tables, **exponents}, model_id)
 
     def float_network(self) -> HyperpriorModel:
         """The float32 training module with these (fp16) weights, in eval mode and without gradients: what
@@ -299,16 +332,52 @@ class CodingModel:
         i = int(min(max(math.floor(pos), 0), len(lam) - 2))
         return float(math.exp(lam[i] + (pos - i) * (lam[i + 1] - lam[i])))
 
-    def save(self, path: str | Path) -> None:
-        torch.save({
-            "format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "model_id": self.model_id,
-            "config": self.config.to_dict(), "weights": self.weights,
-            "tables": {k: torch.from_numpy(v) for k, v in self.tables.items()},
-        }, path)
+    def save(self, path: str | Path, base: str | Path | None = None) -> None:
+        """Write a model file. ``base``: a model file in the same folder whose weights this model shares (a
+        model that differs in its tables only, e.g. :meth:`with_narrow_latents`): the file then holds
+        its config and the tables that differ, and names the base by file name and weight hash (format
+        version 2; a few kB instead of the weights again)."""
+        blob = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "model_id": self.model_id,
+                "config": self.config.to_dict()}
+        if base is None:
+            blob.update(weights=self.weights, tables={k: torch.from_numpy(v) for k, v in self.tables.items()})
+        else:
+            base = Path(base)
+            if base.resolve() == Path(path).resolve():
+                raise ValueError("a derived model file cannot be its own base")
+            if base.parent.resolve() != Path(path).parent.resolve() or base.suffix != ".pt":
+                raise ValueError("a derived model file's base must be a .pt model file in the same folder")
+            config, weights, tables, model_id = CodingModel._read(base, derived_allowed=False)  # a base holds its weights
+            if set(weights) != set(self.weights) or any(not torch.equal(weights[k].to(torch.float16), v)
+                                                        for k, v in self.weights.items()):
+                raise ValueError(f"{base}: its weights are not this model's")
+            if set(tables) - set(self.tables):
+                raise ValueError(f"{base}: it has tables this model lacks (a derived file only adds or replaces)")
+            own = {k: v for k, v in self.tables.items() if k not in tables or not np.array_equal(tables[k], v)}
+            blob.update(version=DERIVED_FORMAT_VERSION, tables={k: torch.from_numpy(v) for k, v in own.items()},
+                        base={"file": base.name, "model_id": model_id,
+                              "weight_hash": self.hash_of(config, weights, tables).hex()},
+                        weight_hash=self.weight_hash.hex())
+        torch.save(blob, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "CodingModel":
-        """Load a model file; any defect is a :class:`ModelFileError` with a one-line message."""
+        """Load a model file; any defect is a :class:`ModelFileError` with a one-line message. A derived
+        file (version 2) loads its base from its own folder and checks the base's weight hash."""
+        return cls._load(Path(path), derived_allowed=True)
+
+    @classmethod
+    def _load(cls, path: Path, derived_allowed: bool) -> "CodingModel":
+        config, weights, tables, model_id = cls._read(path, derived_allowed)
+        try:
+            return cls(config, weights, tables, model_id)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ModelFileError(f"{path}: damaged model file ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+
+    @classmethod
+    def _read(cls, path: Path, derived_allowed: bool) -> tuple:
+        """(config, weights, tables, model_id) of a model file, a derived one's merged over its base and its
+        weight hash checked; the programs are not built (a base is read only for its weights and tables)."""
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -317,28 +386,59 @@ class CodingModel:
             raise ModelFileError(f"{path} is not a vaecodec model file ({type(e).__name__})") from None
         if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"{path} is not a vaecodec model file")
-        if blob.get("version") != MODEL_FORMAT_VERSION:
+        if blob.get("version") not in (MODEL_FORMAT_VERSION, DERIVED_FORMAT_VERSION):
             raise ModelFileError(f"{path}: unsupported model file version {blob.get('version')}")
         try:
+            config = ModelConfig.from_dict(blob["config"])
             tables = {k: v.numpy() for k, v in blob["tables"].items()}
-            return cls(ModelConfig.from_dict(blob["config"]), blob["weights"], tables, blob["model_id"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            weights = blob.get("weights")
+            if blob["version"] == DERIVED_FORMAT_VERSION:
+                base = blob["base"]
+                name = str(base["file"])
+                if not derived_allowed:
+                    raise ModelFileError(f"{path}: a derived model file's base must hold its weights")
+                if Path(name).name != name or not name.endswith(".pt") or name == path.name:
+                    raise ModelFileError(f"{path}: its base {name!r} is not a model file beside it")
+                base_config, weights, base_tables, base_id = cls._read(path.parent / name, derived_allowed=False)
+                base_hash = cls.hash_of(base_config, weights, base_tables).hex()
+                if base_id != base["model_id"] or base_hash != base["weight_hash"]:
+                    raise ModelFileError(f"{path}: its base {name!r} is model {base_id!r} ({base_hash}), not "
+                                         f"{str(base['model_id'])!r} ({str(base['weight_hash'])[:16]!r})")
+                tables = {**base_tables, **tables}
+                if cls.hash_of(config, weights, tables).hex() != blob["weight_hash"]:
+                    raise ModelFileError(f"{path}: damaged model file (its tables over its base's do not give "
+                                         "its weight hash)")
+            if not isinstance(weights, dict):
+                raise TypeError("no weights")
+            return config, weights, tables, str(blob["model_id"])
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise ModelFileError(f"{path}: damaged model file ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
 
     def _hash(self) -> bytes:
+        return self.hash_of(self.config, self.weights, self.tables)
+
+    @staticmethod
+    def hash_of(config: ModelConfig, weights: dict[str, torch.Tensor], tables: dict[str, np.ndarray]) -> bytes:
+        """The weight hash of a model (fp16 ``weights``, integer ``tables``) without building its programs."""
         h = hashlib.sha256()
         h.update(_decoder_constants().encode())
-        if self.config.synthesis_bits == 8:  # the 8-bit program's own constants (absent from older models' hashes)
+        if config.synthesis_bits == 8:  # the 8-bit program's own constants (absent from older models' hashes)
             from . import int8_synthesis as s8
 
             h.update(f"s8 top{s8.ACT_TOP} in{s8.INPUT_TOP} out{s8.OUTPUT_LIMIT} mult{s8.MULTIPLIER_BITS} norm{s8.NORM_BIAS_BITS}".encode())
-        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-        for name in sorted(self.weights):
-            t = self.weights[name]
+        if config.latent_bits == 10:  # the 10-bit programs' own constants
+            from . import narrow
+
+            h.update(f"n10 v1 top{narrow.ACT_TOP} w{narrow.WEIGHT_BITS} exp{narrow.EXPONENT_LIMIT}".encode())
+        h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+        for name in sorted(weights):
+            t = weights[name].detach().to(torch.float16)
             h.update(f"{name}:{tuple(t.shape)}".encode())
             h.update(t.numpy().astype("<f2").tobytes())
-        for name in sorted(self.tables):
-            a = self.tables[name]
+        for name in sorted(tables):
+            a = np.ascontiguousarray(tables[name])
             h.update(f"{name}:{a.shape}".encode())
             h.update(a.astype("<i8").tobytes())
         return h.digest()[:8]
@@ -420,8 +520,8 @@ class CodingModel:
 
         def context_at(chunk: slice) -> torch.Tensor:
             if anchors_y_hat is None:
-                return mean.new_zeros(n, self.context.layers[0].weight.shape[0], chunk.stop - chunk.start)
-            return conv_of_checkerboard_at(self.context.layers[0], anchors_y_hat, positions[chunk])
+                return mean.new_zeros(n, self.context.out_channels, chunk.stop - chunk.start)
+            return self.context.at_checkerboard(anchors_y_hat, positions[chunk])
 
         return _corrected(mean[:, :, positions], log2_scale[:, :, positions], context_at, self.entropy_parameters)
 
@@ -435,9 +535,9 @@ class CodingModel:
         """
         if s == 0:
             return params
-        context = self.channel_context[s - 1].layers[0]
+        context = self.channel_context[s - 1]
         return _corrected(params.mean, params.log2_scale,
-                          lambda chunk: conv_of_checkerboard_at(context, y_hat, positions[chunk], same_colour=True),
+                          lambda chunk: context.at_checkerboard(y_hat, positions[chunk], same_colour=True),
                           self.channel_parameters[s - 1])
 
     def scale_indexes(self, params: HyperParams, quality: int, channels: slice = slice(None)) -> torch.Tensor:

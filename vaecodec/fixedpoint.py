@@ -49,7 +49,8 @@ from .intmm import DigitMatrix, digits_of, int_mm_pays
 from .model import SimplifiedGDN
 from .winograd import WinogradPhase
 
-__all__ = ["ACT_FRAC_BITS", "ACT_LIMIT", "FixedPointProgram", "conv_of_checkerboard_at", "round_shift"]
+__all__ = ["ACT_FRAC_BITS", "ACT_LIMIT", "FixedPointProgram", "checkerboard_inputs", "checkerboard_weights",
+           "conv_of_checkerboard_at", "round_shift"]
 
 ACT_FRAC_BITS = 12
 ACT_LIMIT = 2**20
@@ -120,10 +121,7 @@ class _IntConv:
         order: what :func:`conv_of_checkerboard_at` multiplies, made once per layer and parity."""
         cached = self._checkerboard.get(parity)
         if cached is None:
-            k = self.weight.shape[2]
-            taps = [(ky, kx) for ky in range(k) for kx in range(k) if (ky + kx) % 2 == parity]
-            weights = torch.stack([self.weight[:, :, ky, kx] for ky, kx in taps], 2)
-            cached = self._checkerboard[parity] = (torch.tensor(taps), weights.reshape(weights.shape[0], -1))
+            cached = self._checkerboard[parity] = checkerboard_weights(self.weight, parity)
         return cached
 
     def bound(self) -> float:
@@ -454,14 +452,39 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     row's positions (faster than one index per tap and position, and the same
     words: ``benchmarks/coding_paths.py`` pairs the two).
     """
-    _, c, k, _ = layer.weight.shape
+    k = layer.weight.shape[2]
     if layer.transposed or layer.stride != 1 or k % 2 == 0 or layer.padding != k // 2:
         raise ValueError("conv_of_checkerboard_at takes a stride-1 'same' convolution with an odd kernel")
-    n, _, h, w = a.shape
-    if n != 1:
+    if a.shape[0] != 1:
         raise ValueError("conv_of_checkerboard_at takes one image")
     if len(positions) == 0:
         return a.new_empty(1, layer.weight.shape[0], 0)
+    taps, weights = layer.checkerboard_taps(1 if not same_colour else 0)  # tap parity: ky + kx, as dy + dx
+    inputs, wanted = checkerboard_inputs(a, positions, k, taps, torch.float64)
+    acc = torch.addmm(layer.bias[:, None], weights, inputs)
+    if wanted is not None:
+        acc = acc[:, wanted]
+    return _round_shift_(acc, layer.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)[None]
+
+
+def checkerboard_weights(weight: torch.Tensor, parity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolution's taps (ky, kx) with ky + kx of ``parity`` (t, 2), and its ``weight`` (out, c, k, k) at
+    them as (out, c·t) in (channel, tap) order: the rows :func:`checkerboard_inputs` lays out."""
+    k = weight.shape[2]
+    taps = [(ky, kx) for ky in range(k) for kx in range(k) if (ky + kx) % 2 == parity]
+    stacked = torch.stack([weight[:, :, ky, kx] for ky, kx in taps], 2)
+    return torch.tensor(taps), stacked.reshape(stacked.shape[0], -1)
+
+
+def checkerboard_inputs(a: torch.Tensor, positions: torch.Tensor, k: int, taps: torch.Tensor,
+                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a k×k 'same' convolution's ``taps`` (t, 2) read of one image ``a`` (1, c, h, w) for the output
+    ``positions`` (flat, ascending, one colour of the checkerboard): (inputs (c·t, rows·count) as ``dtype``,
+    in (channel, tap) order, the columns of whole rows of that colour; ``wanted``: the columns that are
+    ``positions``, or None where they all are). See :func:`conv_of_checkerboard_at`."""
+    n, c, h, w = a.shape
+    if n != 1:
+        raise ValueError("conv_of_checkerboard_at takes one image")
     p = k // 2
     rows, cols = positions // w, positions % w
     r0, r1 = int(rows.min()), int(rows.max()) + 1
@@ -478,19 +501,17 @@ def conv_of_checkerboard_at(layer: _IntConv, a: torch.Tensor, positions: torch.T
     # halves, a contiguous run of columns. So the taps' inputs for every such position of the rows are
     # copied tap by tap and row parity, whole rows at a time: (c, taps, rows, count), read as (c·taps,
     # rows·count), the weights' order.
-    taps, weights = layer.checkerboard_taps(1 if not same_colour else 0)  # tap parity: ky + kx, as dy + dx
     n_rows, count = r1 - r0, (w + 1) // 2
-    inputs = a.new_empty(c, len(taps), n_rows, count, dtype=torch.float64)
+    inputs = a.new_empty(c, len(taps), n_rows, count, dtype=dtype)
     for e in range(min(2, n_rows)):  # rows r0 + e, r0 + e + 2, …
         first = (colour - r0 - e) % 2
         for t, (ky, kx) in enumerate(taps.tolist()):
             start = first + kx
             inputs[:, t, e::2] = halves[start % 2][:, ky + e:ky + n_rows:2, start // 2:start // 2 + count]
-    acc = torch.addmm(layer.bias[:, None], weights, inputs.view(c * len(taps), n_rows * count))
     wanted = (rows - r0) * count + (cols - (colour - rows) % 2) // 2
-    if len(positions) != n_rows * count or not bool((wanted == torch.arange(len(positions))).all()):
-        acc = acc[:, wanted]  # a chunk's partial first and last rows, or the extra column of an odd width
-    return _round_shift_(acc, layer.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)[None]
+    if len(positions) == n_rows * count and bool((wanted == torch.arange(len(positions))).all()):
+        wanted = None  # else a chunk's partial first and last rows, or the extra column of an odd width
+    return inputs.view(c * len(taps), n_rows * count), wanted
 
 
 @dataclass
@@ -643,6 +664,16 @@ class FixedPointProgram:
             else:
                 raise TypeError(f"no fixed-point form for {type(m).__name__}")
         return cls(layers)
+
+    @property
+    def out_channels(self) -> int:
+        conv = [layer for layer in self.layers if isinstance(layer, _IntConv)][-1]
+        return conv.weight.shape[1] if conv.transposed else conv.weight.shape[0]
+
+    def at_checkerboard(self, a: torch.Tensor, positions: torch.Tensor, same_colour: bool = False) -> torch.Tensor:
+        """A one-convolution program at some positions of one colour of the checkerboard only:
+        :func:`conv_of_checkerboard_at` of its layer."""
+        return conv_of_checkerboard_at(self.layers[0], a, positions, same_colour)
 
     @torch.no_grad()
     def run(self, a: torch.Tensor) -> torch.Tensor:

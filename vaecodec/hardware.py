@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
-__all__ = ["native_bfloat16"]
+__all__ = ["float32_products_exact", "native_bfloat16"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -24,3 +25,17 @@ def native_bfloat16(device: str) -> bool:
     if device == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return _cpu_has_amx_bf16() and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+
+
+def float32_products_exact() -> bool:
+    """Whether float32 matrix products here are IEEE float32 ones: not lowered to bfloat16, float16 or TF32 by
+    ``torch.set_float32_matmul_precision``, torch's fp32_precision settings or oneDNN's
+    ``ONEDNN_DEFAULT_FPMATH_MODE``. The exact programs that sum integers in float32 below 2^24
+    (:mod:`vaecodec.narrow`) need them, and compute in float64 where this is false (same integers, slower).
+    Checked at every run: a user may change these settings at any time."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    for backend in (torch.backends, getattr(torch.backends.mkldnn, "matmul", None)):
+        if getattr(backend, "fp32_precision", "none") not in ("none", "ieee"):
+            return False
+    return os.environ.get("ONEDNN_DEFAULT_FPMATH_MODE", "STRICT").upper() == "STRICT"

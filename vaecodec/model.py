@@ -78,6 +78,11 @@ class ModelConfig:
         2022, e.g. 16, 16, 32, 64, 128): within each checkerboard pass, slice
         s is coded after slices < s and its parameters also see them
         (:class:`ChannelCheckerboardModel`).
+      latent_bits: 0: the networks that feed the entropy coder (hyper-synthesis,
+        contexts, entropy parameters) decode as exact fixed-point programs in
+        float64; 10: as the 10-bit programs of :mod:`vaecodec.narrow` (float32
+        products; their activation steps are tables of the model file). A
+        coding choice only: training is the same.
     """
 
     channels: int = 64
@@ -91,10 +96,13 @@ class ModelConfig:
     num_scales: int = 64
     synthesis_bits: int = 0
     channel_slices: tuple[int, ...] = ()
+    latent_bits: int = 0
 
     def __post_init__(self):
         if self.synthesis_bits not in (0, 8):
             raise ValueError(f"synthesis_bits is 0 (fixed point) or 8, not {self.synthesis_bits}")
+        if self.latent_bits not in (0, 10):
+            raise ValueError(f"latent_bits is 0 (fixed point) or 10, not {self.latent_bits}")
         if self.channel_slices:
             if self.kind != "checkerboard":
                 raise ValueError("channel slices need a checkerboard model")
@@ -135,7 +143,7 @@ class ModelConfig:
 
 
 _LATER_FIELDS = {"kind": "hyperprior", "bottleneck_channels": 0, "context_channels": 0, "hyper_hidden": 0,
-                 "num_scales": 64, "synthesis_bits": 0, "channel_slices": ()}
+                 "num_scales": 64, "synthesis_bits": 0, "channel_slices": (), "latent_bits": 0}
 
 
 class SimplifiedGDN(nn.Module):

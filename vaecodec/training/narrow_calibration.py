@@ -1,0 +1,81 @@
+"""Activation steps of the 10-bit latent programs, calibrated on training images at export.
+
+A 10-bit program (:mod:`vaecodec.narrow`) rounds the input of each
+convolution to a power-of-two step (the program takes one per channel; these
+tables give every channel of a layer the same). The steps are chosen here,
+once, from the float network: the largest |value| a layer's input reaches on
+a few training images at five λ across the anchors (0.0008 to 3.2768), with one bit of headroom above
+it (inputs beyond saturate). Measured on the shipped model (``benchmarks/latent_precision.py``):
+scales from training images with one bit of headroom cost at most a few tenths
+of a percent of rate on Kodak; without the headroom Kodak's inputs pass the
+training peaks and the lowest λ lost 1.3 %.
+
+The result is integer tables (``n10.{network}.{i}``: the exponents of the i-th
+convolution's input channels) that a model file stores; nothing here runs when
+a file is coded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..model import HyperpriorModel
+from ..narrow import exponents_for_peaks
+from .evaluate import image_estimates
+
+__all__ = ["latent_exponents", "latent_networks"]
+
+CALIBRATION_LAMBDAS = (0.0008, 0.0064, 0.0512, 0.4096, 3.2768)
+
+
+def latent_networks(net: HyperpriorModel) -> dict[str, nn.Sequential]:
+    """The networks that feed the entropy coder, by the names their tables carry."""
+    nets = {"hyper_synthesis": net.hyper_synthesis}
+    if hasattr(net, "context"):
+        nets["context"] = net.context
+        nets["entropy_parameters"] = net.entropy_parameters
+    for s, conv in enumerate(getattr(net, "channel_context", [])):
+        nets[f"channel_context.{s}"] = nn.Sequential(conv)
+    for s, seq in enumerate(getattr(net, "channel_parameters", [])):
+        nets[f"channel_parameters.{s}"] = seq
+    return nets
+
+
+@torch.no_grad()
+def latent_exponents(net: HyperpriorModel, images: list[Path], lambdas: tuple[float, ...] = CALIBRATION_LAMBDAS,
+                     headroom: float = 1.0) -> dict[str, np.ndarray]:
+    """The ``n10.*`` tables for ``net`` (float, the fp16 weights a model file holds) from its forward passes
+    on ``images`` at ``lambdas``: per convolution of each latent network, its input channels' exponents
+    (:func:`vaecodec.narrow.exponents_for_peaks` of the peaks, ``headroom`` bits above them). The
+    hyper-synthesis reads integers ẑ (|ẑ| ≤ 255 < 511): its input step is 1, exact."""
+    peaks: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, seq in latent_networks(net).items():
+        convs = [m for m in seq if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        for i, conv in enumerate(convs):
+            key = f"n10.{name}.{i}"
+
+            def record(_, inputs, key=key):
+                p = inputs[0].detach().float().abs().amax(dim=(0, 2, 3))
+                peaks[key] = p if key not in peaks else torch.maximum(peaks[key], p)
+
+            handles.append(conv.register_forward_pre_hook(record))
+    try:
+        image_estimates(net, list(images), list(lambdas))
+    finally:
+        for h in handles:
+            h.remove()
+    # One step per layer input (every channel the same exponent): measured against a step per channel
+    # (folded into the weights before they are rounded), the rate grew +0.04–0.19 % instead of +0.20–0.35 %
+    # (benchmarks/results/latent-precision-tensor.json, -folded.json): a weight row keeps all its bits.
+    tables = {key: exponents_for_peaks(p.max().expand(len(p)), headroom).numpy() for key, p in peaks.items()}
+    tables["n10.hyper_synthesis.0"] = np.zeros_like(tables["n10.hyper_synthesis.0"])
+    expected = {f"n10.{name}.{i}" for name, seq in latent_networks(net).items()
+                for i in range(sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in seq))}
+    if set(tables) != expected:
+        raise ValueError("calibration did not reach every latent network (a model without a context pass?)")
+    return tables
