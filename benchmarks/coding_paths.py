@@ -220,8 +220,8 @@ def main() -> None:
     from vaecodec.model import SimplifiedGDN
 
     codec = Codec(args.model)
-    if codec.model.config.latent_bits and "latent_stages_push_and_pop" in args.pairs.split(","):
-        raise SystemExit("the latent_stages_push_and_pop pair times the fixed-point context's gather; this model's "
+    if codec.model.config.latent_bits and "context" in args.pairs.split(","):
+        raise SystemExit("the context pair times the fixed-point context's gather; this model's "
                          "latent networks are 10-bit programs: pass --model vaecodec/weights/vaecodec-cc64-r5.pt")
     m = codec.model
     pixels = load_pixels(args.image)

@@ -38,8 +38,9 @@ def main() -> None:
     ap.add_argument("--qualities", default="20,50,90")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "synthesis-precision.json"))
     ap.add_argument("--headroom", type=float, default=0.0, help="bits of headroom above the calibrated peaks")
-    ap.add_argument("--variants", help="W:A:layer|channel,... (weight bits, activation bits, scale; 0 = float); "
-                    "default: the set above")
+    ap.add_argument("--variants", help="W:A:layer|channel|folded,... (weight bits, activation bits, scale; 0 = "
+                    "float; folded: per channel, each input channel's step folded into the weights before they are "
+                    "rounded per output channel, as one integer accumulator per output computes); default: the set above")
     args = ap.parse_args()
     variants = VARIANTS if not args.variants else [
         (int(w), int(a), per) for w, a, per in (v.split(":") for v in args.variants.split(","))]
@@ -82,18 +83,30 @@ def main() -> None:
                 return v
             if not abits:
                 return v
-            peak = peaks[key] if per == "channel" else peaks[key].max()
+            peak = peaks[key] if per in ("channel", "folded") else peaks[key].max()
             return round_to_bits(v, abits, peak * 2.0**args.headroom)
+
+        def folded(w: torch.Tensor, key, in_dim: int, out_dim: int) -> torch.Tensor:
+            """``per == "folded"``: the weights as an integer program with per-channel input steps computes them:
+            each input channel's step folded in before the rows are rounded per output channel."""
+            if per != "folded" or record or not abits or not wbits:
+                return weight(w, wbits, out_dim)
+            top = 2 ** (abits - 1) - 1
+            step = 1 / torch.exp2(torch.floor(torch.log2(top / (peaks[key] * 2.0**args.headroom).clamp_min(1e-12))))
+            shape = [1] * w.dim()
+            shape[in_dim] = -1
+            s = step.reshape(shape)
+            return weight(w * s, wbits, out_dim) / s
 
         a = y
         for i, layer in enumerate(layers):
             a = act(i, a)
             if isinstance(layer, torch.nn.ConvTranspose2d):
-                a = F.conv_transpose2d(a, weight(layer.weight, wbits, 1), layer.bias, layer.stride, layer.padding,
+                a = F.conv_transpose2d(a, folded(layer.weight, i, 0, 1), layer.bias, layer.stride, layer.padding,
                                        layer.output_padding)
             else:  # inverse simplified GDN: a·(β + Γ|a|)
                 beta, gamma = (t.double() for t in layer.effective_params())
-                norm = act(("norm", i), F.conv2d(a.abs(), weight(gamma[:, :, None, None], wbits, 0), beta))
+                norm = act(("norm", i), F.conv2d(a.abs(), folded(gamma[:, :, None, None], i, 1, 0), beta))
                 a = a * norm
         return a
 

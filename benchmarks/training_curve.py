@@ -134,10 +134,17 @@ def export_offset(shipped: Path, jpeg: Path, jr: list[float], jq: list[float]) -
     info = json.loads(shipped.read_text())
     start = next((r["anneal_from_step"] for r in info.get("history", []) if "anneal_from_step" in r), None)
     before = [r for r in info.get("history", []) if "estimate" in r and start is not None and r["step"] <= start]
-    report = json.loads(jpeg.read_text())
-    files = next((r["bd_rate_psnr"] for r in report.get("summary", []) if r["codec"] == "vaecodec"), None)
-    measured = next((c["library"] for c in report["curves"] if c["name"] == "vaecodec"), "")
-    if not before or files is None or f"({info.get('weight_hash')})" not in measured:  # files of another model
+    # The report that measured that model's files: ``jpeg``, or a saved run beside it (kodak-<model>.json: the
+    # shipped default may be a derived model of the same weights, e.g. -r5n over -r5, measured in kodak.json)
+    for path in [jpeg, *sorted(jpeg.parent.glob("kodak-*.json"))]:
+        report = json.loads(path.read_text())
+        files = next((r["bd_rate_psnr"] for r in report.get("summary", []) if r["codec"] == "vaecodec"), None)
+        measured = next((c["library"] for c in report.get("curves", []) if c["name"] == "vaecodec"), "")
+        if files is not None and f"({info.get('weight_hash')})" in measured:
+            break
+    else:
+        return None  # no files of that model
+    if not before:
         return None
     est = before[-1]["estimate"]
     from_bd = bd_rate(jr, jq, [e["bpp"] for e in est], [e["psnr"] for e in est])

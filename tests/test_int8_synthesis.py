@@ -102,6 +102,21 @@ def test_the_float32_path_gives_the_int8_kernels_integers(monkeypatch):
     assert torch.equal(program.run(y), _reference(program, y))
 
 
+def test_lowered_float32_products_still_give_the_integers(monkeypatch):
+    """Where a user lets float32 products run in bfloat16 or TF32 (here oneDNN's fpmath mode), the program
+    leaves the float path and int_matmul its float32 chunks: the same integers."""
+    g = torch.Generator().manual_seed(9)
+    program = Int8SynthesisProgram.from_module(_synthesis(seed=4))
+    y = _fixed(torch.randn(1, 16, 4, 6, generator=g) * 4)
+    expected = _reference(program, y)
+    monkeypatch.setenv("ONEDNN_DEFAULT_FPMATH_MODE", "BF16")
+    monkeypatch.setenv("VAECODEC_INT8_KERNEL", "float32")
+    assert torch.equal(program.run(y), expected)
+    x = torch.randint(-ACT_TOP, ACT_TOP + 1, (40, 1500), generator=g, dtype=torch.int8)
+    w = torch.randint(-ACT_TOP, ACT_TOP + 1, (1500, 8), generator=g, dtype=torch.int8)
+    assert torch.equal(int_matmul(x, w).long(), x.long() @ w.long())
+
+
 @pytest.mark.parametrize("form", ["as built", "digit planes", "float64"])
 def test_the_float_path_gives_the_int8_programs_integers(monkeypatch, form):
     if form == "digit planes":  # the first layer's 16-bit input as two float32 products instead of Winograd's

@@ -272,3 +272,37 @@ def test_damaged_or_misnamed_derived_files_are_refused(tmp_path, narrow_model):
     torch.save({k: v for k, v in blob.items() if k != "base"}, tmp_path / "bad.pt")
     with pytest.raises(ModelFileError, match="damaged"):
         CodingModel.load(tmp_path / "bad.pt")
+
+
+def test_narrow_latents_script_writes_a_derived_model_and_refuses_to_overwrite(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parent.parent
+    base = make_tiny_model(kind="channel", model_id="tiny-base")
+    base.save(tmp_path / "base.pt")
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        Image.fromarray(np.clip(np.cumsum(rng.integers(-6, 7, (64, 72, 3)), 1) + 128, 0, 255).astype(np.uint8)
+                        ).save(data / f"{i}.png")
+
+    def script(*args):
+        return subprocess.run([sys.executable, str(root / "bin" / "narrow-latents"), *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "narrow.pt"
+    done = script(tmp_path / "base.pt", out, "--data", data, "--images", 2, "--model-id", "tiny-n")
+    assert done.returncode == 0, done.stderr
+    model = CodingModel.load(out)
+    assert model.config.latent_bits == 10 and model.model_id == "tiny-n" and "base" in torch.load(out, weights_only=True)
+    for args, error in (((tmp_path / "base.pt", out), "exists"),
+                        ((out, tmp_path / "base.pt", "--force"), "OUTPUT is MODEL or the model file it names"),
+                        ((tmp_path / "base.pt", tmp_path / "new.pt", "--images", 0), "at least 1")):
+        refused = script(*args, "--data", data, "--model-id", "x")
+        assert refused.returncode != 0 and error in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "new.pt").exists() and CodingModel.load(tmp_path / "base.pt").weight_hash == base.weight_hash

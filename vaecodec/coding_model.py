@@ -336,7 +336,7 @@ class CodingModel:
         """Write a model file. ``base``: a model file in the same folder whose weights this model shares (a
         model that differs in its tables only, e.g. :meth:`with_narrow_latents`): the file then holds
         its config and the tables that differ, and names the base by file name and weight hash (format
-        version 2; a few kB instead of the weights again)."""
+        version 2; tens of kB instead of the weights again)."""
         blob = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "model_id": self.model_id,
                 "config": self.config.to_dict()}
         if base is None:
@@ -371,7 +371,7 @@ class CodingModel:
         config, weights, tables, model_id = cls._read(path, derived_allowed)
         try:
             return cls(config, weights, tables, model_id)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise ModelFileError(f"{path}: damaged model file ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
 
     @classmethod
@@ -393,10 +393,12 @@ class CodingModel:
             tables = {k: v.numpy() for k, v in blob["tables"].items()}
             weights = blob.get("weights")
             if blob["version"] == DERIVED_FORMAT_VERSION:
-                base = blob["base"]
-                name = str(base["file"])
                 if not derived_allowed:
                     raise ModelFileError(f"{path}: a derived model file's base must hold its weights")
+                base = blob["base"]
+                if not isinstance(base, dict):
+                    raise TypeError("base is not a record")
+                name = str(base["file"])
                 if Path(name).name != name or not name.endswith(".pt") or name == path.name:
                     raise ModelFileError(f"{path}: its base {name!r} is not a model file beside it")
                 base_config, weights, base_tables, base_id = cls._read(path.parent / name, derived_allowed=False)
@@ -413,7 +415,7 @@ class CodingModel:
             return config, weights, tables, str(blob["model_id"])
         except ModelFileError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise ModelFileError(f"{path}: damaged model file ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
 
     def _hash(self) -> bytes:

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fixedpoint import ACT_FRAC_BITS
+from .hardware import float32_products_exact
 from .intmm import int_matmul, int_mm_is_exact, int_mm_pays
 from .model import SimplifiedGDN
 
@@ -497,7 +498,7 @@ class Int8SynthesisProgram:
         the same integers either way."""
         if a.dtype != torch.float64 or a.shape[0] != 1:
             raise TypeError("the 8-bit synthesis takes one float64 tensor of fixed-point integers")
-        if not int_mm_pays():
+        if not int_mm_pays() and float32_products_exact():  # (else the int path: float64 products where needed)
             if self._on_floats is None:
                 from .int8_float import Int8FloatProgram
 

@@ -37,6 +37,8 @@ import time
 
 import torch
 
+from .hardware import float32_products_exact
+
 __all__ = ["DigitMatrix", "digits_of", "int_matmul", "int_mm_is_exact", "int_mm_pays"]
 
 DIGIT_BASE = 256
@@ -126,9 +128,12 @@ def int_mm_pays() -> bool:
 def int_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Exact (L, K) int8 @ (K, N) int8 → int32 with operands in ±127: ``torch._int_mm`` where it pays
     (:func:`int_mm_pays`), else float32 products over chunks of at most 1040 terms (each partial sum an
-    integer below 2^24) added in float64."""
+    integer below 2^24) added in float64; float64 products where float32 ones are not IEEE ones here
+    (:func:`vaecodec.hardware.float32_products_exact`)."""
     if int_mm_pays():
         return torch._int_mm(x, w)
+    if not float32_products_exact():  # float32 products lowered to bfloat16 or TF32 here: float64 ones, exact
+        return (x.double() @ w.double()).to(torch.int32)
     acc = None
     for k0 in range(0, x.shape[1], _FLOAT32_EXACT_K):
         part = (x[:, k0:k0 + _FLOAT32_EXACT_K].float() @ w[k0:k0 + _FLOAT32_EXACT_K].float()).double()

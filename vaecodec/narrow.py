@@ -260,7 +260,7 @@ class NarrowProgram:
         if not isinstance(seq[0], (nn.Conv2d, nn.ConvTranspose2d)) or not isinstance(seq[-1], (nn.Conv2d, nn.ConvTranspose2d)):
             raise TypeError("a 10-bit program starts and ends with a convolution")
         for e in exponents:
-            if e.dim() != 1 or bool((e.abs() > EXPONENT_LIMIT).any()):
+            if e.dim() != 1 or bool(((e < -EXPONENT_LIMIT) | (e > EXPONENT_LIMIT)).any()):
                 raise ValueError("10-bit program exponents out of range")
         layers, relu = [], False
         for n, (i, m) in enumerate(convs):
