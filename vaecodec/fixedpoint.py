@@ -290,15 +290,15 @@ def _padded_rows_into(window: torch.Tensor, a: torch.Tensor, first: int, stop: i
     grid[:, y0 - first:y1 - first, before:before + w] = a[:, y0:y1]
 
 
-def _flat_padded(a: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """``a`` (n, c, h, w) zero-padded on every side and flattened row-major to (n, c, L), with ``before + after``
-    more zeros at the end: the slice a tap at offset (dy, dx) reads for a whole row-major output,
-    ``[(before + dy)·w' + before + dx :][:h·w']`` with w' = w + before + after, then stays inside."""
+def _flat_padded(a: torch.Tensor, before: int, after: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``a`` (n, c, h, w) zero-padded on every side and flattened row-major to (n, c, L) as ``dtype``, with
+    ``before + after`` more zeros at the end: the slice a tap at offset (dy, dx) reads for a whole row-major
+    output, ``[(before + dy)·w' + before + dx :][:h·w']`` with w' = w + before + after, then stays inside."""
     n, c, h, w = a.shape
     if before == after == 0:  # 1×1 layers: the input as it is
-        return a.reshape(n, c, h * w).to(torch.float64)
+        return a.reshape(n, c, h * w).to(dtype)
     wp = w + before + after
-    flat = a.new_zeros(n, c, (h + before + after) * wp + before + after, dtype=torch.float64)  # one tensor, one copy
+    flat = a.new_zeros(n, c, (h + before + after) * wp + before + after, dtype=dtype)  # one tensor, one copy
     flat[:, :, :(h + before + after) * wp].view(n, c, -1, wp)[:, :, before:before + h, before:before + w] = a
     return flat
 

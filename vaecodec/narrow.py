@@ -52,8 +52,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, checkerboard_inputs, checkerboard_weights
+from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, _flat_padded, checkerboard_inputs, checkerboard_weights
 from .hardware import float32_products_exact
+from .int8_synthesis import _phase_taps
 
 __all__ = ["ACT_TOP", "WEIGHT_BITS", "NarrowProgram", "exponents_for_peaks"]
 
@@ -153,7 +154,7 @@ class _Conv:
         if transposed:
             if k + layer.output_padding[0] - 2 * p != s:
                 raise ValueError("10-bit transposed convolutions must upsample exactly by their stride")
-            taps = [[(kk, (a + p - kk) // s) for kk in range(k) if (a + p - kk) % s == 0] for a in range(s)]
+            taps = _phase_taps(k, s, p)
             # ConvTranspose: output s·m + a sums inputs m + d with kernel index k = a + p − s·d; as a
             # correlation per phase, the weight at that kernel index (transposed convolutions do not flip).
             phases = [(py, px, [(dy, dx) for _, dy in rows for _, dx in cols],
@@ -191,13 +192,9 @@ class _Conv:
         ``f64``: the products in float64 (where float32 products are not IEEE ones here)."""
         cin, h, w = a.shape
         s, before, after = self.stride, self.before, self.after
-        if before == after == 0:
-            flat, wp = a.reshape(cin, h * w), w
-        else:  # zero-padded, row-major, with spare zeros at the end: tap (dy, dx) reads one contiguous slice
-            wp = w + before + after
-            flat = a.new_zeros(cin, (h + before + after) * wp + before + after)
-            flat[:, :(h + before + after) * wp].view(cin, h + before + after, wp)[:, before:before + h, before:before + w] = a
-        flat = flat.double() if f64 else flat
+        # zero-padded, row-major, with spare zeros at the end: tap (dy, dx) reads one contiguous slice
+        flat = _flat_padded(a[None], before, after, torch.float64 if f64 else torch.float32)[0]
+        wp = w + before + after
         length = h * wp
         out = a.new_empty(self.cout, h, s, w, s, dtype=self.store)
         for py, px, offsets, runs in self.phases:
