@@ -93,9 +93,9 @@ def main() -> None:
     from vaecodec.intmm import int_mm_pays
 
     m = Codec(args.model).model
-    if m.config.latent_bits:
-        raise SystemExit("decoder_layers.py times the fixed-point programs' layers; this model's latent networks are "
-                         "10-bit programs: pass --model vaecodec/weights/vaecodec-cc64-r5.pt")
+    if m.config.latent_bits or m.config.synthesis_bits:
+        raise SystemExit("decoder_layers.py times the fixed-point programs' layers; this model's are narrow "
+                         "programs: pass --model vaecodec/weights/vaecodec-cc64-r5.pt")
     z_fixed, y_hat = real_inputs(m, args.image)
 
     def steps_of(program, a, name):

@@ -171,8 +171,12 @@ def main():
          "contexts, entropy parameters) are 10-bit integer programs (activations within ±511 at one power-of-two step "
          "per layer input, calibrated on 6 training images with one bit of headroom; weights rounded per output "
          "channel to ±512; sums exact in float32 runs below 2^24, joined and rescaled exactly in float64; "
-         "`vaecodec/narrow.py`); the synthesis is integer fixed point (12 fractional bits for activations, 14-bit "
-         "weights) evaluated exactly in float64; every decoder number is an integer, the same on any machine. The "
+         "`vaecodec/narrow.py`); the synthesis is " + (
+             "an 11-bit integer program of the same kind (activations within ±1023 at a power-of-two step per "
+             "channel at every point, calibrated the same way; weights and inverse-GDN norm weights rounded per "
+             "output channel to ±1024; the rescaling folded into the float32 products)" if cfg.synthesis_bits == 11
+             else "integer fixed point (12 fractional bits for activations, 14-bit weights) evaluated exactly in "
+             "float64") + "; every decoder number is an integer, the same on any machine. The "
          "encoder's analysis runs in float32." if cfg.latent_bits == 10 else
          "- decoder arithmetic: the synthesis is an 8-bit integer program (int8 activations and weights, per-channel "
          "steps, int32 sums by int8 matrix products, integer rescaling; `vaecodec/int8_synthesis.py`); the "

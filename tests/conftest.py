@@ -13,7 +13,7 @@ TINY_CHANNEL = dict(TINY_CHECKERBOARD, channel_slices=(2, 4, 6))
 TINY_KINDS = {"hyperprior": TINY_CONFIG, "checkerboard": TINY_CHECKERBOARD,
               "int8": TINY_CHECKERBOARD,  # with an 8-bit synthesis
               "channel": TINY_CHANNEL,
-              "narrow": TINY_CHANNEL}  # with the 10-bit latent programs
+              "narrow": TINY_CHANNEL}  # with the 10-bit latent programs and the 11-bit synthesis
 
 
 def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyperprior"):
@@ -34,12 +34,12 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
                 correction[-1].weight.normal_(0, 0.2)
                 context.weight.mul_(8)
     model = CodingModel.from_training_model(net, model_id)
-    if kind == "narrow":  # its 10-bit steps calibrated on two small seeded images
+    if kind == "narrow":  # its 10-bit latent and 11-bit synthesis steps calibrated on two small seeded images
         import tempfile
 
         from PIL import Image
 
-        from vaecodec.training.narrow_calibration import latent_exponents
+        from vaecodec.training.narrow_calibration import latent_exponents, synthesis_exponents
 
         rng = np.random.default_rng(seed)
         with tempfile.TemporaryDirectory() as folder:
@@ -48,7 +48,9 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
                 smooth = np.cumsum(rng.integers(-6, 7, (72, 80, 3)), 1) + 128
                 paths.append(Path(folder) / f"calibration{i}.png")
                 Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8)).save(paths[-1])
-            model = model.with_narrow_latents(latent_exponents(model.float_network(), paths), model_id)
+            net = model.float_network()
+            model = model.with_narrow_programs({**latent_exponents(net, paths), **synthesis_exponents(net, paths)},
+                                               model_id)
     return model
 
 

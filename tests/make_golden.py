@@ -14,8 +14,10 @@ files would turn them into version 3). ``int8`` writes a version-3 file of a tin
 with an 8-bit synthesis (golden-s8: its integer program's tables are in the model file, and the
 file pins the integers it computes). ``channel`` writes a version-3 file of a tiny checkerboard model
 with channel slices (golden-cc: pins the slices' stack order and the channel context's integers). ``narrow`` writes
-one of the same architecture with the 10-bit latent programs (golden-n10: pins their integers; the exponent
-tables are in the model file, a derived one naming golden-cc-model.pt). A format change must bump container.FORMAT_VERSION;
+one of the same architecture with the 10-bit latent programs and the 11-bit synthesis (golden-n11: pins their
+integers; the exponent tables are in the model file, a derived one naming golden-cc-model.pt). golden-n10, of the
+same weights with the 10-bit latent programs only, was written by it before the synthesis had an 11-bit form: kept
+to pin those, not rewritten. A format change must bump container.FORMAT_VERSION;
 then add goldens of the new version and commit. ``shipped`` writes a file of the package's current default
 model (shipped-<model file stem>), run just before a new model becomes the default: it proves that files of
 every earlier default keep decoding.
@@ -37,7 +39,7 @@ from vaecodec.api import Codec  # noqa: E402
 
 GOLDEN = {"hyperprior": ("golden", "golden-tiny"), "checkerboard": ("golden-cb", "golden-tiny-cb"),
           "int8": ("golden-s8", "golden-tiny-s8"), "channel": ("golden-cc", "golden-tiny-cc"),
-          "narrow": ("golden-n10", "golden-tiny-n10")}
+          "narrow": ("golden-n11", "golden-tiny-n11")}
 
 
 def write(prefix: str, codec: Codec, data: bytes) -> None:
@@ -88,7 +90,7 @@ def main() -> None:
         return version_3()
     prefix, model_id = GOLDEN[kind]
     model = make_tiny_model(seed=7, model_id=model_id, kind=kind)
-    # The 10-bit one shares golden-cc's weights: a derived model file (format version 2) naming it.
+    # The narrow one shares golden-cc's weights: a derived model file (format version 2) naming it.
     model.save(DATA / f"{prefix}-model.pt", base=DATA / "golden-cc-model.pt" if kind == "narrow" else None)
     codec = Codec(DATA / f"{prefix}-model.pt")
     # Note: this writes the current format version; the committed golden.vae and golden-cb.vae are version 1.

@@ -12,7 +12,7 @@ from vaecodec.api import Codec
 from conftest import DATA
 
 
-@pytest.mark.parametrize("prefix", ["golden", "golden-cb", "golden-cc", "golden-n10"])
+@pytest.mark.parametrize("prefix", ["golden", "golden-cb", "golden-cc", "golden-n10", "golden-n11"])
 # hyperprior, checkerboard, + channel slices, + the 10-bit latent programs
 def test_golden_file_decodes_to_its_checksum(prefix):
     expected = json.loads((DATA / f"{prefix}.json").read_text())
@@ -54,7 +54,7 @@ def test_an_8_bit_synthesis_golden_file_decodes_to_its_checksum():
 
 
 @pytest.mark.parametrize("prefix", ["shipped-cb64", "shipped-cb64-r2", "shipped-cb64-r3", "shipped-cc64-r4",
-                                    "shipped-cc64-r5"])
+                                    "shipped-cc64-r5", "shipped-cc64-r5n"])
 def test_a_file_of_an_earlier_shipped_model_decodes_with_the_default_codec(shipped_codec, prefix):
     """0.2's model (cb64-w128-m256-vr), its -r2 and -r3, and the channel-context -r4 wrote these files;
     the package's default is a later model, and each file still decodes to the same pixels: files name

@@ -44,7 +44,7 @@ from .errors import ModelFileError
 from .fixedpoint import ACT_FRAC_BITS, ACT_LIMIT, FixedPointProgram, round_shift, to_fixed
 from .hardware import native_bfloat16
 from .int8_synthesis import Int8SynthesisProgram
-from .narrow import NarrowProgram
+from .narrow import SYNTHESIS_BITS, WEIGHT_BITS, NarrowProgram
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
                     SimplifiedGDN, build_model, checkerboard_anchor_mask, interpolate_rows)
 
@@ -224,6 +224,8 @@ class CodingModel:
         self.hyper_synthesis = latent_program("hyper_synthesis", net.hyper_synthesis)
         if config.synthesis_bits == 8:  # the integer tables computed at export; no float math decides them here
             self.synthesis = Int8SynthesisProgram.from_tables(self.tables, config.latent_channels)
+        elif config.synthesis_bits == 11:
+            self.synthesis = self._narrow_program("n11.synthesis", net.synthesis, SYNTHESIS_BITS)
         else:
             self.synthesis = FixedPointProgram.from_sequential(net.synthesis)
         self.has_context = config.kind == "checkerboard"
@@ -252,32 +254,42 @@ class CodingModel:
         self.synthesis_tile = SYNTHESIS_TILE
         self._float_network: HyperpriorModel | None = None  # float_network(), built on first use
 
+    def _narrow_program(self, prefix: str, seq: nn.Sequential, bits: int) -> NarrowProgram:
+        """The narrow program of ``seq`` from the model file's exponent tables ``{prefix}.{i}`` (the input of its
+        i-th convolution or inverse GDN)."""
+        count = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, SimplifiedGDN)) for m in seq)
+        exponents = []
+        for i in range(count):
+            table = self.tables.get(f"{prefix}.{i}")
+            if table is None or table.dtype.kind not in "iu" or table.ndim != 1:
+                raise ValueError(f"{bits}-bit table {prefix}.{i} missing or of the wrong type (a model with narrow "
+                                 "programs is made from an exported one by bin/narrow-latents)")
+            exponents.append(torch.from_numpy(table.astype(np.int64)))
+        return NarrowProgram.from_sequential(seq, exponents, bits)
+
     def _latent_program_builder(self, net: HyperpriorModel):
         """``build(name, sequential)``: the exact program of one network that feeds the entropy coder: the
         fixed-point one (float64), or with ``latent_bits`` 10 the 10-bit one from the model file's exponent
         tables ``n10.{name}.{i}`` (its i-th convolution's input; :mod:`vaecodec.narrow`)."""
         if self.config.latent_bits != 10:
             return lambda name, seq: FixedPointProgram.from_sequential(seq)
+        return lambda name, seq: self._narrow_program(f"n10.{name}", seq, WEIGHT_BITS)
 
-        def build(name: str, seq: nn.Sequential) -> NarrowProgram:
-            count = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in seq)
-            exponents = []
-            for i in range(count):
-                table = self.tables.get(f"n10.{name}.{i}")
-                if table is None or table.dtype.kind not in "iu" or table.ndim != 1:
-                    raise ValueError(f"10-bit table n10.{name}.{i} missing or of the wrong type")
-                exponents.append(torch.from_numpy(table.astype(np.int64)))
-            return NarrowProgram.from_sequential(seq, exponents)
-
-        return build
-
-    def with_narrow_latents(self, exponents: dict[str, np.ndarray], model_id: str) -> "CodingModel":
-        """This model with the 10-bit latent programs (``latent_bits`` 10): the same weights and quality
-        tables, plus the exponent ``tables`` (``n10.*``, from
-        :func:`vaecodec.training.narrow_calibration.latent_exponents`). Files of either decode only with
-        their own (the weight hash differs)."""
-        config = ModelConfig.from_dict({**self.config.to_dict(), "latent_bits": 10})
-        tables = {k: v for k, v in self.tables.items() if not k.startswith("n10.")}
+    def with_narrow_programs(self, exponents: dict[str, np.ndarray], model_id: str) -> "CodingModel":
+        """This model with narrow programs: the same weights and quality tables, plus the exponent ``tables``
+        (``n10.*``: the 10-bit latent programs, ``latent_bits`` 10, from
+        :func:`vaecodec.training.narrow_calibration.latent_exponents`; ``n11.synthesis.*``: the 11-bit
+        synthesis, ``synthesis_bits`` 11, from :func:`~vaecodec.training.narrow_calibration.synthesis_exponents`).
+        Files of either decode only with their own (the weight hash differs)."""
+        given = {k.split(".")[0] for k in exponents}
+        if not given or given - {"n10", "n11"} or any(k.startswith("n11.") and not k.startswith("n11.synthesis.")
+                                                       for k in exponents):
+            raise ValueError("narrow program tables are n10.* (latents) and n11.synthesis.* (synthesis)")
+        if "n11" in given and self.config.synthesis_bits == 8:
+            raise ValueError("an 8-bit synthesis model has no float synthesis to narrow")
+        changes = {**({"latent_bits": 10} if "n10" in given else {}), **({"synthesis_bits": 11} if "n11" in given else {})}
+        config = ModelConfig.from_dict({**self.config.to_dict(), **changes})
+        tables = {k: v for k, v in self.tables.items() if k.split(".")[0] not in given}
         return CodingModel(config, self.weights, {**tables, **exponents}, model_id)
 
     def float_network(self) -> HyperpriorModel:
@@ -334,7 +346,7 @@ class CodingModel:
 
     def save(self, path: str | Path, base: str | Path | None = None) -> None:
         """Write a model file. ``base``: a model file in the same folder whose weights this model shares (a
-        model that differs in its tables only, e.g. :meth:`with_narrow_latents`): the file then holds
+        model that differs in its tables only, e.g. :meth:`with_narrow_programs`): the file then holds
         its config and the tables that differ, and names the base by file name and weight hash (format
         version 2; tens of kB instead of the weights again)."""
         blob = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "model_id": self.model_id,
@@ -434,6 +446,10 @@ class CodingModel:
             from . import narrow
 
             h.update(f"n10 v1 top{narrow.ACT_TOP} w{narrow.WEIGHT_BITS} exp{narrow.EXPONENT_LIMIT}".encode())
+        if config.synthesis_bits == 11:  # the 11-bit synthesis' own constants
+            from . import narrow
+
+            h.update(f"n11 v1 bits{narrow.SYNTHESIS_BITS} exp{narrow.EXPONENT_LIMIT} pow{narrow._POWER_LIMIT}".encode())
         h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
         for name in sorted(weights):
             t = weights[name].detach().to(torch.float16)

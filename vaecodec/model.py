@@ -72,7 +72,10 @@ class ModelConfig:
       synthesis_bits: 0: the synthesis decodes as the exact fixed-point program
         of :mod:`vaecodec.fixedpoint` (14-bit weights, float64); 8: it trains
         and decodes as the 8-bit integer program of :mod:`vaecodec.int8_synthesis`
-        (int8 products: the synthesis in ~0.4× the exact one's time).
+        (int8 products: the synthesis in ~0.4× the exact one's time); 11: it
+        decodes as the 11-bit program of :mod:`vaecodec.narrow` (float32
+        products; its activation steps are tables of the model file). A coding
+        choice only, as ``latent_bits``: training is the same.
       channel_slices: checkerboard models only; empty: none. Sizes of the
         channel slices of y, in coding order (ELIC's uneven slices, He et al.
         2022, e.g. 16, 16, 32, 64, 128): within each checkerboard pass, slice
@@ -99,8 +102,8 @@ class ModelConfig:
     latent_bits: int = 0
 
     def __post_init__(self):
-        if self.synthesis_bits not in (0, 8):
-            raise ValueError(f"synthesis_bits is 0 (fixed point) or 8, not {self.synthesis_bits}")
+        if self.synthesis_bits not in (0, 8, 11):
+            raise ValueError(f"synthesis_bits is 0 (fixed point), 8 or 11, not {self.synthesis_bits}")
         if self.latent_bits not in (0, 10):
             raise ValueError(f"latent_bits is 0 (fixed point) or 10, not {self.latent_bits}")
         if self.channel_slices:
