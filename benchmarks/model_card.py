@@ -151,9 +151,12 @@ def main():
         command = command.replace(f"--model-id {exported}`",
                                   f"--model-id {exported} --jpeg-quality-scale ../shared/data/train`")
     if base:
+        narrowed = "the 10-bit latent programs" + (" and the 11-bit synthesis" if cfg.synthesis_bits == 11 else "")
         command += (f", then `bin/narrow-latents vaecodec/weights/{base['file']} vaecodec/weights/{SHIPPED_MODEL} "
-                    f"--data ../shared/data/train --model-id {m.model_id}` (the 10-bit latent programs: the same "
-                    f"weights and quality tables as `{base['model_id']}`, whose file this one names)")
+                    f"--data ../shared/data/train --model-id {m.model_id}"
+                    + (" --synthesis" if cfg.synthesis_bits == 11 else "")
+                    + f"` ({narrowed}: the same weights and quality tables as `{base['model_id']}`, whose file this "
+                    "one names)")
     else:
         quality_scale = "quality q sits at anchor position lo + (q−1)/99·(hi − lo), log-linearly in λ."
     lines = [
@@ -243,15 +246,21 @@ def main():
               f"(`{speed['command']}`; stage split in `benchmarks/results/speed.md`; machines of this kind differ ~3.5× "
               "in speed, the ratio is what carries)." + ("" if cfg.synthesis_bits == 8 else
                                                          " The exact synthesis dominates decoding.")
-              + f" In that run the encoder's analysis ran in {speed['analysis']} and the widest exact products "
-              + ("on int8 kernels." if speed["int8_kernels"] else
+              + f" In that run the encoder's analysis ran in {speed['analysis']}"
+              + (" and every decoder network on exact float32 products (narrow integer programs)."
+                 if cfg.synthesis_bits == 11 and cfg.latent_bits == 10 else
+                 " and the widest exact products " + ("on int8 kernels." if speed["int8_kernels"] else
                  "in float64 (no fast int8 kernels: a CPU without AMX or VNNI, where the ratio is higher than on one "
-                 "with them)."),
+                 "with them).")),
               "", "## Limitations", "",
               "- Trained for a few CPU-hours: far from the GPU-trained published models of the same family; see the BD-rates above.",
               ("- Decoding is exact on any machine; int8 matrix products run through `torch._int_mm` where a probe at "
                "load finds them exact, else through float32 products of at most 1,040 terms (exact, slower)."
                if cfg.synthesis_bits == 8 else
+               "- Decoding is exact on any IEEE-754 machine; its narrow programs round the synthesis to 11 bits and "
+               "the latent networks to 10 bits without retraining, at a small cost against the float64 programs "
+               "(`benchmarks/results/model-comparison-r5s.json`, `model-comparison-r5n.json`)."
+               if cfg.synthesis_bits == 11 else
                "- Decoding is exact on any IEEE-754 machine, but the exact decoder runs in float64 on the CPU and is slower than a float32 one would be."),
               "- Quality is tuned for PSNR (MSE loss)."]
     (ROOT / "vaecodec" / "weights" / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")

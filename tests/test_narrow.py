@@ -521,3 +521,27 @@ def test_checkerboard_positions_cut_runs_at_their_input_too():
     assert len(static) > 1  # at the bound: several runs (checked exact above), at 9 one
     from vaecodec.narrow import _runs
     assert len(_runs(weights, torch.full((weights.shape[1],), 9.0, dtype=torch.float64))) == 1
+
+
+@pytest.mark.parametrize("checkerboard", [False, True])
+def test_runs_cut_at_peaks_follow_the_columns_channel_and_tap_order(checkerboard):
+    """Some channels at the bound, the rest silent: each call's runs must give each column its own channel's
+    peak (tap-major columns in a whole convolution, channel-major at the checkerboard's positions); with
+    another channel's peak a run would hold more than 2^24 of real sums and round (odd products of 511²)."""
+    conv = nn.Conv2d(96, 2, 5, 1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_((1 - 2.0**-9) * 2.0**-6)  # w̃ = 511 at the input step 2^-7
+    program = NarrowProgram.from_sequential(nn.Sequential(conv), [torch.full((96,), -7)])
+    _raw_sums(program)
+    h, w = 5, 6
+    x = torch.zeros(1, 96, h, w, dtype=torch.float64)
+    x[:, :40] = 511 * 2.0**(ACT_FRAC_BITS - 7)  # channels 0–39 at the bound
+    colour = (torch.arange(h)[:, None] + torch.arange(w)[None]) % 2 == 0
+    a = x * colour if checkerboard else x
+    whole = F.conv2d(torch.floor(a * program._input_scale + 0.5), program.convs[0].weight, None, 1, 2)
+    assert float(whole.abs().max()) > 2**24
+    if not checkerboard:
+        assert torch.equal(program.run(a), whole)
+        return
+    positions = (~colour).reshape(-1).nonzero().squeeze(1)
+    assert torch.equal(program.at_checkerboard(a, positions), whole.reshape(1, 2, -1)[:, :, positions])

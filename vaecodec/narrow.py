@@ -8,9 +8,9 @@ for bit; the synthesis transform must give every decoder the same pixels. The
 exact programs of :mod:`vaecodec.fixedpoint` do that with 14-bit weights and
 up to 21-bit activations in float64, far more precision than the rate or the
 pixels need: with 10-bit latent programs `-r5`'s weights code Kodak at −34.4 %
-BD-rate against JPEG from files, where the float64 ones give −34.5 %
-(``benchmarks/kodak.py --model``); an 11-bit synthesis loses nothing measurable
-(``benchmarks/synthesis_precision.py``). A product of two 10-bit integers is
+BD-rate against JPEG from files, where the float64 ones give −34.5 %, and with
+the 11-bit synthesis too at −34.2 % (MS-SSIM +2.28 % against the 10-bit latents
+alone: ``benchmarks/kodak.py``, ``benchmarks/compare_models.py``). A product of two 10-bit integers is
 below 2^18 (two 11-bit ones, 2^20), and float32, with twice float64's products
 per cycle, sums such products exactly while every partial sum stays below
 2^24. So these programs compute the same integers on every machine at about
@@ -45,12 +45,14 @@ How it runs: each convolution as a sum over taps of shifted slices of its
 zero-padded, row-major input (an upsampling by its output phases, as
 :mod:`vaecodec.fixedpoint` does), band by band of output rows (the inverse GDN
 after it applied while the band is in cache), the products in float32 in runs of taps and
-input channels whose bound (ACT_TOP times the largest Σ|w̃| of one output over
-the run, computed at construction) stays below 2^24, the runs joined in
-float64; a transposed convolution with few outputs (the synthesis' last, 3)
-as one product into columns per band of input rows, added into place by col2im
-in float64. The rescaling in float64 (every intermediate a dyadic number below
-2^53: checked per layer). Activations between layers are float32 (±ACT_TOP: exact).
+input channels whose bound (the largest Σ|w̃|·|a| of one output over the run, |a| at ACT_TOP
+at construction and, where that takes more than one run, at each call's own per-channel
+peaks) stays below 2^24, the runs joined in float64; a transposed convolution with few
+outputs (the synthesis' last, 3) as one product into columns per band of input rows,
+added into place by col2im in float64. Between points the rescaling rides in the float32
+products (weights times 2^p, the bias and rounding half as one more column: all integer
+multiples of 2^p); else, and for a program's output, it runs in float64 (every
+intermediate a dyadic number below 2^53: checked per layer). Activations between layers are float32 (±ACT_TOP: exact).
 Where float32 products are not IEEE ones (a user lowered them to bfloat16 or
 TF32: :func:`vaecodec.hardware.float32_products_exact`, checked at every run),
 the products run in float64 instead: the same integers.
@@ -81,8 +83,9 @@ ACT_TOP = 2 ** (WEIGHT_BITS - 1) - 1
 """Largest |integer| of an activation at a point of a latent program (10 bits, symmetric)."""
 
 SYNTHESIS_BITS = 11
-"""The synthesis program's width: 11/11 bits lose nothing measurable where 10/10 lost 0.5 dB at quality 100
-(``benchmarks/results/synthesis-precision-folded.json``); a product stays below 2^20."""
+"""The synthesis program's width: 11/11 bits lost within 0.02 dB where 10/10 lost 0.5 dB at quality 100 in
+simulation (``benchmarks/results/synthesis-precision-folded.json``); from files −0.005 to −0.029 dB and +0.41 %
+BD-rate (``benchmarks/results/model-comparison-r5s.json``). A product stays below 2^20."""
 
 BITS = (WEIGHT_BITS, SYNTHESIS_BITS)
 """The widths a program may have."""
@@ -194,7 +197,8 @@ class _InverseGDN:
         folded = gamma * _pow2(in_exponents)[None, :]  # Γ ≥ 0, (out, in)
         peak = folded.amax(1)
         # A row's step puts its largest Γ at 2^(B−1) (as a convolution's weights), unless that would put β̃
-        # past 2^(2B−2) (a row whose Γ is tiny beside β); a row of zeros (its norm is β alone) puts β at 2^(B−1).
+        # past 2^(2B−2) (a row whose Γ is tiny beside β); a row of zeros (its norm is β alone) puts β̃ in
+        # [2^(B−2), 2^(B−1)).
         k_beta = (bits - 1) - torch.frexp(beta)[1].long()
         k_gamma = (bits - 1) - torch.frexp(peak)[1].long()
         k_out = torch.where(peak > 0, torch.minimum(k_gamma, k_beta + (bits - 1)), k_beta)

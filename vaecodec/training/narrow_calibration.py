@@ -13,8 +13,9 @@ training peaks and the lowest λ lost 1.3 %.
 
 The 11-bit synthesis (:func:`synthesis_exponents`) takes a step per channel at
 every point (ŷ, each transposed convolution's and inverse GDN's input), folded
-into the weights: 11/11 bits that way lose nothing measurable
-(``benchmarks/results/synthesis-precision-folded.json``).
+into the weights: 11/11 bits that way lost within 0.02 dB in simulation
+(``benchmarks/results/synthesis-precision-folded.json``), −0.005 to −0.029 dB from
+files (``benchmarks/results/model-comparison-r5s.json``).
 
 The result is integer tables (``n10.{network}.{i}``: the exponents of the i-th
 convolution's input channels; ``n11.synthesis.{i}``: of the synthesis' i-th
