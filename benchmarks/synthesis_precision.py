@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--qualities", default="20,50,90")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "synthesis-precision.json"))
     ap.add_argument("--headroom", type=float, default=0.0, help="bits of headroom above the calibrated peaks")
+    ap.add_argument("--model", help="model file (default: the shipped model); its own decoder is the first row")
     ap.add_argument("--variants", help="W:A:layer|channel|folded,... (weight bits, activation bits, scale; 0 = "
                     "float; folded: per channel, each input channel's step folded into the weights before they are "
                     "rounded per output channel, as one integer accumulator per output computes); default: the set above")
@@ -53,10 +54,10 @@ def main() -> None:
     import vaecodec
     from vaecodec.fixedpoint import ACT_FRAC_BITS
     from vaecodec.image import load_pixels, to_output_pixels
-    from vaecodec.metrics import psnr
+    from vaecodec.metrics import ms_ssim, psnr
     from vaecodec.model import build_model
 
-    codec = vaecodec.Codec()
+    codec = vaecodec.Codec(args.model) if args.model else vaecodec.Codec()
     model = codec.model
     net = build_model(model.config)
     net.load_state_dict({k: v.float() for k, v in model.weights.items()})
@@ -118,23 +119,28 @@ def main() -> None:
                 analysed = codec._analyze(px)
                 _, y_hat = codec._code(analysed, analysed.latents, q, keep_y_hat=True)
             exact = to_output_pixels(model.synthesize(y_hat), analysed.height, analysed.width, "RGB")
-            samples.append((q, px, analysed, y_hat.double() * 2.0**-ACT_FRAC_BITS, psnr(px, exact)))
+            samples.append((q, px, analysed, y_hat.double() * 2.0**-ACT_FRAC_BITS, psnr(px, exact), ms_ssim(px, exact)))
 
     peaks: dict = {}
     with torch.no_grad():
-        for _, _, _, y, _ in samples:
+        for _, _, _, y, _, _ in samples:
             run(y, 0, 0, "layer", peaks, record=True)
-    rows = [{"variant": "exact (shipped)", "psnr": {q: float(np.mean([s[4] for s in samples if s[0] == q])) for q in qualities}}]
+    rows = [{"variant": "exact (the model's own decoder)",
+             "psnr": {q: float(np.mean([s[4] for s in samples if s[0] == q])) for q in qualities},
+             "ms_ssim": {q: float(np.mean([s[5] for s in samples if s[0] == q])) for q in qualities}}]
     for wbits, abits, per in variants:
-        by_q = {q: [] for q in qualities}
-        for q, px, analysed, y, _ in samples:
+        by_q, ms_by_q = {q: [] for q in qualities}, {q: [] for q in qualities}
+        for q, px, analysed, y, _, _ in samples:
             with torch.no_grad():
                 x = run(y, wbits, abits, per, peaks)
             pixels = torch.round(x * 255).clamp(0, 255)[0].permute(1, 2, 0).to(torch.uint8).numpy()
-            by_q[q].append(psnr(px, to_output_pixels(pixels, analysed.height, analysed.width, "RGB")))
+            out = to_output_pixels(pixels, analysed.height, analysed.width, "RGB")
+            by_q[q].append(psnr(px, out))
+            ms_by_q[q].append(ms_ssim(px, out))
         name = f"weights {wbits or 'float'}, activations {abits or 'float'}" + (f" per {per}" if abits else "")
         rows.append({"variant": name, "weight_bits": wbits, "activation_bits": abits, "activation_scale": per,
-                     "psnr": {q: float(np.mean(v)) for q, v in by_q.items()}})
+                     "psnr": {q: float(np.mean(v)) for q, v in by_q.items()},
+                     "ms_ssim": {q: float(np.mean(v)) for q, v in ms_by_q.items()}})
     exact = rows[0]["psnr"]
     result = {"command": "python benchmarks/synthesis_precision.py " + " ".join(sys.argv[1:]),
               "model": f"{model.model_id} {model.weight_hash.hex()}", "images": args.count, "qualities": qualities,
@@ -143,6 +149,10 @@ def main() -> None:
     print(f"{'variant':<48}" + "".join(f"{'q' + str(q) + ' dB (Δ)':>18}" for q in qualities))
     for r in rows:
         print(f"{r['variant']:<48}" + "".join(f"{r['psnr'][q]:10.3f} ({r['psnr'][q] - exact[q]:+.2f})" for q in qualities))
+    print("MS-SSIM (Δ × 10^4)")
+    for r in rows:
+        print(f"{r['variant']:<48}" + "".join(f"{r['ms_ssim'][q]:10.5f} ({1e4 * (r['ms_ssim'][q] - rows[0]['ms_ssim'][q]):+.1f})"
+                                              for q in qualities))
 
 
 if __name__ == "__main__":
