@@ -1,6 +1,8 @@
 """The narrow programs (vaecodec.narrow: 10-bit latents, 11-bit synthesis): the integers they define, on float32
 products, exactly."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -36,7 +38,7 @@ def _reference(program: NarrowProgram, a: torch.Tensor) -> torch.Tensor:
 
 
 def _calibrated(seq: nn.Sequential, x: torch.Tensor, headroom: float = 1.0, per_channel: bool = True,
-                bits: int = 10) -> NarrowProgram:
+                bits: int = 10, act_bits: int | None = None) -> NarrowProgram:
     peaks, a = [], x
     with torch.no_grad():
         for m in seq:
@@ -44,7 +46,8 @@ def _calibrated(seq: nn.Sequential, x: torch.Tensor, headroom: float = 1.0, per_
                 p = a.abs().amax((0, 2, 3))
                 peaks.append(p if per_channel else p.max().expand(len(p)))
             a = m(a)
-    return NarrowProgram.from_sequential(seq, [exponents_for_peaks(p, headroom, bits) for p in peaks], bits)
+    exponents = [exponents_for_peaks(p, headroom, act_bits or bits) for p in peaks]
+    return NarrowProgram.from_sequential(seq, exponents, bits, act_bits)
 
 
 def _hyper_like(seed: int, cin: int = 6, hidden: int = 10, cout: int = 8) -> nn.Sequential:
@@ -315,6 +318,10 @@ def test_narrow_latents_script_writes_a_derived_model_and_refuses_to_overwrite(t
     both = CodingModel.load(tmp_path / "both.pt")
     assert (both.config.latent_bits, both.config.synthesis_bits) == (10, 11)
     assert {k for k in both.tables if k.startswith("n10.")} == {k for k in model.tables if k.startswith("n10.")}
+    done = script(tmp_path / "base.pt", tmp_path / "wide.pt", "--data", data, "--images", 2, "--model-id", "tiny-w",
+                  "--synthesis", 12)
+    assert done.returncode == 0, done.stderr
+    assert CodingModel.load(tmp_path / "wide.pt").config.synthesis_bits == 12
     for args, error in (((tmp_path / "base.pt", out), "exists"),
                         ((out, tmp_path / "base.pt", "--force"), "OUTPUT is MODEL or the model file it names"),
                         ((tmp_path / "base.pt", tmp_path / "new.pt", "--images", 0), "at least 1")):
@@ -338,16 +345,18 @@ def _synthesis_like(seed: int, trained: bool = True, cin: int = 6, hidden: int =
     return seq.half().float()
 
 
+@pytest.mark.parametrize("act_bits", [11, 12])
 @pytest.mark.parametrize("trained", [True, False])
 @pytest.mark.parametrize("size", [(1, 1), (3, 5), (4, 2)])
-def test_synthesis_program_equals_its_integer_definition(trained, size):
+def test_synthesis_program_equals_its_integer_definition(trained, size, act_bits):
     """Transposed convolutions with inverse GDNs after them (norms in float32 with the rescaling and β folded
     in), and a 3-output last layer by columns: the integers of the definition, and the float network to the
     precision of 11 bits."""
     seq = _synthesis_like(2, trained)
     x = torch.randn(1, 6, *size) * 3
-    program = _calibrated(seq, x, bits=SYNTHESIS_BITS)
-    assert program.top == 1023 and [c.norm is not None for c in program.convs] == [True, True, False]
+    program = _calibrated(seq, x, bits=SYNTHESIS_BITS, act_bits=act_bits)
+    assert program.top == 2**(act_bits - 1) - 1 and [c.norm is not None for c in program.convs] == [True, True, False]
+    assert all(float(c.weight.abs().max()) <= 1024 for c in program.convs)  # 11-bit weights either way
     assert program.convs[-1].columns is not None
     peaks = [c.norm.gamma.amax(1) for c in program.convs[:2]]
     assert max(float(c.norm.beta.max()) for c in program.convs[:2]) < 2**20
@@ -420,6 +429,9 @@ def test_narrow_programs_take_only_what_they_define():
     exps = [torch.zeros(n, dtype=torch.long) for n in (6, 10, 10, 10, 10)]
     with pytest.raises(ValueError, match="bits"):
         NarrowProgram.from_sequential(seq, exps, 12)
+    for bits, act_bits in ((10, 12), (11, 13), (11, 10)):  # activations as wide as the weights, or one bit more
+        with pytest.raises(ValueError, match="activations"):
+            NarrowProgram.from_sequential(seq, exps, bits, act_bits)
     with pytest.raises(TypeError, match="right after a convolution"):
         NarrowProgram.from_sequential(nn.Sequential(nn.Conv2d(3, 3, 1), SimplifiedGDN(3, inverse=True),
                                                     SimplifiedGDN(3, inverse=True), nn.Conv2d(3, 3, 1)),
@@ -442,7 +454,7 @@ def test_a_narrow_model_decodes_its_synthesis_as_the_11_bit_program(narrow_model
     a, b = narrow_model.synthesize(y_hat).astype(int), plain.synthesize(y_hat).astype(int)
     assert a.shape == b.shape == (48, 80, 3) and np.abs(a - b).mean() < 2  # 11-bit rounding of the same network
     with pytest.raises(ValueError, match="narrow program tables are"):
-        plain.with_narrow_programs({"n12.synthesis.0": np.zeros(3, np.int64)}, "x")
+        plain.with_narrow_programs({"n13.synthesis.0": np.zeros(3, np.int64)}, "x")
 
 
 def test_integers_follow_from_the_float_layers_and_exponents():
@@ -545,3 +557,33 @@ def test_runs_cut_at_peaks_follow_the_columns_channel_and_tap_order(checkerboard
         return
     positions = (~colour).reshape(-1).nonzero().squeeze(1)
     assert torch.equal(program.at_checkerboard(a, positions), whole.reshape(1, 2, -1)[:, :, positions])
+
+
+def test_a_model_may_take_12_bit_activations_in_its_synthesis(tmp_path, narrow_model):
+    """``synthesis_bits`` 12: the synthesis with 11-bit weights and 12-bit activations (tables n12.synthesis.*,
+    calibrated as the 11-bit ones at one more bit), replacing the 11-bit tables; its own weight hash; saved
+    and loaded as a derived file; the same network to the precision of its bits."""
+    import tempfile
+
+    from PIL import Image
+
+    from vaecodec.training.narrow_calibration import synthesis_exponents
+
+    rng = np.random.default_rng(2)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "c.png"
+        Image.fromarray(np.clip(np.cumsum(rng.integers(-6, 7, (72, 80, 3)), 1) + 128, 0, 255).astype(np.uint8)).save(path)
+        tables = synthesis_exponents(narrow_model.float_network(), [path], act_bits=12)
+    assert set(tables) == {k.replace("n11.", "n12.") for k in narrow_model.tables if k.startswith("n11.")}
+    wide = narrow_model.with_narrow_programs(tables, "tiny-n12")
+    assert (wide.config.latent_bits, wide.config.synthesis_bits) == (10, 12) and wide.synthesis.top == 2047
+    assert not any(k.startswith("n11.") for k in wide.tables) and wide.weight_hash != narrow_model.weight_hash
+    base = make_tiny_model(kind="channel", model_id="tiny-narrow")
+    base.save(tmp_path / "base.pt")
+    wide.save(tmp_path / "wide.pt", base=tmp_path / "base.pt")
+    assert CodingModel.load(tmp_path / "wide.pt").weight_hash == wide.weight_hash
+    y_hat = torch.round(torch.from_numpy(rng.normal(0, 2, (1, base.config.latent_channels, 3, 5))) * 2**ACT_FRAC_BITS)
+    a, b = wide.synthesize(y_hat).astype(int), base.synthesize(y_hat).astype(int)
+    assert np.abs(a - b).mean() < 2
+    with pytest.raises(ValueError, match="narrow program tables"):
+        base.with_narrow_programs({**tables, "n11.synthesis.0": tables["n12.synthesis.0"]}, "x")  # both widths

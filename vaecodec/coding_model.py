@@ -224,8 +224,9 @@ class CodingModel:
         self.hyper_synthesis = latent_program("hyper_synthesis", net.hyper_synthesis)
         if config.synthesis_bits == 8:  # the integer tables computed at export; no float math decides them here
             self.synthesis = Int8SynthesisProgram.from_tables(self.tables, config.latent_channels)
-        elif config.synthesis_bits == 11:
-            self.synthesis = self._narrow_program("n11.synthesis", net.synthesis, SYNTHESIS_BITS)
+        elif config.synthesis_bits in (11, 12):  # 11-bit weights; activations of synthesis_bits
+            self.synthesis = self._narrow_program(f"n{config.synthesis_bits}.synthesis", net.synthesis, SYNTHESIS_BITS,
+                                                  config.synthesis_bits)
         else:
             self.synthesis = FixedPointProgram.from_sequential(net.synthesis)
         self.has_context = config.kind == "checkerboard"
@@ -254,18 +255,18 @@ class CodingModel:
         self.synthesis_tile = SYNTHESIS_TILE
         self._float_network: HyperpriorModel | None = None  # float_network(), built on first use
 
-    def _narrow_program(self, prefix: str, seq: nn.Sequential, bits: int) -> NarrowProgram:
-        """The narrow program of ``seq`` from the model file's exponent tables ``{prefix}.{i}`` (the input of its
-        i-th convolution or inverse GDN)."""
+    def _narrow_program(self, prefix: str, seq: nn.Sequential, bits: int, act_bits: int | None = None) -> NarrowProgram:
+        """The narrow program of ``seq`` (``bits``-bit weights, ``act_bits``-bit activations) from the model file's
+        exponent tables ``{prefix}.{i}`` (the input of its i-th convolution or inverse GDN)."""
         count = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, SimplifiedGDN)) for m in seq)
         exponents = []
         for i in range(count):
             table = self.tables.get(f"{prefix}.{i}")
             if table is None or table.dtype.kind not in "iu" or table.ndim != 1:
-                raise ValueError(f"{bits}-bit table {prefix}.{i} missing or of the wrong type (a model with narrow "
-                                 "programs is made from an exported one by bin/narrow-latents)")
+                raise ValueError(f"narrow program table {prefix}.{i} missing or of the wrong type (a model with "
+                                 "narrow programs is made from an exported one by bin/narrow-latents)")
             exponents.append(torch.from_numpy(table.astype(np.int64)))
-        return NarrowProgram.from_sequential(seq, exponents, bits)
+        return NarrowProgram.from_sequential(seq, exponents, bits, act_bits)
 
     def _latent_program_builder(self, net: HyperpriorModel):
         """``build(name, sequential)``: the exact program of one network that feeds the entropy coder: the
@@ -278,18 +279,23 @@ class CodingModel:
     def with_narrow_programs(self, exponents: dict[str, np.ndarray], model_id: str) -> "CodingModel":
         """This model with narrow programs: the same weights and quality tables, plus the exponent ``tables``
         (``n10.*``: the 10-bit latent programs, ``latent_bits`` 10, from
-        :func:`vaecodec.training.narrow_calibration.latent_exponents`; ``n11.synthesis.*``: the 11-bit
-        synthesis, ``synthesis_bits`` 11, from :func:`~vaecodec.training.narrow_calibration.synthesis_exponents`).
+        :func:`vaecodec.training.narrow_calibration.latent_exponents`; ``n11.synthesis.*`` or
+        ``n12.synthesis.*``: the synthesis with 11-bit weights and 11- or 12-bit activations, ``synthesis_bits``
+        11 or 12, from :func:`~vaecodec.training.narrow_calibration.synthesis_exponents`).
         Files of either decode only with their own (the weight hash differs)."""
         given = {k.split(".")[0] for k in exponents}
-        if not given or given - {"n10", "n11"} or any(k.startswith("n11.") and not k.startswith("n11.synthesis.")
-                                                       for k in exponents):
-            raise ValueError("narrow program tables are n10.* (latents) and n11.synthesis.* (synthesis)")
-        if "n11" in given and self.config.synthesis_bits == 8:
+        synthesis = given & {"n11", "n12"}
+        if not given or given - {"n10", "n11", "n12"} or len(synthesis) > 1 \
+                or any(k.split(".")[0] in synthesis and not k.startswith(k.split(".")[0] + ".synthesis.") for k in exponents):
+            raise ValueError("narrow program tables are n10.* (latents) and n11.synthesis.* or n12.synthesis.* "
+                             "(synthesis)")
+        if synthesis and self.config.synthesis_bits == 8:
             raise ValueError("an 8-bit synthesis model has no float synthesis to narrow")
-        changes = {**({"latent_bits": 10} if "n10" in given else {}), **({"synthesis_bits": 11} if "n11" in given else {})}
+        changes = {**({"latent_bits": 10} if "n10" in given else {}),
+                   **({"synthesis_bits": int(next(iter(synthesis))[1:])} if synthesis else {})}
         config = ModelConfig.from_dict({**self.config.to_dict(), **changes})
-        tables = {k: v for k, v in self.tables.items() if k.split(".")[0] not in given}
+        dropped = given | ({"n11", "n12"} if synthesis else set())
+        tables = {k: v for k, v in self.tables.items() if k.split(".")[0] not in dropped}
         return CodingModel(config, self.weights, {**tables, **exponents}, model_id)
 
     def float_network(self) -> HyperpriorModel:
@@ -450,6 +456,10 @@ class CodingModel:
             from . import narrow
 
             h.update(f"n11 v1 bits{narrow.SYNTHESIS_BITS} exp{narrow.EXPONENT_LIMIT} pow{narrow._POWER_LIMIT}".encode())
+        if config.synthesis_bits == 12:  # 11-bit weights, 12-bit activations
+            from . import narrow
+
+            h.update(f"n12 v1 w{narrow.SYNTHESIS_BITS} a12 exp{narrow.EXPONENT_LIMIT} pow{narrow._POWER_LIMIT}".encode())
         h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
         for name in sorted(weights):
             t = weights[name].detach().to(torch.float16)

@@ -75,7 +75,8 @@ class ModelConfig:
         (int8 products: the synthesis in ~0.4× the exact one's time); 11: it
         decodes as the 11-bit program of :mod:`vaecodec.narrow` (float32
         products; its activation steps are tables of the model file). A coding
-        choice only, as ``latent_bits``: training is the same.
+        choice only, as ``latent_bits``: training is the same; 12: the same
+        program with 12-bit activations (11-bit weights).
       channel_slices: checkerboard models only; empty: none. Sizes of the
         channel slices of y, in coding order (ELIC's uneven slices, He et al.
         2022, e.g. 16, 16, 32, 64, 128): within each checkerboard pass, slice
@@ -102,8 +103,8 @@ class ModelConfig:
     latent_bits: int = 0
 
     def __post_init__(self):
-        if self.synthesis_bits not in (0, 8, 11):
-            raise ValueError(f"synthesis_bits is 0 (fixed point), 8 or 11, not {self.synthesis_bits}")
+        if self.synthesis_bits not in (0, 8, 11, 12):
+            raise ValueError(f"synthesis_bits is 0 (fixed point), 8, 11 or 12, not {self.synthesis_bits}")
         if self.latent_bits not in (0, 10):
             raise ValueError(f"latent_bits is 0 (fixed point) or 10, not {self.latent_bits}")
         if self.channel_slices:

@@ -19,7 +19,7 @@ half the cost.
 Where the rounding happens (a "point" before every convolution and inverse
 GDN; per channel, a power-of-two step 2^e, the exponents calibrated on
 training images at export and stored in the model file; B = 10 or 11 bits,
-``ACT_TOP`` = 2^(B−1) − 1)::
+``ACT_TOP`` = 2^(B−1) − 1, or with 11-bit weights 2^11 − 1 for 12-bit activations)::
 
     fixed point (2^-12 units) ─p0─▶ conv [ReLU] ─p1─▶ conv [iGDN ─p2─▶] … conv ─▶ fixed point (2^-12 units)
 
@@ -88,7 +88,10 @@ simulation (``benchmarks/results/synthesis-precision-folded.json``); from files 
 BD-rate (``benchmarks/results/model-comparison-r5s.json``). A product stays below 2^20."""
 
 BITS = (WEIGHT_BITS, SYNTHESIS_BITS)
-"""The widths a program may have."""
+"""The weight widths a program may have."""
+
+ACT_BITS = (WEIGHT_BITS, SYNTHESIS_BITS, SYNTHESIS_BITS + 1)
+"""The activation widths a program may have: as its weights', or 12 with 11-bit weights (products below 2^21)."""
 
 EXPONENT_LIMIT = 40
 """Exponents of the activation steps lie within ±EXPONENT_LIMIT (a model file's tables are checked)."""
@@ -111,10 +114,21 @@ def _pow2(k: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ldexp(np.ones(k.shape), k.numpy().astype(np.int32)))
 
 
-def _top(bits: int) -> int:
-    if bits not in BITS:
-        raise ValueError(f"narrow programs are {' or '.join(map(str, BITS))} bits wide, not {bits}")
+def _top(bits: int, widths: tuple[int, ...] = ACT_BITS) -> int:
+    """2^(bits−1) − 1, for a width the programs take."""
+    if bits not in widths:
+        raise ValueError(f"narrow programs are {' or '.join(map(str, widths))} bits wide, not {bits}")
     return 2 ** (bits - 1) - 1
+
+
+def _widths(bits: int, act_bits: int | None) -> int:
+    """The activations' top for weights of ``bits`` and activations of ``act_bits`` (None: ``bits``)."""
+    _top(bits, BITS)
+    act_bits = bits if act_bits is None else act_bits
+    if act_bits not in (bits, bits + 1) or act_bits not in ACT_BITS:
+        raise ValueError(f"narrow programs with {bits}-bit weights take {bits}- or {bits + 1}-bit activations, "
+                         f"not {act_bits}")
+    return _top(act_bits)
 
 
 def exponents_for_peaks(peaks: torch.Tensor, headroom: float = 1.0, bits: int = WEIGHT_BITS) -> torch.Tensor:
@@ -188,12 +202,13 @@ class _InverseGDN:
     own, with input 1); then ``floor(v·N·2^p + ½)`` in float64 (below 2^52: checked).
     """
 
-    def __init__(self, layer: SimplifiedGDN, in_exponents: torch.Tensor, out_exponents: torch.Tensor, bits: int):
+    def __init__(self, layer: SimplifiedGDN, in_exponents: torch.Tensor, out_exponents: torch.Tensor, bits: int,
+                 act_bits: int | None = None):
         beta, gamma = (t.detach().double() for t in layer.effective_params())
         c = beta.numel()
         if in_exponents.shape != (c,) or out_exponents.shape != (c,) or gamma.shape != (c, c):
             raise ValueError("narrow program exponents do not match the inverse GDN's channels")
-        self.top = _top(bits)
+        self.top = _widths(bits, act_bits)
         folded = gamma * _pow2(in_exponents)[None, :]  # Γ ≥ 0, (out, in)
         peak = folded.amax(1)
         # A row's step puts its largest Γ at 2^(B−1) (as a convolution's weights), unless that would put β̃
@@ -245,13 +260,13 @@ class _Conv:
 
     def __init__(self, layer: nn.Conv2d | nn.ConvTranspose2d, in_exponents: torch.Tensor,
                  out_exponents: torch.Tensor | None, relu: bool, nonnegative_input: bool = False,
-                 bits: int = WEIGHT_BITS, norm: _InverseGDN | None = None):
+                 bits: int = WEIGHT_BITS, norm: _InverseGDN | None = None, act_bits: int | None = None):
         transposed = isinstance(layer, nn.ConvTranspose2d)
         w = layer.weight.detach().double()
         w = w.transpose(0, 1) if transposed else w  # (out, in, k, k) from here
         cout, cin, k, _ = w.shape
         s, p = layer.stride[0], layer.padding[0]
-        self.top = top = _top(bits)
+        self.top = top = _widths(bits, act_bits)
         if in_exponents.shape != (cin,) or (out_exponents is not None and out_exponents.shape != (cout,)):
             raise ValueError("narrow program exponents do not match the layer's channels")
         if (layer.groups != 1 or any(d != 1 for d in layer.dilation) or layer.padding_mode != "zeros"
@@ -444,15 +459,18 @@ class NarrowProgram:
     inverse GDN's input exponents (a model file's tables; :func:`exponents_for_peaks` at export).
     """
 
-    def __init__(self, convs: list[_Conv], in_exponents: torch.Tensor, bits: int = WEIGHT_BITS):
-        self.convs, self.bits, self.top = convs, bits, _top(bits)
+    def __init__(self, convs: list[_Conv], in_exponents: torch.Tensor, bits: int = WEIGHT_BITS,
+                 act_bits: int | None = None):
+        self.convs, self.bits, self.top = convs, bits, _widths(bits, act_bits)
         # floor(v·2^(-12-e) + ½): v < 2^21 and the scale a power of two, exact in float64.
         self._input_scale = _pow2(-ACT_FRAC_BITS - in_exponents.long())[:, None, None]
 
     @classmethod
-    def from_sequential(cls, seq: nn.Sequential, exponents: list[torch.Tensor], bits: int = WEIGHT_BITS) -> "NarrowProgram":
-        """``exponents[i]``: the input exponents (per channel) of the i-th convolution or inverse GDN of ``seq``."""
-        _top(bits)
+    def from_sequential(cls, seq: nn.Sequential, exponents: list[torch.Tensor], bits: int = WEIGHT_BITS,
+                        act_bits: int | None = None) -> "NarrowProgram":
+        """``exponents[i]``: the input exponents (per channel) of the i-th convolution or inverse GDN of ``seq``;
+        ``bits`` the weights' width, ``act_bits`` the activations' (default: the same; or one more)."""
+        _widths(bits, act_bits)
         layers = [(i, m) for i, m in enumerate(seq) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, SimplifiedGDN))]
         if len(exponents) != len(layers):
             raise ValueError("narrow program exponents do not match the network")
@@ -479,11 +497,12 @@ class NarrowProgram:
                 following = exponents[n + 2].long() if n + 2 < len(layers) else None
                 if following is None:
                     raise TypeError("a narrow program ends with a convolution")
-                norm = _InverseGDN(follows, after, following, bits)
+                norm = _InverseGDN(follows, after, following, bits, act_bits)
             is_relu = isinstance(follows, nn.ReLU)
-            convs.append(_Conv(m, exponents[n].long(), after, is_relu, nonnegative_input=relu, bits=bits, norm=norm))
+            convs.append(_Conv(m, exponents[n].long(), after, is_relu, nonnegative_input=relu, bits=bits, norm=norm,
+                               act_bits=act_bits))
             relu = is_relu
-        return cls(convs, exponents[0], bits)
+        return cls(convs, exponents[0], bits, act_bits)
 
     @property
     def out_channels(self) -> int:

@@ -97,12 +97,15 @@ def latent_exponents(net: HyperpriorModel, images: list[Path], lambdas: tuple[fl
 
 @torch.no_grad()
 def synthesis_exponents(net: HyperpriorModel, images: list[Path], lambdas: tuple[float, ...] = CALIBRATION_LAMBDAS,
-                        headroom: float = 1.0) -> dict[str, np.ndarray]:
-    """The ``n11.synthesis.*`` tables for ``net`` from its forward passes on ``images`` at ``lambdas``: per
-    layer of the synthesis (transposed convolutions and inverse GDNs), its input channels' exponents, each
-    channel its own (:func:`vaecodec.narrow.exponents_for_peaks` at 11 bits, ``headroom`` bits above the peak)."""
+                        headroom: float = 1.0, act_bits: int = SYNTHESIS_BITS) -> dict[str, np.ndarray]:
+    """The ``n{act_bits}.synthesis.*`` tables for ``net`` (activations of 11 or 12 bits) from its forward
+    passes on ``images`` at ``lambdas``: per layer of the synthesis (transposed convolutions and inverse GDNs),
+    its input channels' exponents, each channel its own (:func:`vaecodec.narrow.exponents_for_peaks` at
+    ``act_bits``, ``headroom`` bits above the peak)."""
+    if act_bits not in (SYNTHESIS_BITS, SYNTHESIS_BITS + 1):
+        raise ValueError(f"the synthesis takes 11- or 12-bit activations, not {act_bits}")
     layers = [m for m in net.synthesis if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, SimplifiedGDN))]
-    peaks = _input_peaks(net, {f"n11.synthesis.{i}": layer for i, layer in enumerate(layers)}, images, lambdas)
+    peaks = _input_peaks(net, {f"n{act_bits}.synthesis.{i}": layer for i, layer in enumerate(layers)}, images, lambdas)
     if len(peaks) != len(layers):
         raise ValueError("calibration did not reach every layer of the synthesis")
-    return {key: exponents_for_peaks(p, headroom, SYNTHESIS_BITS).numpy() for key, p in peaks.items()}
+    return {key: exponents_for_peaks(p, headroom, act_bits).numpy() for key, p in peaks.items()}
