@@ -75,11 +75,12 @@ SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt", "cb64-w128-m256-vr": "vaec
                   "cb64-w128-m256-vr-r2": "vaecodec-cb64-r2.pt", "cb64-w128-m256-vr-r3": "vaecodec-cb64-r3.pt",
                   "cc64-w128-m256-vr-r4": "vaecodec-cc64-r4.pt",
                   "cc64-w128-m256-vr-r5": "vaecodec-cc64-r5.pt", "cc64-w128-m256-vr-r5n": "vaecodec-cc64-r5n.pt",
-                  "cc64-w128-m256-vr-r5s": "vaecodec-cc64-r5s.pt"}
+                  "cc64-w128-m256-vr-r5s": "vaecodec-cc64-r5s.pt", "cc64-w128-m256-vr-r5w": "vaecodec-cc64-r5w.pt"}
 """Every model the package ships, by model id. Files name the model that wrote them, so a file
-written by an earlier shipped model still decodes after the default changes. ``-r5n`` and ``-r5s`` are
-derived model files over ``-r5``'s weights (``-r5n``: its 10-bit latent programs' tables; ``-r5s``: those
-and the 11-bit synthesis'), so all three must ship."""
+written by an earlier shipped model still decodes after the default changes. ``-r5n``, ``-r5s`` and ``-r5w``
+are derived model files over ``-r5``'s weights (``-r5n``: its 10-bit latent programs' tables; ``-r5s``: those
+and the 11-bit synthesis'; ``-r5w``: with 12-bit activations in the synthesis, not the default yet), so all
+must ship."""
 SHIPPED_MODEL = "vaecodec-cc64-r5s.pt"
 """The default model: what new files are written with."""
 SHIPPED_PIXEL_MODEL = "vaecodec-px12-h64.npz"
