@@ -1,4 +1,4 @@
-"""Narrow exact programs: 10- and 11-bit integers, summed on float32 products.
+"""Narrow exact programs: 10- to 12-bit integers, summed on float32 products.
 
 Why: the networks that turn side information into each latent's mean and
 scale (the hyper-synthesis, the checkerboard context, the entropy parameters,
