@@ -180,6 +180,12 @@ def _pieces(runs: list[tuple[int, int]], taps: list[torch.Tensor], cin: int, lea
     return out
 
 
+def _joined(total: torch.Tensor | None, acc: torch.Tensor) -> torch.Tensor:
+    """Float32 runs' sums joined in float64 (integers below 2^53: exact in any order): the first run's
+    converted, each next one added in place."""
+    return acc.double() if total is None else total.add_(acc)
+
+
 BAND_POSITIONS = 2048
 """Positions (row-major, on the padded width) per band of a layer's output: a band's float32 accumulator
 (~0.5 MB at 64 channels) stays in cache through its runs' joins, its rounding and an inverse GDN after it."""
@@ -244,9 +250,9 @@ class _InverseGDN:
                 acc = torch.addmm(bias.double() if f64 else bias, gamma, magnitude[c0:c1])
             else:
                 acc = torch.mm(gamma, magnitude[c0:c1])
-            total = acc.double() if total is None else total.add_(acc)
+            total = _joined(total, acc)
         # N·2^p (exact) times v, plus ½, in float64: exact below 2^52 (checked at construction).
-        return total.double().mul_(v).add_(0.5).floor_().clamp_(-self.top, self.top)
+        return total.mul_(v).add_(0.5).floor_().clamp_(-self.top, self.top)
 
 
 class _Conv:
@@ -398,7 +404,7 @@ class _Conv:
                             acc = torch.addmm(self.offset if f64 else self.offset32, weight, x)
                         else:
                             acc = torch.mm(weight, x)
-                    total = acc if len(runs) == 1 else (acc.double() if total is None else total.add_(acc))
+                    total = acc if len(runs) == 1 else _joined(total, acc)
                 v = total.floor_().clamp_(self.low, self.high) if self.fused else self.requantize(total)
                 if self.norm is not None:
                     v = self.norm(v, f64)
@@ -421,7 +427,7 @@ class _Conv:
             columns = None
             for c0, c1, weight in self.columns:
                 part = torch.mm(weight.double() if f64 else weight, x[c0:c1])
-                columns = part.double() if columns is None else columns.add_(part)
+                columns = _joined(columns, part)
             acc[:, s * r0:s * r1 + k - s, :s * w + k - s] += F.fold(
                 columns[None], (s * (r1 - r0) + k - s, s * w + k - s), k, stride=s)[0]
         sums = acc[:, p:p + s * h, p:p + s * w].reshape(cout, s * h * s * w)
@@ -444,7 +450,7 @@ class _Conv:
         for k0, k1 in runs:
             weight = weights32[:, k0:k1]
             acc = torch.mm(weight.double() if f64 else weight, inputs[k0:k1])
-            total = acc if len(runs) == 1 else (acc.double() if total is None else total.add_(acc))
+            total = acc if len(runs) == 1 else _joined(total, acc)
         if wanted is not None:
             total = total[:, wanted]
         return self.requantize(total)
