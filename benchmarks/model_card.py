@@ -151,10 +151,11 @@ def main():
         command = command.replace(f"--model-id {exported}`",
                                   f"--model-id {exported} --jpeg-quality-scale ../shared/data/train`")
     if base:
-        narrowed = "the 10-bit latent programs" + (" and the 11-bit synthesis" if cfg.synthesis_bits == 11 else "")
+        narrowed = "the 10-bit latent programs" + {11: " and the 11-bit synthesis", 12: " and the synthesis with 11-bit "
+                                                     "weights and 12-bit activations"}.get(cfg.synthesis_bits, "")
         command += (f", then `bin/narrow-latents vaecodec/weights/{base['file']} vaecodec/weights/{SHIPPED_MODEL} "
                     f"--data ../shared/data/train --model-id {m.model_id}"
-                    + (" --synthesis" if cfg.synthesis_bits == 11 else "")
+                    + {11: " --synthesis", 12: " --synthesis 12"}.get(cfg.synthesis_bits, "")
                     + f"` ({narrowed}: the same weights and quality tables as `{base['model_id']}`, whose file this "
                     "one names)")
     else:
@@ -175,9 +176,11 @@ def main():
          "per layer input, calibrated on 6 training images with one bit of headroom; weights rounded per output "
          "channel to ±512; sums exact in float32 runs below 2^24, joined and rescaled exactly in float64; "
          "`vaecodec/narrow.py`); the synthesis is " + (
-             "an 11-bit integer program of the same kind (activations within ±1023 at a power-of-two step per "
-             "channel at every point, calibrated the same way; weights and inverse-GDN norm weights rounded per "
-             "output channel to ±1024; the rescaling folded into the float32 products)" if cfg.synthesis_bits == 11
+             "an integer program of the same kind with 11-bit weights and " + ("11" if cfg.synthesis_bits == 11 else "12")
+             + "-bit activations (activations within ±" + ("1023" if cfg.synthesis_bits == 11 else "2047")
+             + " at a power-of-two step per channel at every point, calibrated the same way; weights and inverse-GDN "
+             "norm weights rounded per output channel to ±1024; the rescaling folded into the float32 products)"
+             if cfg.synthesis_bits in (11, 12)
              else "integer fixed point (12 fractional bits for activations, 14-bit weights) evaluated exactly in "
              "float64") + "; every decoder number is an integer, the same on any machine. The "
          "encoder's analysis runs in float32." if cfg.latent_bits == 10 else
@@ -248,12 +251,13 @@ def main():
                                                          " The exact synthesis dominates decoding.")
               + f" In that run the encoder's analysis ran in {speed['analysis']}"
               + (" and every decoder network on exact float32 products (narrow integer programs)."
-                 if cfg.synthesis_bits == 11 and cfg.latent_bits == 10 else
+                 if cfg.synthesis_bits in (11, 12) and cfg.latent_bits == 10 else
                  " and the widest exact products " + ("on int8 kernels." if speed["int8_kernels"] else
                  "in float64 (no fast int8 kernels: a CPU without AMX or VNNI, where the ratio is higher than on one "
                  "with them).")),
               "", "## Limitations", "",
-              "- Trained for a few CPU-hours: far from the GPU-trained published models of the same family; see the BD-rates above.",
+              f"- Trained for {training['cpu_hours']:.1f} CPU-hours on 2 cores: far from the GPU-trained published "
+              "models of the same family; see the BD-rates above.",
               ("- Decoding is exact on any machine; int8 matrix products run through `torch._int_mm` where a probe at "
                "load finds them exact, else through float32 products of at most 1,040 terms (exact, slower)."
                if cfg.synthesis_bits == 8 else
@@ -261,6 +265,11 @@ def main():
                "the latent networks to 10 bits without retraining, at a small cost against the float64 programs "
                "(`benchmarks/results/model-comparison-r5s.json`, `model-comparison-r5n.json`)."
                if cfg.synthesis_bits == 11 else
+               "- Decoding is exact on any IEEE-754 machine; its narrow programs round the synthesis's weights to 11 "
+               "bits and its activations to 12, the latent networks to 10 bits, without retraining, at a small cost "
+               "against the float64 programs (`benchmarks/results/model-comparison-"
+               + m.model_id.rsplit("-", 1)[-1] + ".json`, from `compare_models.py` on both models' Kodak runs)."
+               if cfg.synthesis_bits == 12 else
                "- Decoding is exact on any IEEE-754 machine, but the exact decoder runs in float64 on the CPU and is slower than a float32 one would be."),
               "- Quality is tuned for PSNR (MSE loss)."]
     (ROOT / "vaecodec" / "weights" / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")

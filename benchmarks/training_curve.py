@@ -134,9 +134,10 @@ def export_offset(shipped: Path, jpeg: Path, jr: list[float], jq: list[float]) -
     info = json.loads(shipped.read_text())
     start = next((r["anneal_from_step"] for r in info.get("history", []) if "anneal_from_step" in r), None)
     before = [r for r in info.get("history", []) if "estimate" in r and start is not None and r["step"] <= start]
-    # The report that measured that model's files: ``jpeg``, or a saved run beside it (kodak-<model>.json: the
-    # shipped default may be a derived model of the same weights, e.g. -r5n over -r5, measured in kodak.json)
-    for path in [jpeg, *sorted(jpeg.parent.glob("kodak-*.json"))]:
+    # The report that measured that model's files: ``jpeg``, or a saved run beside it (kodak-<model>.json or
+    # kodak-<model>/kodak.json: the shipped default may be a derived model of the same weights, e.g. -r6w over
+    # -r6, measured in kodak.json)
+    for path in [jpeg, *sorted(jpeg.parent.glob("kodak-*.json")), *sorted(jpeg.parent.glob("kodak-*/kodak.json"))]:
         report = json.loads(path.read_text())
         files = next((r["bd_rate_psnr"] for r in report.get("summary", []) if r["codec"] == "vaecodec"), None)
         measured = next((c["library"] for c in report.get("curves", []) if c["name"] == "vaecodec"), "")
@@ -161,7 +162,8 @@ def main() -> None:
     ap.add_argument("--fit-from", type=float, default=8.0, help="first CPU-hour of the fit")
     ap.add_argument("--target", type=float, default=-40.0, help="full-range BD-rate the fit projects to")
     ap.add_argument("--shipped", type=Path, default=ROOT / "vaecodec" / "weights" / "training.json",
-                    help="the shipped model's training.json, whose files are in --jpeg (the export offset)")
+                    help="the shipped model's training.json, whose files are in --jpeg or a saved run beside it "
+                         "(kodak-*.json, kodak-*/kodak.json; the export offset)")
     args = ap.parse_args()
     window = tuple(float(v) for v in args.window.split(","))
     jr, jq = jpeg_curve(args.jpeg)

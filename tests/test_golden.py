@@ -54,11 +54,13 @@ def test_an_8_bit_synthesis_golden_file_decodes_to_its_checksum():
 
 
 @pytest.mark.parametrize("prefix", ["shipped-cb64", "shipped-cb64-r2", "shipped-cb64-r3", "shipped-cc64-r4",
-                                    "shipped-cc64-r5", "shipped-cc64-r5n"])
+                                    "shipped-cc64-r5", "shipped-cc64-r5n", "shipped-cc64-r5s",
+                                    "shipped-cc64-r5w"])
 def test_a_file_of_an_earlier_shipped_model_decodes_with_the_default_codec(shipped_codec, prefix):
-    """0.2's model (cb64-w128-m256-vr), its -r2 and -r3, and the channel-context -r4 wrote these files;
-    the package's default is a later model, and each file still decodes to the same pixels: files name
-    their model and every shipped model stays."""
+    """0.2's model (cb64-w128-m256-vr), its -r2 and -r3, the channel-context -r4 and the -r5 family wrote
+    these files (``make_golden.py shipped``, run with each as ``SHIPPED_MODEL``); the package's default is a
+    later model, and each file still decodes to the same pixels: files name their model and every shipped
+    model stays."""
     expected = json.loads((DATA / f"{prefix}.json").read_text())
     data = (DATA / f"{prefix}.vae").read_bytes()
     assert vaecodec.read_header(data).model_id == expected["model_id"] != shipped_codec.model.model_id

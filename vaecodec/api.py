@@ -75,13 +75,15 @@ SHIPPED_MODELS = {"hp64-m128-vr": "vaecodec-hp64.pt", "cb64-w128-m256-vr": "vaec
                   "cb64-w128-m256-vr-r2": "vaecodec-cb64-r2.pt", "cb64-w128-m256-vr-r3": "vaecodec-cb64-r3.pt",
                   "cc64-w128-m256-vr-r4": "vaecodec-cc64-r4.pt",
                   "cc64-w128-m256-vr-r5": "vaecodec-cc64-r5.pt", "cc64-w128-m256-vr-r5n": "vaecodec-cc64-r5n.pt",
-                  "cc64-w128-m256-vr-r5s": "vaecodec-cc64-r5s.pt", "cc64-w128-m256-vr-r5w": "vaecodec-cc64-r5w.pt"}
+                  "cc64-w128-m256-vr-r5s": "vaecodec-cc64-r5s.pt", "cc64-w128-m256-vr-r5w": "vaecodec-cc64-r5w.pt",
+                  "cc64-w128-m256-vr-r6": "vaecodec-cc64-r6.pt", "cc64-w128-m256-vr-r6w": "vaecodec-cc64-r6w.pt"}
 """Every model the package ships, by model id. Files name the model that wrote them, so a file
 written by an earlier shipped model still decodes after the default changes. ``-r5n``, ``-r5s`` and ``-r5w``
 are derived model files over ``-r5``'s weights (``-r5n``: its 10-bit latent programs' tables; ``-r5s``: those
-and the 11-bit synthesis'; ``-r5w``: with 12-bit activations in the synthesis, not the default yet), so all
-must ship."""
-SHIPPED_MODEL = "vaecodec-cc64-r5s.pt"
+and the 11-bit synthesis'; ``-r5w``: with 12-bit activations in the synthesis). ``-r6`` is a full model
+(later weights of the same run) and ``-r6w``, the default, a derived file over it made as ``-r5w`` was over
+``-r5``. A derived file needs the file it names, so all must ship."""
+SHIPPED_MODEL = "vaecodec-cc64-r6w.pt"
 """The default model: what new files are written with."""
 SHIPPED_PIXEL_MODEL = "vaecodec-px12-h64.npz"
 """The pixel model of lossy files' alpha planes (one discretized Laplace per sub-pixel)."""
