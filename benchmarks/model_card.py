@@ -176,9 +176,9 @@ def main():
          "per layer input, calibrated on 6 training images with one bit of headroom; weights rounded per output "
          "channel to ±512; sums exact in float32 runs below 2^24, joined and rescaled exactly in float64; "
          "`vaecodec/narrow.py`); the synthesis is " + (
-             "an integer program of the same kind with 11-bit weights and " + ("11" if cfg.synthesis_bits == 11 else "12")
-             + "-bit activations (activations within ±" + ("1023" if cfg.synthesis_bits == 11 else "2047")
-             + " at a power-of-two step per channel at every point, calibrated the same way; weights and inverse-GDN "
+             f"an integer program of the same kind with 11-bit weights and {cfg.synthesis_bits}-bit activations "
+             f"(activations within ±{2 ** (cfg.synthesis_bits - 1) - 1}"
+             " at a power-of-two step per channel at every point, calibrated the same way; weights and inverse-GDN "
              "norm weights rounded per output channel to ±1024; the rescaling folded into the float32 products)"
              if cfg.synthesis_bits in (11, 12)
              else "integer fixed point (12 fractional bits for activations, 14-bit weights) evaluated exactly in "
