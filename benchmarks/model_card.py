@@ -101,9 +101,12 @@ def main():
                                     "`checkpoints/cc-stable.pt`)")
             command = ("`vaecodec train checkpoints/cb-stable.pt --model cb64-w128-m256 --data ../shared/data/train "
                        "--eval ../shared/data/kodak` (resumed every session), `vaecodec add-channel-context "
-                       "checkpoints/cb-stable.pt checkpoints/cc-stable.pt --data ../shared/data/train`, `vaecodec train "
-                       "checkpoints/cc-stable.pt ...` (resumed every session), then `vaecodec anneal "
-                       "checkpoints/cc-stable.pt checkpoints/cc-annealed.pt --data ../shared/data/train --steps 6000` and "
+                       "checkpoints/cb-stable.pt checkpoints/cc-stable.pt --data ../shared/data/train`, `torchrun "
+                       "--nproc_per_node 2 -m vaecodec train checkpoints/cc-stable.pt --data ../shared/data/train --eval "
+                       "../shared/data/kodak --threads 1 --batch-size 4` (resumed every session, lately as two single-thread "
+                       "processes of batch 4, the same global batch as one of 8), then `torchrun --nproc_per_node 2 -m "
+                       "vaecodec anneal checkpoints/cc-stable.pt checkpoints/cc-annealed.pt --data ../shared/data/train "
+                       "--threads 1 --batch-size 4 --steps 6000` and "
                        f"`bin/export-model checkpoints/cc-annealed.pt vaecodec/weights/{SHIPPED_MODEL} --model-id {m.model_id}`")
         if cfg.synthesis_bits == 8:
             recipe += ("; the synthesis trained as the 8-bit decoder computes (quantization-aware: weights and "

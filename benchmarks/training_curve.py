@@ -25,7 +25,12 @@ CPU-h on), with a step after each change to the run (re-anchoring, a
 channel context grown on it) once two points follow it: the gain per
 doubling of training, what each change did at equal CPU-hours, and where the
 latest segment reaches the target (``--target``, −40 %) once the latest
-point's full-range−window offset is added back.
+point's full-range−window offset is added back. The same fit is made again
+against training steps (``fit_steps``): a CPU-hour buys a different number of
+steps on each machine this runs on (0.36 to 0.81 CPU-s a step so far), and
+the cost per step grew with the model, so where the two fits disagree the
+projection is that uncertain; the step fit's remainder is priced at the cost
+per step between the last two evaluations.
 
 The curve is the stable run's EMA, but the bar is a shipped model's files: an
 export anneals first (which gains) and files carry a little more than the
@@ -81,12 +86,12 @@ def jpeg_curve(path: Path) -> tuple[list[float], list[float]]:
     return [p["bpp"] for p in curve["points"]], [p["psnr"] for p in curve["points"]]
 
 
-def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None:
-    """Least squares bd_window = a + b·log2(CPU-h) + c_k over the stable points from ``fit_from`` on (none
-    after GPU training: their CPU-hours leave the GPU's work out), where
+def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "cpu_hours") -> dict | None:
+    """Least squares bd_window = a + b·log2(X) + c_k over the stable points from ``fit_from`` CPU-hours on
+    (none after GPU training: their CPU-hours leave the GPU's work out), X the point's ``axis`` (``cpu_hours``,
+    or ``step``: the same training on any machine, where a CPU-hour's worth of steps differs up to ~3.5×), where
     c_k is a step for each segment k of the run after a change (a re-anchoring, a channel context grown on
-    it); the CPU-hours where the latest segment's line plus (full − window of the latest point) reaches
-    ``target``.
+    it); the X where the latest segment's line plus (full − window of the latest point) reaches ``target``.
 
     One slope for the whole run; a change shifts the line by its step at equal CPU-hours, estimated from
     the segment's points once it has two (a segment with fewer is left out, and the projection starts
@@ -103,7 +108,7 @@ def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None
     if len(pts) < 3 or len(pts) < 2 + len(segments):
         return None
     first, later = segments[0], segments[1:]
-    x = np.array([[1.0, math.log2(p["cpu_hours"])] + [float(p.get("segment", 0) == k) for k in later] for p in pts])
+    x = np.array([[1.0, math.log2(p[axis])] + [float(p.get("segment", 0) == k) for k in later] for p in pts])
     y = np.array([p["bd_rate_vs_jpeg_window"] for p in pts])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     a, b = float(coef[0]), float(coef[1])
@@ -112,17 +117,21 @@ def fit_curve(points: list[dict], fit_from: float, target: float) -> dict | None
     resid = float(np.sqrt(np.sum((y - x @ coef) ** 2) / max(1, len(y) - len(coef))))
     last = pts[-1]
     offset = last["bd_rate_vs_jpeg"] - last["bd_rate_vs_jpeg_window"]
-    fit = {"points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
+    fit = {"axis": axis, "points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
            "segment_steps": steps, "residual_sd": resid, "latest_offset_full_minus_window": offset,
-           "latest_cpu_hours": last["cpu_hours"], "target": target}
+           "latest_cpu_hours": last["cpu_hours"], "latest_step": last["step"], "target": target}
     return {**fit, **hours_to_reach(fit, target)}
 
 
 def hours_to_reach(fit: dict, target: float) -> dict:
-    """Where the fit's latest segment, plus the latest full−window offset, reaches full-range ``target``."""
-    b = fit["per_doubling"]
-    hours = 2 ** ((target - fit["latest_offset_full_minus_window"] - fit["intercept"]) / b) if b < 0 else math.inf
-    return {"target_cpu_hours": hours, "remaining_cpu_hours": hours - fit["latest_cpu_hours"]}
+    """Where the fit's latest segment, plus the latest full−window offset, reaches full-range ``target``:
+    ``target_cpu_hours`` and ``remaining_cpu_hours`` (``target_step``, ``remaining_steps`` on the step axis)."""
+    b, axis = fit["per_doubling"], fit.get("axis", "cpu_hours")
+    doublings = (target - fit["latest_offset_full_minus_window"] - fit["intercept"]) / b if b < -1e-9 else math.inf
+    at = 2 ** doublings if doublings < 1000 else math.inf  # a flat (or rising) line never gets there
+    left = at - fit[f"latest_{axis}"]
+    return ({"target_cpu_hours": at, "remaining_cpu_hours": left} if axis == "cpu_hours"
+            else {"target_step": at, "remaining_steps": left})
 
 
 def export_offset(shipped: Path, jpeg: Path, jr: list[float], jq: list[float]) -> dict | None:
@@ -199,10 +208,19 @@ def main() -> None:
             print(f"{name:<32} step {p['step']:>7} {p['cpu_hours']:6.2f} CPU-h  {p['phase']:<9} "
                   f"BD-rate vs JPEG {bd} (window {bw})")
     fit = fit_curve(runs[-1]["points"], args.fit_from, args.target) if runs else None
+    fit_steps = fit_curve(runs[-1]["points"], args.fit_from, args.target, axis="step") if runs else None
     export = export_offset(args.shipped, args.jpeg, jr, jq)
-    if fit and export:
-        stable_target = args.target - export["offset"]
-        fit["export"] = {**export, "stable_target": stable_target, **hours_to_reach(fit, stable_target)}
+    for f in (fit, fit_steps):
+        if f and export:
+            stable_target = args.target - export["offset"]
+            f["export"] = {**export, "stable_target": stable_target, **hours_to_reach(f, stable_target)}
+    if fit_steps:
+        # What a step cost lately: CPU-hours per step differ by machine (up to ~3.5×), steps are the same training.
+        stable = [p for p in runs[-1]["points"] if p["phase"] == "stable" and not p.get("gpu_hours")]
+        if len(stable) >= 2 and stable[-1]["step"] > stable[-2]["step"]:
+            fit_steps["cpu_seconds_per_step_lately"] = (3600 * (stable[-1]["cpu_hours"] - stable[-2]["cpu_hours"])
+                                                        / (stable[-1]["step"] - stable[-2]["step"]))
+            fit_steps["from_step_lately"] = stable[-2]["step"]
     if fit:
         print(f"fit ({fit['points']} points from {args.fit_from:g} CPU-h, {window[0]:g}-{window[1]:g} dB): "
               f"{fit['per_doubling']:+.2f}% per doubling of CPU-hours"
@@ -215,11 +233,19 @@ def main() -> None:
               f"from the stable evaluation at step {e['from_step']}, {e['from_bd_rate']:+.1f}%): an export meets "
               f"{args.target:g}% from files once the stable estimate reaches {e['stable_target']:+.1f}%, "
               f"~{e['target_cpu_hours']:.0f} CPU-h ({e['remaining_cpu_hours']:.0f} more)")
+    if fit_steps:
+        f = fit_steps
+        cost = f.get("cpu_seconds_per_step_lately")
+        at = lambda n: f" ≈ {n * cost / 3600:.0f} CPU-h at {cost:.2f} CPU-s per step" if cost else ""  # noqa: E731
+        print(f"fit by steps: {f['per_doubling']:+.2f}% per doubling of steps; {args.target:g}% full-range at step "
+              f"~{f['target_step']:,.0f} ({f['remaining_steps']:,.0f} more{at(f['remaining_steps'])}, the last "
+              f"interval between evaluations' cost)" + (f"; an export meets it from files at step ~{f['export']['target_step']:,.0f} "
+              f"({f['export']['remaining_steps']:,.0f} more{at(f['export']['remaining_steps'])})" if "export" in f else ""))
     result = {"command": "python benchmarks/training_curve.py " + " ".join(sys.argv[1:]),
               "jpeg": str(args.jpeg.relative_to(ROOT) if args.jpeg.is_relative_to(ROOT) else args.jpeg),
               "note": "BD-rate of the model's rate estimate on Kodak (24 images) against JPEG measured from files; "
                       f"bd_rate_vs_jpeg_window: over {window[0]:g}-{window[1]:g} dB only",
-              "window_db": list(window), "changes": changes, "fit": fit, "runs": runs}
+              "window_db": list(window), "changes": changes, "fit": fit, "fit_steps": fit_steps, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     try:

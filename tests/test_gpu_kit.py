@@ -115,13 +115,36 @@ def test_a_checkpoint_crosses_in_parts_and_a_damaged_part_is_refused(tmp_path, m
     assert (tmp_path / "joined.pt").read_bytes() == data  # the earlier file is still whole
 
 
-@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
-def test_with_the_big_files_hidden_every_device_call_fits_its_64_mib():
-    """What the kit's calls carry beside the tree: one part of the images (``PART_MB``), or the stable
-    checkpoint and constriction's wheel (<1 MB). A tree grown past that would stop a lent GPU's calls."""
+def test_the_travelling_tree_leaves_out_what_hide_would_and_sizes_the_image_parts(tmp_path):
     kit = _kit()
-    tracked = set(_git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")) - {""}
-    tree = sum((ROOT / f).stat().st_size for f in tracked - set(kit.hidden_files(ROOT)) if (ROOT / f).exists())
+    repo = tmp_path / "repo"
+    for name, size in {"vaecodec/weights/m.pt": 5000, "checkpoints/s.pt": 7000, "README.md": 100,
+                       "checkpoints/old/s.pt": 30}.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(b"x" * size)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "start")
+    (repo / "vaecodec" / "weights" / "new.pt").write_bytes(b"x" * 900)  # untracked: the excludes hide it too
+    (repo / "notes.txt").write_bytes(b"x" * 11)  # untracked, not ignored: it travels
+    assert kit.travelling_bytes(repo) == 100 + 30 + 11
+    kit.hide(repo)
+    assert kit.travelling_bytes(repo) == 100 + 30 + 11
+    kit.unhide(repo)
+
+    room = kit.CALL_BYTES - kit.MARGIN_BYTES
+    assert kit.part_bytes_for(10_000_000, 40_000_000) == room - 10_000_000
+    with pytest.raises(kit.KitError, match="leaves"):  # images in parts so small they would need too many calls
+        kit.part_bytes_for(int(room - kit.MIN_PART_BYTES) + 1, 1000)
+    with pytest.raises(kit.KitError, match="checkpoint"):
+        kit.part_bytes_for(25_000_000, 40_000_000)
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_this_checkouts_tree_leaves_room_for_the_kits_calls():
+    """What the kit's calls carry beside the tree: a part of the images sized by ``part_bytes_for``, or the
+    stable checkpoint and constriction's wheel. A tree grown too far would stop a lent GPU's calls: this
+    fails before a session that draws one finds out."""
+    kit = _kit()
     checkpoint = (ROOT / "checkpoints" / "cc-stable.pt").stat().st_size
-    assert tree + kit.PART_MB * 1e6 < 64 * 2**20
-    assert tree + checkpoint + 1e6 < 64 * 2**20
+    assert kit.part_bytes_for(kit.travelling_bytes(ROOT), checkpoint) >= kit.MIN_PART_BYTES

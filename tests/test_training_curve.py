@@ -1,0 +1,56 @@
+"""benchmarks/training_curve.py: the fit recovers a known curve on either axis and projects where it meets a target."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _curve():
+    spec = importlib.util.spec_from_file_location("training_curve", ROOT / "benchmarks" / "training_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _points(per_doubling_h: float, per_doubling_steps: float) -> list[dict]:
+    """A run whose window BD-rate is -10 - 3·log2(CPU-h) with a +2 step at a change (segment 1), and whose steps
+    cost more as it goes, so that the two axes give different lines; full range reads 1 point above the window."""
+    pts = []
+    for i, hours in enumerate([8, 10, 13, 16, 20, 25, 32, 40, 50, 64]):
+        segment = int(hours >= 25)
+        step = 1000 * hours ** (per_doubling_h / per_doubling_steps)  # log2(step) = k·log2(h) + const
+        window = -10 + per_doubling_h * math.log2(hours) + 2.0 * segment
+        pts.append({"step": step, "cpu_hours": float(hours), "phase": "stable", "segment": segment,
+                    "bd_rate_vs_jpeg_window": window, "bd_rate_vs_jpeg": window + 1.0, "transient": None,
+                    "gpu_hours": 0.0})
+        if i == 4:
+            pts.append({**pts[-1], "phase": "annealed", "bd_rate_vs_jpeg_window": -99.0})  # never fitted
+    return pts
+
+
+def test_the_fit_recovers_slope_step_and_target_on_both_axes():
+    curve = _curve()
+    pts = _points(-3.0, -2.0)
+    fit = curve.fit_curve(pts, 8.0, -40.0)
+    assert fit["points"] == 10 and fit["per_doubling"] == pytest.approx(-3.0)
+    assert fit["segment_steps"][1] == pytest.approx(2.0)
+    # full = window + 1 = -10 - 3·log2(h) + 2 + 1 = -40  →  log2(h) = 11
+    assert fit["target_cpu_hours"] == pytest.approx(2 ** 11) and fit["remaining_cpu_hours"] == pytest.approx(2048 - 64)
+
+    by_steps = curve.fit_curve(pts, 8.0, -40.0, axis="step")
+    assert by_steps["per_doubling"] == pytest.approx(-2.0)  # the same points, the steps' own scale
+    assert by_steps["latest_step"] == pytest.approx(pts[-1]["step"])
+    assert by_steps["target_step"] == pytest.approx(1000 * 2048 ** 1.5)  # where the hours reach 2^11, on this run
+    assert by_steps["remaining_steps"] == pytest.approx(1000 * (2048 ** 1.5 - 64 ** 1.5))
+    assert "target_cpu_hours" not in by_steps
+
+
+def test_a_flat_fit_never_reaches_the_target():
+    curve = _curve()
+    pts = [{**p, "bd_rate_vs_jpeg_window": -20.0, "bd_rate_vs_jpeg": -19.0} for p in _points(-3.0, -2.0)]
+    fit = curve.fit_curve(pts, 8.0, -40.0)
+    assert fit["target_cpu_hours"] == math.inf
