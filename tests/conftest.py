@@ -13,7 +13,8 @@ TINY_CHANNEL = dict(TINY_CHECKERBOARD, channel_slices=(2, 4, 6))
 TINY_KINDS = {"hyperprior": TINY_CONFIG, "checkerboard": TINY_CHECKERBOARD,
               "int8": TINY_CHECKERBOARD,  # with an 8-bit synthesis
               "channel": TINY_CHANNEL,
-              "narrow": TINY_CHANNEL}  # with the 10-bit latent programs and the 11-bit synthesis
+              "narrow": TINY_CHANNEL,  # with the 10-bit latent programs and the 11-bit synthesis
+              "narrow12": TINY_CHANNEL}  # the same with 12-bit activations in the synthesis (as -r6w)
 
 
 def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyperprior"):
@@ -34,7 +35,7 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
                 correction[-1].weight.normal_(0, 0.2)
                 context.weight.mul_(8)
     model = CodingModel.from_training_model(net, model_id)
-    if kind == "narrow":  # its 10-bit latent and 11-bit synthesis steps calibrated on two small seeded images
+    if kind in ("narrow", "narrow12"):  # its 10-bit latent and 11/12-bit synthesis steps from two seeded images
         import tempfile
 
         from PIL import Image
@@ -49,8 +50,8 @@ def make_tiny_model(seed: int = 0, model_id: str = "tiny-test", kind: str = "hyp
                 paths.append(Path(folder) / f"calibration{i}.png")
                 Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8)).save(paths[-1])
             net = model.float_network()
-            model = model.with_narrow_programs({**latent_exponents(net, paths), **synthesis_exponents(net, paths)},
-                                               model_id)
+            synthesis = synthesis_exponents(net, paths, act_bits=12 if kind == "narrow12" else 11)
+            model = model.with_narrow_programs({**latent_exponents(net, paths), **synthesis}, model_id)
     return model
 
 

@@ -1,6 +1,6 @@
 """Regenerate the golden files in tests/data/ — only when the format changes on purpose.
 
-    python tests/make_golden.py [hyperprior|checkerboard|int8|channel|narrow|v2|v3|shipped]
+    python tests/make_golden.py [hyperprior|checkerboard|int8|channel|narrow|narrow12|v2|v3|shipped]
 
 Writes a tiny seeded model (golden-model.pt), a .vae file of a seeded image
 (golden.vae) and the SHA-256 of its decoded pixels (golden.json); for the
@@ -15,7 +15,8 @@ with an 8-bit synthesis (golden-s8: its integer program's tables are in the mode
 file pins the integers it computes). ``channel`` writes a version-3 file of a tiny checkerboard model
 with channel slices (golden-cc: pins the slices' stack order and the channel context's integers). ``narrow`` writes
 one of the same architecture with the 10-bit latent programs and the 11-bit synthesis (golden-n11: pins their
-integers; the exponent tables are in the model file, a derived one naming golden-cc-model.pt). golden-n10, of the
+integers; the exponent tables are in the model file, a derived one naming golden-cc-model.pt); ``narrow12`` the same
+with the synthesis' 12-bit activations (golden-n12, as ``-r6w``'s). golden-n10, of the
 same weights with the 10-bit latent programs only, was written by it before the synthesis had an 11-bit form: kept
 to pin those, not rewritten. A format change must bump container.FORMAT_VERSION;
 then add goldens of the new version and commit. ``shipped`` writes a file of the package's current default
@@ -39,7 +40,7 @@ from vaecodec.api import Codec  # noqa: E402
 
 GOLDEN = {"hyperprior": ("golden", "golden-tiny"), "checkerboard": ("golden-cb", "golden-tiny-cb"),
           "int8": ("golden-s8", "golden-tiny-s8"), "channel": ("golden-cc", "golden-tiny-cc"),
-          "narrow": ("golden-n11", "golden-tiny-n11")}
+          "narrow": ("golden-n11", "golden-tiny-n11"), "narrow12": ("golden-n12", "golden-tiny-n12")}
 
 
 def write(prefix: str, codec: Codec, data: bytes) -> None:
@@ -91,7 +92,7 @@ def main() -> None:
     prefix, model_id = GOLDEN[kind]
     model = make_tiny_model(seed=7, model_id=model_id, kind=kind)
     # The narrow one shares golden-cc's weights: a derived model file (format version 2) naming it.
-    model.save(DATA / f"{prefix}-model.pt", base=DATA / "golden-cc-model.pt" if kind == "narrow" else None)
+    model.save(DATA / f"{prefix}-model.pt", base=DATA / "golden-cc-model.pt" if kind.startswith("narrow") else None)
     codec = Codec(DATA / f"{prefix}-model.pt")
     # Note: this writes the current format version; the committed golden.vae and golden-cb.vae are version 1.
     write(prefix, codec, codec.compress(smooth_image(37, 53, seed=7), quality=64))

@@ -12,8 +12,8 @@ from vaecodec.api import Codec
 from conftest import DATA
 
 
-@pytest.mark.parametrize("prefix", ["golden", "golden-cb", "golden-cc", "golden-n10", "golden-n11"])
-# hyperprior, checkerboard, + channel slices, + the 10-bit latent programs
+@pytest.mark.parametrize("prefix", ["golden", "golden-cb", "golden-cc", "golden-n10", "golden-n11", "golden-n12"])
+# hyperprior, checkerboard, + channel slices, + the 10-bit latent programs (+ the 11- or 12-bit synthesis)
 def test_golden_file_decodes_to_its_checksum(prefix):
     expected = json.loads((DATA / f"{prefix}.json").read_text())
     data = (DATA / f"{prefix}.vae").read_bytes()
