@@ -329,7 +329,8 @@ class _Conv:
             phases = [(0, 0, [(ky - p, kx - p) for ky in range(k) for kx in range(k)],
                        [self.weight[:, :, ky, kx] for ky in range(k) for kx in range(k)])]
             self.before = self.after = p
-        # Each phase's taps side by side (tap-major), cut into float32 runs at the bound ACT_TOP. Where that
+        # Each phase's taps side by side (tap-major), cut into float32 runs at this layer's activation bound
+        # ``top`` (ACT_TOP for the latent programs, 2^(bits−1) − 1 for the synthesis). Where that
         # takes more than one run, a call cuts them again at its input's own largest |value| per channel
         # (runs are a way of summing, not part of the integers: any cut whose bound holds is exact).
         # Between points (2^p ≤ ½) the rescaling is folded into the products: w̃·2^p and the offset
