@@ -25,12 +25,13 @@ CPU-h on), with a step after each change to the run (re-anchoring, a
 channel context grown on it) once two points follow it: the gain per
 doubling of training, what each change did at equal CPU-hours, and where the
 latest segment reaches the target (``--target``, −40 %) once the latest
-point's full-range−window offset is added back. The same fit is made again
-against training steps (``fit_steps``): a CPU-hour buys a different number of
-steps on each machine this runs on (0.36 to 0.81 CPU-s a step so far), and
-the cost per step grew with the model, so where the two fits disagree the
-projection is that uncertain; the step fit's remainder is priced at the cost
-per step between the last two evaluations.
+point's full-range−window offset is added back. ``projections`` holds that
+fit (``fit``) and three more: against training steps instead of CPU-hours (a
+CPU-hour buys a different number of steps on each machine this runs on, and
+the cost per step grew with the model), and each axis on the latest segment
+alone (its own slope). Their spread is how uncertain the projection is; a
+step fit's remainder is priced at the cost per step between the last two
+evaluations.
 
 The curve is the stable run's EMA, but the bar is a shipped model's files: an
 export anneals first (which gains) and files carry a little more than the
@@ -86,7 +87,8 @@ def jpeg_curve(path: Path) -> tuple[list[float], list[float]]:
     return [p["bpp"] for p in curve["points"]], [p["psnr"] for p in curve["points"]]
 
 
-def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "cpu_hours") -> dict | None:
+def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "cpu_hours",
+              latest_only: bool = False) -> dict | None:
     """Least squares bd_window = a + b·log2(X) + c_k over the stable points from ``fit_from`` CPU-hours on
     (none after GPU training: their CPU-hours leave the GPU's work out), X the point's ``axis`` (``cpu_hours``,
     or ``step``: the same training on any machine, where a CPU-hour's worth of steps differs up to ~3.5×), where
@@ -95,7 +97,8 @@ def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "c
 
     One slope for the whole run; a change shifts the line by its step at equal CPU-hours, estimated from
     the segment's points once it has two (a segment with fewer is left out, and the projection starts
-    from the segment before it).
+    from the segment before it). ``latest_only``: the latest such segment alone, its own slope (the
+    run as it is now, on fewer points).
     """
     # A point after GPU training sits at CPU-hours that leave out the GPU's work: kept on the plot, not fitted.
     pts = [p for p in points if p["phase"] == "stable" and p["cpu_hours"] >= fit_from
@@ -104,6 +107,8 @@ def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "c
     for p in pts:
         counts[p.get("segment", 0)] = counts.get(p.get("segment", 0), 0) + 1
     segments = sorted(k for k, n in counts.items() if n >= 2)
+    if latest_only:
+        segments = segments[-1:]
     pts = [p for p in pts if p.get("segment", 0) in segments]
     if len(pts) < 3 or len(pts) < 2 + len(segments):
         return None
@@ -117,7 +122,7 @@ def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "c
     resid = float(np.sqrt(np.sum((y - x @ coef) ** 2) / max(1, len(y) - len(coef))))
     last = pts[-1]
     offset = last["bd_rate_vs_jpeg"] - last["bd_rate_vs_jpeg_window"]
-    fit = {"axis": axis, "points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
+    fit = {"axis": axis, "segments": "latest" if latest_only else "all", "points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
            "segment_steps": steps, "residual_sd": resid, "latest_offset_full_minus_window": offset,
            "latest_cpu_hours": last["cpu_hours"], "latest_step": last["step"], "target": target}
     return {**fit, **hours_to_reach(fit, target)}
@@ -207,20 +212,24 @@ def main() -> None:
             bw = "n/a" if p["bd_rate_vs_jpeg_window"] is None else f"{p['bd_rate_vs_jpeg_window']:+.1f}%"
             print(f"{name:<32} step {p['step']:>7} {p['cpu_hours']:6.2f} CPU-h  {p['phase']:<9} "
                   f"BD-rate vs JPEG {bd} (window {bw})")
-    fit = fit_curve(runs[-1]["points"], args.fit_from, args.target) if runs else None
-    fit_steps = fit_curve(runs[-1]["points"], args.fit_from, args.target, axis="step") if runs else None
     export = export_offset(args.shipped, args.jpeg, jr, jq)
-    for f in (fit, fit_steps):
-        if f and export:
-            stable_target = args.target - export["offset"]
-            f["export"] = {**export, "stable_target": stable_target, **hours_to_reach(f, stable_target)}
-    if fit_steps:
-        # What a step cost lately: CPU-hours per step differ by machine (up to ~3.5×), steps are the same training.
-        stable = [p for p in runs[-1]["points"] if p["phase"] == "stable" and not p.get("gpu_hours")]
-        if len(stable) >= 2 and stable[-1]["step"] > stable[-2]["step"]:
-            fit_steps["cpu_seconds_per_step_lately"] = (3600 * (stable[-1]["cpu_hours"] - stable[-2]["cpu_hours"])
-                                                        / (stable[-1]["step"] - stable[-2]["step"]))
-            fit_steps["from_step_lately"] = stable[-2]["step"]
+    projections = []  # the same line fitted four ways: its spread is the projection's uncertainty
+    for axis in ("cpu_hours", "step"):
+        for latest_only in (False, True):
+            f = fit_curve(runs[-1]["points"], args.fit_from, args.target, axis, latest_only) if runs else None
+            if f and export:
+                stable_target = args.target - export["offset"]
+                f["export"] = {**export, "stable_target": stable_target, **hours_to_reach(f, stable_target)}
+            if f:
+                projections.append(f)
+    fit = projections[0] if projections and projections[0]["axis"] == "cpu_hours" \
+        and projections[0]["segments"] == "all" else None  # the plot's line
+    # What a step cost lately: CPU-hours per step differ by machine (up to ~3.5×), steps are the same training.
+    stable = [p for p in runs[-1]["points"] if p["phase"] == "stable" and not p.get("gpu_hours")] if runs else []
+    cost = None
+    if len(stable) >= 2 and stable[-1]["step"] > stable[-2]["step"]:
+        cost = {"cpu_seconds_per_step": 3600 * (stable[-1]["cpu_hours"] - stable[-2]["cpu_hours"])
+                / (stable[-1]["step"] - stable[-2]["step"]), "from_step": stable[-2]["step"], "to_step": stable[-1]["step"]}
     if fit:
         print(f"fit ({fit['points']} points from {args.fit_from:g} CPU-h, {window[0]:g}-{window[1]:g} dB): "
               f"{fit['per_doubling']:+.2f}% per doubling of CPU-hours"
@@ -231,21 +240,28 @@ def main() -> None:
         e = fit["export"]
         print(f"export offset {e['offset']:+.2f} points ({e['model_id']}: {e['files_bd_rate']:+.1f}% from files, annealed "
               f"from the stable evaluation at step {e['from_step']}, {e['from_bd_rate']:+.1f}%): an export meets "
-              f"{args.target:g}% from files once the stable estimate reaches {e['stable_target']:+.1f}%, "
-              f"~{e['target_cpu_hours']:.0f} CPU-h ({e['remaining_cpu_hours']:.0f} more)")
-    if fit_steps:
-        f = fit_steps
-        cost = f.get("cpu_seconds_per_step_lately")
-        at = lambda n: f" ≈ {n * cost / 3600:.0f} CPU-h at {cost:.2f} CPU-s per step" if cost else ""  # noqa: E731
-        print(f"fit by steps: {f['per_doubling']:+.2f}% per doubling of steps; {args.target:g}% full-range at step "
-              f"~{f['target_step']:,.0f} ({f['remaining_steps']:,.0f} more{at(f['remaining_steps'])}, the last "
-              f"interval between evaluations' cost)" + (f"; an export meets it from files at step ~{f['export']['target_step']:,.0f} "
-              f"({f['export']['remaining_steps']:,.0f} more{at(f['export']['remaining_steps'])})" if "export" in f else ""))
+              f"{args.target:g}% from files once the stable estimate reaches {e['stable_target']:+.1f}%")
+    if cost:
+        print(f"a step cost {cost['cpu_seconds_per_step']:.2f} CPU-s from step {cost['from_step']} to {cost['to_step']} "
+              "(steps priced at it below)")
+
+    def left(f: dict, where: dict) -> str:
+        if f["axis"] == "cpu_hours":
+            return f"~{where['target_cpu_hours']:.0f} CPU-h ({where['remaining_cpu_hours']:.0f} more)"
+        hours = f", ≈{where['remaining_steps'] * cost['cpu_seconds_per_step'] / 3600:.0f} CPU-h" if cost else ""
+        return f"step ~{where['target_step']:,.0f} ({where['remaining_steps']:,.0f} more{hours})"
+
+    for f in projections:
+        name = (f"by {'CPU-hours' if f['axis'] == 'cpu_hours' else 'steps'}, "
+                f"{'all segments' if f['segments'] == 'all' else 'latest segment'}")
+        print(f"  {name:<30} {f['points']:>2} points, {f['per_doubling']:+.2f}%/doubling, sd {f['residual_sd']:.2f}: "
+              f"{args.target:g}% at {left(f, f)}" + (f"; an export at {left(f, f['export'])}" if "export" in f else ""))
     result = {"command": "python benchmarks/training_curve.py " + " ".join(sys.argv[1:]),
               "jpeg": str(args.jpeg.relative_to(ROOT) if args.jpeg.is_relative_to(ROOT) else args.jpeg),
               "note": "BD-rate of the model's rate estimate on Kodak (24 images) against JPEG measured from files; "
                       f"bd_rate_vs_jpeg_window: over {window[0]:g}-{window[1]:g} dB only",
-              "window_db": list(window), "changes": changes, "fit": fit, "fit_steps": fit_steps, "runs": runs}
+              "window_db": list(window), "changes": changes, "fit": fit, "projections": projections,
+              "cost_per_step_lately": cost, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     try:

@@ -49,6 +49,19 @@ def test_the_fit_recovers_slope_step_and_target_on_both_axes():
     assert "target_cpu_hours" not in by_steps
 
 
+def test_the_latest_segment_alone_has_its_own_slope():
+    curve = _curve()
+    pts = _points(-3.0, -2.0)
+    for p in pts:  # the latest segment (from 25 CPU-h) improves twice as fast as the run before it
+        if p["segment"] == 1 and p["phase"] == "stable":
+            p["bd_rate_vs_jpeg_window"] += -3.0 * (math.log2(p["cpu_hours"]) - math.log2(25))
+            p["bd_rate_vs_jpeg"] = p["bd_rate_vs_jpeg_window"] + 1.0
+    latest = curve.fit_curve(pts, 8.0, -40.0, latest_only=True)
+    assert latest["segments"] == "latest" and latest["points"] == 5
+    assert latest["per_doubling"] == pytest.approx(-6.0) and latest["segment_steps"] == {}
+    assert curve.fit_curve(pts, 8.0, -40.0)["per_doubling"] > -6.0  # one slope for all: in between
+
+
 def test_a_flat_fit_never_reaches_the_target():
     curve = _curve()
     pts = [{**p, "bd_rate_vs_jpeg_window": -20.0, "bd_rate_vs_jpeg": -19.0} for p in _points(-3.0, -2.0)]
