@@ -122,8 +122,8 @@ def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "c
     resid = float(np.sqrt(np.sum((y - x @ coef) ** 2) / max(1, len(y) - len(coef))))
     last = pts[-1]
     offset = last["bd_rate_vs_jpeg"] - last["bd_rate_vs_jpeg_window"]
-    fit = {"axis": axis, "segments": "latest" if latest_only else "all", "points": len(pts), "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b,
-           "segment_steps": steps, "residual_sd": resid, "latest_offset_full_minus_window": offset,
+    fit = {"axis": axis, "segments": "latest" if latest_only else "all", "points": len(pts),
+           "from_cpu_hours": fit_from, "intercept": a + c, "per_doubling": b, "segment_steps": steps, "residual_sd": resid, "latest_offset_full_minus_window": offset,
            "latest_cpu_hours": last["cpu_hours"], "latest_step": last["step"], "target": target}
     return {**fit, **hours_to_reach(fit, target)}
 
@@ -213,17 +213,15 @@ def main() -> None:
             print(f"{name:<32} step {p['step']:>7} {p['cpu_hours']:6.2f} CPU-h  {p['phase']:<9} "
                   f"BD-rate vs JPEG {bd} (window {bw})")
     export = export_offset(args.shipped, args.jpeg, jr, jq)
-    projections = []  # the same line fitted four ways: its spread is the projection's uncertainty
-    for axis in ("cpu_hours", "step"):
-        for latest_only in (False, True):
-            f = fit_curve(runs[-1]["points"], args.fit_from, args.target, axis, latest_only) if runs else None
-            if f and export:
-                stable_target = args.target - export["offset"]
-                f["export"] = {**export, "stable_target": stable_target, **hours_to_reach(f, stable_target)}
-            if f:
-                projections.append(f)
-    fit = projections[0] if projections and projections[0]["axis"] == "cpu_hours" \
-        and projections[0]["segments"] == "all" else None  # the plot's line
+    # The same line fitted four ways: their spread is the projection's uncertainty.
+    fits = [fit_curve(runs[-1]["points"], args.fit_from, args.target, axis, latest_only) if runs else None
+            for axis in ("cpu_hours", "step") for latest_only in (False, True)]
+    projections = [f for f in fits if f]
+    for f in projections:
+        if export:
+            stable_target = args.target - export["offset"]
+            f["export"] = {**export, "stable_target": stable_target, **hours_to_reach(f, stable_target)}
+    fit = fits[0]  # by CPU-hours over all segments: the plot's line
     # What a step cost lately: CPU-hours per step differ by machine (up to ~3.5×), steps are the same training.
     stable = [p for p in runs[-1]["points"] if p["phase"] == "stable" and not p.get("gpu_hours")] if runs else []
     cost = None
