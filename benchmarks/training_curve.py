@@ -22,7 +22,7 @@ was re-anchored at 21.45 CPU-h to reach higher PSNR, where JPEG is
 strongest), the window figure less. The fit is a line in log2(CPU-hours)
 through the window figures of the last run's stable points (``--fit-from``
 CPU-h on), with a step after each change to the run (re-anchoring, a
-channel context grown on it) once two points follow it: the gain per
+channel context grown on it, a new stable learning rate) once two points follow it: the gain per
 doubling of training, what each change did at equal CPU-hours, and where the
 latest segment reaches the target (``--target``, −40 %) once the latest
 point's full-range−window offset is added back. ``projections`` holds that
@@ -93,7 +93,7 @@ def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "c
     (none after GPU training: their CPU-hours leave the GPU's work out), X the point's ``axis`` (``cpu_hours``,
     or ``step``: the same training on any machine, where a CPU-hour's worth of steps differs up to ~3.5×), where
     c_k is a step for each segment k of the run after a change (a re-anchoring, a channel context grown on
-    it); the X where the latest segment's line plus (full − window of the latest point) reaches ``target``.
+    it, a new stable learning rate); the X where the latest segment's line plus (full − window of the latest point) reaches ``target``.
 
     One slope for the whole run; a change shifts the line by its step at equal CPU-hours, estimated from
     the segment's points once it has two (a segment with fewer is left out, and the projection starts
@@ -190,7 +190,8 @@ def main() -> None:
         points, segment = [], 0
         for row in history:
             change = ("re-anchored" if "reanchored" in row else "channel context" if "channel_context" in row
-                      else None)  # vaecodec reanchor / add-channel-context
+                      else "learning rate" if "learning_rate" in row
+                      else None)  # vaecodec reanchor / add-channel-context / train --lr
             if change:
                 segment += 1
                 changes.append({"cpu_hours": row["cpu_hours"], "change": change, "segment": segment})

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vaecodec.model import ModelConfig
-from vaecodec.training import TrainOptions, anneal, learning_rate, load_checkpoint, train
+from vaecodec.training import DEFAULT_LR, TrainOptions, anneal, learning_rate, load_checkpoint, train
 
 from conftest import TINY_CONFIG, smooth_image
 
@@ -44,7 +44,28 @@ def test_train_saves_and_resumes_at_full_rate(tmp_path, data, kind):
     raw = torch.load(ckpt, weights_only=True)  # stored compactly: no EMA, no momentum, bf16 second moments
     assert "ema" not in raw and all(set(s) == {"step", "exp_avg_sq"} for s in raw["optimizer"]["state"].values())
     assert all(s["exp_avg_sq"].dtype == torch.bfloat16 for s in raw["optimizer"]["state"].values())
-    assert all(g["lr"] == FAST.lr for g in opt["param_groups"])  # no decay in the stable phase
+    assert all(g["lr"] == DEFAULT_LR for g in opt["param_groups"])  # no decay in the stable phase
+    assert state.lr == DEFAULT_LR
+
+
+def test_a_resume_keeps_the_runs_learning_rate_and_a_new_one_is_a_recorded_change(tmp_path, data):
+    from dataclasses import replace
+
+    stable, annealed = tmp_path / "stable.pt", tmp_path / "annealed.pt"
+    train(data, stable, config=ModelConfig(**TINY_CONFIG), steps=2, options=FAST, log=lambda *_: None)
+    lines = []
+    state = train(data, stable, steps=2, options=replace(FAST, lr=4e-4), log=lines.append)
+    assert state.lr == 4e-4
+    assert {"learning_rate": {"from": DEFAULT_LR, "to": 4e-4}, "step": 2} in [
+        {k: v for k, v in h.items() if k != "cpu_hours"} for h in state.history]
+    assert any("learning rate 1.00e-03 -> 4.00e-04 from step 2" in line for line in lines)
+    state = train(data, stable, steps=1, options=FAST, log=lambda *_: None)  # no --lr: the run's own, no new change
+    _, _, _, opt = load_checkpoint(stable)
+    assert state.lr == 4e-4 and opt["param_groups"][0]["lr"] == 4e-4
+    assert sum("learning_rate" in h for h in state.history) == 1
+    anneal(data, stable, annealed, 3, options=FAST, log=lambda *_: None)  # decays from the run's rate
+    a_state, _, _, opt = load_checkpoint(annealed)
+    assert a_state.lr == 4e-4 and opt["param_groups"][0]["lr"] == pytest.approx(0.05 * 4e-4)
 
 
 def test_evaluations_wait_for_the_ema_rebuilt_on_resume(tmp_path, data):
@@ -73,7 +94,7 @@ def test_anneal_writes_a_separate_file_and_never_touches_the_stable_one(tmp_path
     assert stable.read_bytes() == before
     assert state.phase == "annealed" and state.step == 7
     _, _, _, opt = load_checkpoint(annealed)
-    assert opt["param_groups"][0]["lr"] < 0.1 * FAST.lr  # decayed to the floor
+    assert opt["param_groups"][0]["lr"] < 0.1 * DEFAULT_LR  # decayed to the floor
     with pytest.raises(ValueError, match="annealed"):
         train(data, annealed, steps=1, options=FAST, log=lambda *_: None)
     # The stable run goes on at full rate.

@@ -788,8 +788,9 @@ train_options = [
     click.option("--crops-per-image", type=click.IntRange(1), default=20, show_default=True),
     click.option("--data-workers", type=click.IntRange(1), default=1, show_default=True,
                  help="Processes that build the crop pool (more than 1: a per-image seeding, other crops)."),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-                 help="Learning rate (the stable phase's; an anneal decays from it)."),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+                 help="The stable phase's learning rate (an anneal decays from it). Default: the run's own, "
+                      "which a resume keeps (1e-3 for a new run); a new value changes the run from here on."),
 ]
 
 

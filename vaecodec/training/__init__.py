@@ -11,8 +11,8 @@ and tests can run a few steps on a tiny model. Modules:
 
 from .data import CropPool
 from .evaluate import evaluate_estimate
-from .loop import TrainOptions, TrainState, anneal, ema_model, learning_rate, load_checkpoint, save_checkpoint, train
+from .loop import DEFAULT_LR, TrainOptions, TrainState, anneal, ema_model, learning_rate, load_checkpoint, save_checkpoint, train
 from .loss import rd_loss, sample_lambdas
 
-__all__ = ["CropPool", "evaluate_estimate", "TrainOptions", "TrainState", "anneal",
+__all__ = ["CropPool", "evaluate_estimate", "DEFAULT_LR", "TrainOptions", "TrainState", "anneal",
            "ema_model", "learning_rate", "load_checkpoint", "save_checkpoint", "train", "rd_loss", "sample_lambdas"]

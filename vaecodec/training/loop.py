@@ -44,9 +44,12 @@ from .evaluate import evaluate_estimate
 from .loss import rd_loss, sample_lambdas
 
 __all__ = ["TrainOptions", "TrainState", "train", "anneal", "load_checkpoint", "save_checkpoint",
-           "learning_rate", "make_adam"]
+           "learning_rate", "make_adam", "stable_lr", "DEFAULT_LR"]
 
 CHECKPOINT_FORMAT = "vaecodec-train-state"
+
+DEFAULT_LR = 1e-3
+"""The stable phase's learning rate of a new run (and of checkpoints saved before runs recorded theirs)."""
 
 EMA_DECAY = 0.999
 """Per-step decay of the weights' exponential moving average (a ~1000-step average): what is evaluated and shipped."""
@@ -71,7 +74,11 @@ class TrainOptions:
       batch_size, patch: the small-patch batches.
       large_batch, large_patch: the large-patch batches (same pixels per step).
       large_fraction: share of steps that use large patches.
-      lr: Adam's learning rate in the stable phase.
+      lr: Adam's learning rate in the stable phase; an anneal decays from it.
+        None: the run's own (the rate its checkpoint last trained at,
+        :data:`DEFAULT_LR` for a new run), so a resume never changes it by
+        accident; a value that differs from the run's is a change to the run,
+        logged and kept in its history.
       warmup_steps: linear warm-up at the start of a fresh run.
       threads: CPU threads per process; 0 re-probes 1 vs 2 now and then
         (two OpenMP threads are several times slower than one when other
@@ -97,7 +104,7 @@ class TrainOptions:
     large_batch: int = 2
     large_patch: int = 256
     large_fraction: float = 0.5
-    lr: float = 1e-3
+    lr: float | None = None
     warmup_steps: int = 100
     threads: int = 1
     device: str = "cpu"
@@ -118,7 +125,9 @@ class TrainState:
 
     ``phase`` is ``"stable"`` or ``"annealed"``; ``cpu_seconds`` is CPU time
     summed over all ranks of CPU training, ``gpu_seconds`` wall time × GPUs of
-    GPU training (whose host CPU time, spent feeding the GPU, counts in neither).
+    GPU training (whose host CPU time, spent feeding the GPU, counts in neither);
+    ``lr`` the stable phase's learning rate (None: saved before runs recorded it,
+    i.e. :data:`DEFAULT_LR`).
     """
 
     config: ModelConfig
@@ -127,6 +136,7 @@ class TrainState:
     gpu_seconds: float = 0.0
     phase: str = "stable"
     history: list = field(default_factory=list)  # evaluation rows (dicts, JSON-able)
+    lr: float | None = None
 
 
 def learning_rate(step: int, total_steps: int, base: float = 1e-3, warmup: int = 100, decay_fraction: float = 0.3) -> float:
@@ -180,7 +190,7 @@ def save_checkpoint(path: Path, state: TrainState, model, ema, optimizer) -> Non
     blob = {
         "format": CHECKPOINT_FORMAT, "config": state.config.to_dict(), "step": state.step,
         "cpu_seconds": state.cpu_seconds, "gpu_seconds": state.gpu_seconds, "phase": state.phase,
-        "history": state.history,
+        "history": state.history, "lr": state.lr,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": opt,
     }
     if state.phase == "annealed":
@@ -215,7 +225,7 @@ def load_checkpoint(path: str | Path):
         if "exp_avg" not in s and "exp_avg_sq" in s:
             s["exp_avg"] = torch.zeros_like(s["exp_avg_sq"])
     state = TrainState(config, blob["step"], blob["cpu_seconds"], blob.get("gpu_seconds", 0.0),
-                       blob.get("phase", "stable"), blob["history"])
+                       blob.get("phase", "stable"), blob["history"], blob.get("lr"))
     return state, model, ema, opt
 
 
@@ -318,7 +328,8 @@ class _Run:
         anneal_start = next((h["anneal_from_step"] for h in reversed(self.state.history) if "anneal_from_step" in h),
                             None)
         self.ema_steps = self.state.step - anneal_start if self.state.phase == "annealed" else 0
-        self.optimizer = make_adam(self.model.parameters(), options.lr, opt_state)
+        self.lr = stable_lr(options, self.state)
+        self.optimizer = make_adam(self.model.parameters(), self.lr, opt_state)
         self.net = self.model
         self.skipped_steps = self.skipped_in_a_row = 0  # updates skipped for a non-finite gradient
         if self.world > 1:
@@ -518,6 +529,13 @@ def make_adam(params, lr: float, saved: dict | None = None) -> torch.optim.Adam:
     return optimizer
 
 
+def stable_lr(options: TrainOptions, state: TrainState) -> float:
+    """The stable phase's learning rate: ``options.lr`` if given, else the run's own."""
+    if options.lr is not None:
+        return options.lr
+    return state.lr if state.lr is not None else DEFAULT_LR
+
+
 def _spread(lambdas: tuple[float, ...], n: int) -> list[float]:
     """n anchors spread evenly over the anchor list, ends included."""
     k = len(lambdas)
@@ -544,10 +562,18 @@ def train(data: str | Path, checkpoint: str | Path, *, config: ModelConfig | Non
     stop = None if steps is None else run.state.step + steps
     first = run.state.step
     fresh = not checkpoint_existed
+    was = run.state.lr if run.state.lr is not None else DEFAULT_LR
+    if not fresh and run.lr != was:
+        # A change to the run like re-anchoring: the curve starts a new segment here (the EMA's noise
+        # level moves with the rate), and every later resume keeps the new rate.
+        run.state.history.append({"learning_rate": {"from": was, "to": run.lr}, "step": first,
+                                  "cpu_hours": run.state.cpu_seconds / 3600})
+        run.log(f"learning rate {was:.2e} -> {run.lr:.2e} from step {first} (kept by later resumes)")
+    run.state.lr = run.lr
 
     def lr_at(step: int) -> float:
         # Warm up at the start of a fresh run only; a resumed run continues at full rate.
-        return learning_rate(step - first, 0, options.lr, options.warmup_steps if fresh else 0, decay_fraction=0)
+        return learning_rate(step - first, 0, run.lr, options.warmup_steps if fresh else 0, decay_fraction=0)
 
     return run.loop(checkpoint, lr_at, stop, minutes, eval_folder)
 
@@ -569,7 +595,8 @@ def anneal(data: str | Path, stable: str | Path, annealed: str | Path, steps: in
             raise ValueError(f"{stable} is not a stable-phase checkpoint")
         state.phase = "annealed"
         state.history = state.history + [{"anneal_from_step": state.step, "anneal_steps": steps}]
-        save_checkpoint(annealed, state, model, ema, make_adam(model.parameters(), options.lr, opt))
+        state.lr = stable_lr(options, state)  # the rate the decay starts from
+        save_checkpoint(annealed, state, model, ema, make_adam(model.parameters(), state.lr, opt))
     else:
         state = load_checkpoint(annealed)[0]
         planned = next((h for h in reversed(state.history) if "anneal_from_step" in h), {})
@@ -581,7 +608,7 @@ def anneal(data: str | Path, stable: str | Path, annealed: str | Path, steps: in
     stop = start + steps
 
     def lr_at(step: int) -> float:
-        return learning_rate(step - start, max(1, steps - 1), options.lr, warmup=0, decay_fraction=1.0)  # last step at the floor
+        return learning_rate(step - start, max(1, steps - 1), run.lr, warmup=0, decay_fraction=1.0)  # last step at the floor
 
     return run.loop(annealed, lr_at, stop, None, eval_folder)
 
