@@ -87,6 +87,33 @@ def jpeg_curve(path: Path) -> tuple[list[float], list[float]]:
     return [p["bpp"] for p in curve["points"]], [p["psnr"] for p in curve["points"]]
 
 
+CHANGES = {"reanchored": "re-anchored", "channel_context": "channel context", "learning_rate": "learning rate"}
+"""History rows that change a run (``vaecodec reanchor``, ``add-channel-context``, ``train --lr``): each starts a segment."""
+
+
+def history_points(history: list[dict], jr: list[float], jq: list[float],
+                   window: tuple[float, float]) -> tuple[list[dict], list[dict]]:
+    """(points, changes) of one run's history: a point per evaluation, its segment counted by the changes before it."""
+    points, changes, segment = [], [], 0
+    for row in history:
+        change = next((label for key, label in CHANGES.items() if key in row), None)
+        if change:
+            segment += 1
+            changes.append({"cpu_hours": row["cpu_hours"], "change": change, "segment": segment})
+        if "estimate" not in row:
+            continue
+        est = row["estimate"]
+        rates, psnrs = [e["bpp"] for e in est], [e["psnr"] for e in est]
+        bd = bd_rate(jr, jq, rates, psnrs)
+        covers = min(psnrs) <= window[0] and max(psnrs) >= window[1]
+        bd_window = bd_rate(jr, jq, rates, psnrs, quality_window=window) if covers else None
+        points.append({"step": row["step"], "cpu_hours": row["cpu_hours"], "gpu_hours": row.get("gpu_hours", 0.0),
+                       "phase": row.get("phase", "stable"), "segment": segment, "bd_rate_vs_jpeg": bd,
+                       "bd_rate_vs_jpeg_window": bd_window, "transient": TRANSIENT.get(row["step"]),
+                       "psnr_range": [min(e["psnr"] for e in est), max(e["psnr"] for e in est)]})
+    return points, changes
+
+
 def fit_curve(points: list[dict], fit_from: float, target: float, axis: str = "cpu_hours",
               latest_only: bool = False) -> dict | None:
     """Least squares bd_window = a + b·log2(X) + c_k over the stable points from ``fit_from`` CPU-hours on
@@ -187,25 +214,8 @@ def main() -> None:
             print(f"skipping {src}: not found", file=sys.stderr)
             continue
         name, history = load_history(src)
-        points, segment = [], 0
-        for row in history:
-            change = ("re-anchored" if "reanchored" in row else "channel context" if "channel_context" in row
-                      else "learning rate" if "learning_rate" in row
-                      else None)  # vaecodec reanchor / add-channel-context / train --lr
-            if change:
-                segment += 1
-                changes.append({"cpu_hours": row["cpu_hours"], "change": change, "segment": segment})
-            if "estimate" not in row:
-                continue
-            est = row["estimate"]
-            rates, psnrs = [e["bpp"] for e in est], [e["psnr"] for e in est]
-            bd = bd_rate(jr, jq, rates, psnrs)
-            covers = min(psnrs) <= window[0] and max(psnrs) >= window[1]
-            bd_window = bd_rate(jr, jq, rates, psnrs, quality_window=window) if covers else None
-            points.append({"step": row["step"], "cpu_hours": row["cpu_hours"], "gpu_hours": row.get("gpu_hours", 0.0),
-                           "phase": row.get("phase", "stable"), "segment": segment, "bd_rate_vs_jpeg": bd,
-                           "bd_rate_vs_jpeg_window": bd_window, "transient": TRANSIENT.get(row["step"]),
-                           "psnr_range": [min(e["psnr"] for e in est), max(e["psnr"] for e in est)]})
+        points, run_changes = history_points(history, jr, jq, window)
+        changes += run_changes
         runs.append({"source": str(src.relative_to(ROOT) if src.is_relative_to(ROOT) else src), "name": name,
                      "points": points})
         for p in points:

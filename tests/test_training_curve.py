@@ -67,3 +67,18 @@ def test_a_flat_fit_never_reaches_the_target():
     pts = [{**p, "bd_rate_vs_jpeg_window": -20.0, "bd_rate_vs_jpeg": -19.0} for p in _points(-3.0, -2.0)]
     fit = curve.fit_curve(pts, 8.0, -40.0)
     assert fit["target_cpu_hours"] == math.inf
+
+
+def test_a_new_learning_rate_starts_a_segment_like_the_other_changes():
+    curve = _curve()
+    jr, jq = [0.2, 0.5, 1.0, 2.0, 4.0], [26.0, 30.0, 34.0, 38.0, 42.0]
+    est = [{"lambda": 0.01, "bpp": 0.15, "psnr": 27.0}, {"lambda": 0.1, "bpp": 1.5, "psnr": 38.0}]
+    history = [{"step": 10, "cpu_hours": 1.0, "estimate": est},
+               {"reanchored": {"from": [0.01], "to": [0.01, 0.1]}, "step": 11, "cpu_hours": 1.1},
+               {"step": 20, "cpu_hours": 2.0, "estimate": est},
+               {"learning_rate": {"from": 1e-3, "to": 5e-4}, "step": 21, "cpu_hours": 2.1},
+               {"step": 30, "cpu_hours": 3.0, "estimate": est}]
+    points, changes = curve.history_points(history, jr, jq, (28.0, 37.0))
+    assert [p["segment"] for p in points] == [0, 1, 2]
+    assert [(c["change"], c["segment"]) for c in changes] == [("re-anchored", 1), ("learning rate", 2)]
+    assert points[0]["bd_rate_vs_jpeg_window"] is not None and points[0]["bd_rate_vs_jpeg"] < 0
