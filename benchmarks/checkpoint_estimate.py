@@ -83,6 +83,9 @@ def main() -> None:
         rows = evaluate_estimate(net, args.kodak, lambdas, max_images=24 if last is not None else args.images)
         result = {"checkpoint": path, "step": state.step, "phase": state.phase, "weights": weights,
                   "synthesis_bits": net.config.synthesis_bits, "rows": rows}
+        start = next((h["anneal_from_step"] for h in reversed(state.history) if "anneal_from_step" in h), None)
+        if state.phase == "annealed" and start is not None:
+            result["anneal_from_step"] = start  # which stable evaluation the anneal gained over
         print(f"{path} (step {state.step}, {state.phase}, {result['weights']} weights, synthesis_bits "
               f"{net.config.synthesis_bits}): "
               + "  ".join(f"λ {r['lambda']:g}: {r['bpp']:.3f} bpp / {r['psnr']:.2f} dB" for r in rows), flush=True)

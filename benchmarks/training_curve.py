@@ -2,7 +2,8 @@
 """The training curve: CPU-hours spent → Kodak BD-rate vs JPEG, for every run on record.
 
     python benchmarks/training_curve.py [CHECKPOINT_OR_TRAINING_JSON ...] \
-        [--jpeg benchmarks/results/kodak.json] [--out benchmarks/results/training-curve]
+        [--jpeg benchmarks/results/kodak.json] [--out benchmarks/results/training-curve] \
+        [--anneal-estimate benchmarks/results/anneal-gain-lr5e-4.json]
 
 Each source is a training checkpoint (its ``history``) or an exported model's
 ``training.json``. Every periodic evaluation in it (the model's own rate
@@ -39,7 +40,11 @@ estimate (which loses). Both at once are measured on the shipped model
 (``--shipped``, its ``training.json``): its BD-rate from files in ``--jpeg``
 minus the stable evaluation its anneal started from. The fit also says where
 the stable estimate reaches the target less that offset, i.e. when an export
-would meet the target from files.
+would meet the target from files. An anneal gains less from a lower learning
+rate, so after the run changes its rate, ``--anneal-estimate`` (an anneal of
+the run as it is now, measured by ``checkpoint_estimate.py``) gives the
+anneal's part of the offset, and the shipped model's own estimate
+(``--shipped-estimate``) the files' part.
 
 Writes ``OUT.json`` (the points and the fit) and ``OUT.png`` (the plot, with matplotlib).
 """
@@ -188,10 +193,40 @@ def export_offset(shipped: Path, jpeg: Path, jr: list[float], jq: list[float]) -
         return None  # no files of that model
     if not before:
         return None
-    est = before[-1]["estimate"]
-    from_bd = bd_rate(jr, jq, [e["bpp"] for e in est], [e["psnr"] for e in est])
+    from_bd = _estimate_bd(before[-1]["estimate"], jr, jq)
     return {"model_id": info["model_id"], "files_bd_rate": files, "from_step": before[-1]["step"],
             "from_bd_rate": from_bd, "offset": files - from_bd}
+
+
+def _estimate_bd(rows: list[dict], jr: list[float], jq: list[float]) -> float:
+    return bd_rate(jr, jq, [e["bpp"] for e in rows], [e["psnr"] for e in rows])
+
+
+def anneal_offset(export: dict, shipped_estimate: Path, anneal_estimate: Path, history: list[dict],
+                  jr: list[float], jq: list[float]) -> dict:
+    """The export offset split in two and the anneal's part measured on the run as it is now.
+
+    ``export``'s offset (:func:`export_offset`) is one anneal's gain plus the shipped files' distance from the
+    shipped model's own estimate. An anneal gains less from a lower learning rate, so once the run has changed
+    its rate the shipped model's anneal no longer says what an export would gain. Here: files − estimate of
+    the shipped model (``shipped_estimate``: ``checkpoint_estimate.py`` on its model file, 24 images) plus
+    the gain of an anneal of this run (``anneal_estimate``: ``checkpoint_estimate.py`` on an annealed checkpoint,
+    24 images, the evaluations' λ) over the stable evaluation in ``history`` it started from.
+    """
+    shipped = json.loads(shipped_estimate.read_text())["results"][0]
+    annealed = json.loads(anneal_estimate.read_text())["results"][0]
+    start = annealed.get("anneal_from_step")
+    before = [r for r in history if "estimate" in r and start is not None and r["step"] <= start]
+    if not before:
+        raise SystemExit(f"{anneal_estimate}: no anneal_from_step, or no evaluation of this run before it")
+    files_minus_estimate = export["files_bd_rate"] - _estimate_bd(shipped["rows"], jr, jq)
+    annealed_bd, from_bd = _estimate_bd(annealed["rows"], jr, jq), _estimate_bd(before[-1]["estimate"], jr, jq)
+    return {**export, "files_minus_estimate": files_minus_estimate,
+            "anneal": {"estimate": str(anneal_estimate.relative_to(ROOT) if anneal_estimate.is_relative_to(ROOT)
+                                       else anneal_estimate),
+                       "annealed_step": annealed["step"], "from_step": before[-1]["step"], "from_bd_rate": from_bd,
+                       "annealed_bd_rate": annealed_bd, "gain": annealed_bd - from_bd},
+            "offset": files_minus_estimate + annealed_bd - from_bd}
 
 
 def main() -> None:
@@ -205,10 +240,16 @@ def main() -> None:
     ap.add_argument("--shipped", type=Path, default=ROOT / "vaecodec" / "weights" / "training.json",
                     help="the shipped model's training.json, whose files are in --jpeg or a saved run beside it "
                          "(kodak-*.json, kodak-*/kodak.json; the export offset)")
+    ap.add_argument("--anneal-estimate", type=Path,
+                    help="checkpoint_estimate.py's JSON of an anneal of the run as it is now (24 images): the "
+                         "export offset's anneal part measured there, not on the shipped model's anneal")
+    ap.add_argument("--shipped-estimate", type=Path,
+                    default=ROOT / "benchmarks" / "results" / "anneal-gain-r6.json",
+                    help="checkpoint_estimate.py's JSON of the shipped model file (with --anneal-estimate)")
     args = ap.parse_args()
     window = tuple(float(v) for v in args.window.split(","))
     jr, jq = jpeg_curve(args.jpeg)
-    runs, changes = [], []
+    runs, changes, history = [], [], []
     for src in args.sources:
         if not src.exists():
             print(f"skipping {src}: not found", file=sys.stderr)
@@ -224,6 +265,8 @@ def main() -> None:
             print(f"{name:<32} step {p['step']:>7} {p['cpu_hours']:6.2f} CPU-h  {p['phase']:<9} "
                   f"BD-rate vs JPEG {bd} (window {bw})")
     export = export_offset(args.shipped, args.jpeg, jr, jq)
+    if export and args.anneal_estimate:
+        export = anneal_offset(export, args.shipped_estimate, args.anneal_estimate, history, jr, jq)
     # The same line fitted four ways: their spread is the projection's uncertainty.
     fits = [fit_curve(runs[-1]["points"], args.fit_from, args.target, axis, latest_only) if runs else None
             for axis in ("cpu_hours", "step") for latest_only in (False, True)]
@@ -247,8 +290,12 @@ def main() -> None:
               f"~{fit['target_cpu_hours']:.0f} CPU-h ({fit['remaining_cpu_hours']:.0f} more)")
     if fit and "export" in fit:
         e = fit["export"]
-        print(f"export offset {e['offset']:+.2f} points ({e['model_id']}: {e['files_bd_rate']:+.1f}% from files, annealed "
-              f"from the stable evaluation at step {e['from_step']}, {e['from_bd_rate']:+.1f}%): an export meets "
+        how = (f"{e['model_id']}'s files {e['files_minus_estimate']:+.2f} from its estimate, and an anneal of this run "
+               f"to step {e['anneal']['annealed_step']} {e['anneal']['gain']:+.2f} from the stable evaluation at step "
+               f"{e['anneal']['from_step']}, {e['anneal']['from_bd_rate']:+.1f}%" if "anneal" in e else
+               f"{e['model_id']}: {e['files_bd_rate']:+.1f}% from files, annealed from the stable evaluation at step "
+               f"{e['from_step']}, {e['from_bd_rate']:+.1f}%")
+        print(f"export offset {e['offset']:+.2f} points ({how}): an export meets "
               f"{args.target:g}% from files once the stable estimate reaches {e['stable_target']:+.1f}%")
     if cost:
         print(f"a step cost {cost['cpu_seconds_per_step']:.2f} CPU-s from step {cost['from_step']} to {cost['to_step']} "

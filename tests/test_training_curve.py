@@ -82,3 +82,29 @@ def test_a_new_learning_rate_starts_a_segment_like_the_other_changes():
     assert [p["segment"] for p in points] == [0, 1, 2]
     assert [(c["change"], c["segment"]) for c in changes] == [("re-anchored", 1), ("learning rate", 2)]
     assert points[0]["bd_rate_vs_jpeg_window"] is not None and points[0]["bd_rate_vs_jpeg"] < 0
+
+
+def test_the_export_offset_takes_the_anneal_gain_measured_on_the_run_as_it_is_now(tmp_path):
+    """offset = (shipped files − shipped estimate) + (this run's anneal − the stable evaluation it started from)."""
+    import json
+
+    curve = _curve()
+    jr, jq = [0.2, 0.5, 1.0, 2.0, 4.0], [26.0, 30.0, 34.0, 38.0, 42.0]
+
+    def rows(scale):  # the same PSNRs at `scale` times the rate: BD-rate (scale − 1)·100 against any curve
+        return [{"lambda": lam, "bpp": scale * r, "psnr": q} for lam, r, q in zip([1, 2, 3], [0.3, 1.0, 3.0], [27.0, 33.0, 40.0])]
+
+    def bd(scale):
+        return curve._estimate_bd(rows(scale), jr, jq)
+
+    shipped, annealed = tmp_path / "shipped.json", tmp_path / "annealed.json"
+    shipped.write_text(json.dumps({"results": [{"step": -1, "rows": rows(0.5)}]}))
+    annealed.write_text(json.dumps({"results": [{"step": 130, "anneal_from_step": 120, "rows": rows(0.45)}]}))
+    history = [{"step": 100, "cpu_hours": 1.0, "estimate": rows(0.6)},
+               {"step": 115, "cpu_hours": 1.2, "estimate": rows(0.48)},  # the evaluation the anneal started from
+               {"step": 125, "cpu_hours": 1.3, "estimate": rows(0.4)}]   # after it: not the anneal's start
+    export = {"model_id": "m", "files_bd_rate": bd(0.5) + 1.0, "from_step": 90, "from_bd_rate": -30.0, "offset": 9.9}
+    out = curve.anneal_offset(export, shipped, annealed, history, jr, jq)
+    assert out["files_minus_estimate"] == pytest.approx(1.0)
+    assert out["anneal"]["from_step"] == 115 and out["anneal"]["gain"] == pytest.approx(bd(0.45) - bd(0.48))
+    assert out["offset"] == pytest.approx(1.0 + bd(0.45) - bd(0.48))
