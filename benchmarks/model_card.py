@@ -56,6 +56,18 @@ def macs_per_pixel(config, h=512, w=768) -> dict:
     return out
 
 
+def stable_rates(training: dict) -> str:
+    """The stable phase's learning rate(s) from the history's rate changes (``vaecodec train --lr``), e.g.
+    "lr 1e-3, 5e-4 from step 408,162"; runs before rates were recorded held 1e-3."""
+    def short(x: float) -> str:  # 1e-3, 5e-4, 2.5e-4
+        mantissa, exponent = f"{x:.6e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+    changes = [h for h in training.get("history", []) if "learning_rate" in h]
+    first = changes[0]["learning_rate"]["from"] if changes else 1e-3
+    return "lr " + ", ".join([short(first)] + [f"{short(h['learning_rate']['to'])} from step {h['step']:,}" for h in changes])
+
+
 def main():
     codec = vaecodec.Codec()
     m = codec.model
@@ -87,8 +99,8 @@ def main():
                 f"corrected from the slices before it in the same pass (a 3×3 convolution to {CHANNEL_CONTEXT_WIDTH} "
                 f"features, then three 1×1 layers {CHANNEL_HIDDEN} wide): {2 * len(cfg.channel_slices)} parallel "
                 f"passes per tile.")
-        recipe = ("Adam at a constant lr 1e-3 (the resumable stable phase, `checkpoints/cb-stable.pt`), then an anneal "
-                  "of a copy (cosine decay to 5% over 6,000 steps); per-sample λ, log-uniform over the anchors; "
+        recipe = (f"Adam at a constant {stable_rates(training)} (the resumable stable phase, `checkpoints/cb-stable.pt`), "
+                  "then an anneal of a copy (cosine decay to 5% over 6,000 steps); per-sample λ, log-uniform over the anchors; "
                   "additive-noise rate proxy, straight-through rounding for the decoder; 128² patches (batch 8) and "
                   "256² patches (batch 2) alternately; non-finite updates skipped; the shipped weights are the "
                   "exponential moving average (decay 0.999) of the annealed run")
