@@ -66,6 +66,8 @@ def test_a_resume_keeps_the_runs_learning_rate_and_a_new_one_is_a_recorded_chang
     anneal(data, stable, annealed, 3, options=FAST, log=lambda *_: None)  # decays from the run's rate
     a_state, _, _, opt = load_checkpoint(annealed)
     assert a_state.lr == 4e-4 and opt["param_groups"][0]["lr"] == pytest.approx(0.05 * 4e-4)
+    with pytest.raises(ValueError, match="decays from lr 0.0004, not 0.001"):  # continuing: one decay, one base
+        anneal(data, stable, annealed, 3, options=replace(FAST, lr=1e-3), log=lambda *_: None)
 
 
 def test_evaluations_wait_for_the_ema_rebuilt_on_resume(tmp_path, data):

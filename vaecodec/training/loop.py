@@ -603,6 +603,9 @@ def anneal(data: str | Path, stable: str | Path, annealed: str | Path, steps: in
         if planned.get("anneal_steps") != steps:
             raise ValueError(f"{annealed} is an anneal of {planned.get('anneal_steps')} steps, not {steps}: "
                              "continue it with the same --steps, or anneal into a new file")
+        if options.lr is not None and state.lr is not None and options.lr != state.lr:
+            raise ValueError(f"{annealed} decays from lr {state.lr:g}, not {options.lr:g}: continue it without --lr "
+                             "(or with the same), or anneal into a new file")
     run = _Run(annealed, None, options, data, log, "annealed")
     start = next(h["anneal_from_step"] for h in reversed(run.state.history) if "anneal_from_step" in h)
     stop = start + steps
