@@ -58,13 +58,14 @@ def macs_per_pixel(config, h=512, w=768) -> dict:
 
 def stable_rates(training: dict) -> str:
     """The stable phase's learning rate(s) from the history's rate changes (``vaecodec train --lr``), e.g.
-    "lr 1e-3, 5e-4 from step 408,162"; runs before rates were recorded held 1e-3."""
+    "lr 1e-3, 5e-4 from step 408,162"; without any, the rate the export recorded (runs before rates were
+    recorded held 1e-3)."""
     def short(x: float) -> str:  # 1e-3, 5e-4, 2.5e-4
         mantissa, exponent = f"{x:.6e}".split("e")
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
     changes = [h for h in training.get("history", []) if "learning_rate" in h]
-    first = changes[0]["learning_rate"]["from"] if changes else 1e-3
+    first = changes[0]["learning_rate"]["from"] if changes else training.get("lr") or 1e-3
     return "lr " + ", ".join([short(first)] + [f"{short(h['learning_rate']['to'])} from step {h['step']:,}" for h in changes])
 
 

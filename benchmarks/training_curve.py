@@ -221,7 +221,8 @@ def anneal_offset(export: dict, shipped_estimate: Path, anneal_estimate: Path, h
         raise SystemExit(f"{anneal_estimate}: no anneal_from_step, or no evaluation of this run before it")
     files_minus_estimate = export["files_bd_rate"] - _estimate_bd(shipped["rows"], jr, jq)
     annealed_bd, from_bd = _estimate_bd(annealed["rows"], jr, jq), _estimate_bd(before[-1]["estimate"], jr, jq)
-    return {**export, "files_minus_estimate": files_minus_estimate,
+    shipped_part = {k: export[k] for k in ("model_id", "files_bd_rate")}  # its own anneal's figures do not apply
+    return {**shipped_part, "files_minus_estimate": files_minus_estimate,
             "anneal": {"estimate": str(anneal_estimate.relative_to(ROOT) if anneal_estimate.is_relative_to(ROOT)
                                        else anneal_estimate),
                        "annealed_step": annealed["step"], "from_step": before[-1]["step"], "from_bd_rate": from_bd,
@@ -249,7 +250,7 @@ def main() -> None:
     args = ap.parse_args()
     window = tuple(float(v) for v in args.window.split(","))
     jr, jq = jpeg_curve(args.jpeg)
-    runs, changes, history = [], [], []
+    runs, changes, histories = [], [], []
     for src in args.sources:
         if not src.exists():
             print(f"skipping {src}: not found", file=sys.stderr)
@@ -257,6 +258,7 @@ def main() -> None:
         name, history = load_history(src)
         points, run_changes = history_points(history, jr, jq, window)
         changes += run_changes
+        histories.append(history)
         runs.append({"source": str(src.relative_to(ROOT) if src.is_relative_to(ROOT) else src), "name": name,
                      "points": points})
         for p in points:
@@ -265,8 +267,10 @@ def main() -> None:
             print(f"{name:<32} step {p['step']:>7} {p['cpu_hours']:6.2f} CPU-h  {p['phase']:<9} "
                   f"BD-rate vs JPEG {bd} (window {bw})")
     export = export_offset(args.shipped, args.jpeg, jr, jq)
-    if export and args.anneal_estimate:
-        export = anneal_offset(export, args.shipped_estimate, args.anneal_estimate, history, jr, jq)
+    if args.anneal_estimate:
+        if not export or not histories:
+            raise SystemExit("--anneal-estimate needs the shipped model's files (--shipped) and a run to fit")
+        export = anneal_offset(export, args.shipped_estimate, args.anneal_estimate, histories[-1], jr, jq)
     # The same line fitted four ways: their spread is the projection's uncertainty.
     fits = [fit_curve(runs[-1]["points"], args.fit_from, args.target, axis, latest_only) if runs else None
             for axis in ("cpu_hours", "step") for latest_only in (False, True)]

@@ -70,6 +70,42 @@ def test_a_resume_keeps_the_runs_learning_rate_and_a_new_one_is_a_recorded_chang
         anneal(data, stable, annealed, 3, options=replace(FAST, lr=1e-3), log=lambda *_: None)
 
 
+def test_export_records_the_runs_rate_for_the_model_card(tmp_path, data):
+    """bin/export-model writes training.json beside the model: the step, the history and the rate the decay began at."""
+    import json
+    from dataclasses import replace
+
+    stable, annealed, out = tmp_path / "stable.pt", tmp_path / "annealed.pt", tmp_path / "model.pt"
+    train(data, stable, config=ModelConfig(**TINY_CB), steps=2, options=replace(FAST, lr=3e-4), log=lambda *_: None)
+    anneal(data, stable, annealed, 2, options=FAST, log=lambda *_: None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "bin", "export-model"), str(annealed), str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    info = json.loads((tmp_path / "training.json").read_text())
+    assert info["lr"] == 3e-4 and info["step"] == 4 and info["phase"] == "annealed"
+    assert any("anneal_from_step" in h for h in info["history"])
+    again = subprocess.run([sys.executable, os.path.join(root, "bin", "export-model"), str(annealed), str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "exists" in again.stderr  # never overwritten without --force
+
+
+def test_a_new_run_at_its_own_rate_and_a_checkpoint_from_before_rates_were_recorded(tmp_path, data):
+    from dataclasses import replace
+
+    fresh, old = tmp_path / "fresh.pt", tmp_path / "old.pt"
+    state = train(data, fresh, config=ModelConfig(**TINY_CONFIG), steps=2, options=replace(FAST, lr=2e-4),
+                  log=lambda *_: None)
+    assert state.lr == 2e-4 and not any("learning_rate" in h for h in state.history)  # a start, not a change
+    blob = torch.load(fresh, weights_only=True)
+    assert blob["lr"] == 2e-4
+    del blob["lr"]  # as checkpoints were saved before runs recorded their rate: they ran at 1e-3
+    torch.save(blob, old)
+    assert load_checkpoint(old)[0].lr is None
+    state = train(data, old, steps=1, options=FAST, log=lambda *_: None)
+    assert state.lr == DEFAULT_LR and load_checkpoint(old)[3]["param_groups"][0]["lr"] == DEFAULT_LR
+
+
 def test_evaluations_wait_for_the_ema_rebuilt_on_resume(tmp_path, data):
     """A stable checkpoint keeps no EMA: after a resume the EMA is the raw weights, so no estimate until it settles."""
     from dataclasses import replace
@@ -129,6 +165,7 @@ def test_cli_train_and_anneal(tmp_path, data):
                           *common], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "stopped at step 2" in run.stderr
+    assert load_checkpoint(ckpt)[0].lr == DEFAULT_LR  # no --lr: a new run's default
     run = subprocess.run([sys.executable, "-m", "vaecodec", "anneal", str(ckpt), str(annealed), "--steps", "2",
                           *common], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

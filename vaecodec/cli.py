@@ -789,8 +789,9 @@ train_options = [
     click.option("--data-workers", type=click.IntRange(1), default=1, show_default=True,
                  help="Processes that build the crop pool (more than 1: a per-image seeding, other crops)."),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-                 help="The stable phase's learning rate (an anneal decays from it). Default: the run's own, "
-                      "which a resume keeps (1e-3 for a new run); a new value changes the run from here on."),
+                 help="train: the stable phase's learning rate; default the run's own, which a resume keeps "
+                      "(1e-3 for a new run); another value changes the run from here on, recorded in its history. "
+                      "anneal: the rate the decay starts from; default the stable run's."),
 ]
 
 

@@ -126,8 +126,9 @@ class TrainState:
     ``phase`` is ``"stable"`` or ``"annealed"``; ``cpu_seconds`` is CPU time
     summed over all ranks of CPU training, ``gpu_seconds`` wall time × GPUs of
     GPU training (whose host CPU time, spent feeding the GPU, counts in neither);
-    ``lr`` the stable phase's learning rate (None: saved before runs recorded it,
-    i.e. :data:`DEFAULT_LR`).
+    ``lr`` the stable phase's learning rate, or in an annealed checkpoint the rate
+    its decay started from (the stable run's unless ``anneal`` was given another);
+    None: saved before runs recorded it, i.e. :data:`DEFAULT_LR`.
     """
 
     config: ModelConfig
