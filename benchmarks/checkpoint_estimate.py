@@ -53,6 +53,7 @@ def main() -> None:
     from vaecodec.coding_model import CodingModel
     from vaecodec.errors import ModelFileError
     from vaecodec.training import TrainState, load_checkpoint
+    from vaecodec.training.loop import anneal_start
     from vaecodec.metrics import bd_rate
     from vaecodec.training.evaluate import evaluate_estimate
 
@@ -83,7 +84,7 @@ def main() -> None:
         rows = evaluate_estimate(net, args.kodak, lambdas, max_images=24 if last is not None else args.images)
         result = {"checkpoint": path, "step": state.step, "phase": state.phase, "weights": weights,
                   "synthesis_bits": net.config.synthesis_bits, "rows": rows}
-        start = next((h["anneal_from_step"] for h in reversed(state.history) if "anneal_from_step" in h), None)
+        start = anneal_start(state.history)
         if state.phase == "annealed" and start is not None:
             result["anneal_from_step"] = start  # which stable evaluation the anneal gained over
         print(f"{path} (step {state.step}, {state.phase}, {result['weights']} weights, synthesis_bits "

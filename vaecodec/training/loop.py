@@ -44,7 +44,7 @@ from .evaluate import evaluate_estimate
 from .loss import rd_loss, sample_lambdas
 
 __all__ = ["TrainOptions", "TrainState", "train", "anneal", "load_checkpoint", "save_checkpoint",
-           "learning_rate", "make_adam", "stable_lr", "DEFAULT_LR"]
+           "learning_rate", "make_adam", "stable_lr", "anneal_start", "DEFAULT_LR"]
 
 CHECKPOINT_FORMAT = "vaecodec-train-state"
 
@@ -326,9 +326,7 @@ class _Run:
         self.ema = ema.to(self.device).requires_grad_(False)
         # Steps the EMA has averaged: an annealed checkpoint keeps its EMA, built from the weights the
         # anneal started at; a stable one rebuilds it from the raw weights on every resume.
-        anneal_start = next((h["anneal_from_step"] for h in reversed(self.state.history) if "anneal_from_step" in h),
-                            None)
-        self.ema_steps = self.state.step - anneal_start if self.state.phase == "annealed" else 0
+        self.ema_steps = self.state.step - anneal_start(self.state.history) if self.state.phase == "annealed" else 0
         self.lr = stable_lr(options, self.state)
         self.optimizer = make_adam(self.model.parameters(), self.lr, opt_state)
         self.net = self.model
@@ -530,6 +528,11 @@ def make_adam(params, lr: float, saved: dict | None = None) -> torch.optim.Adam:
     return optimizer
 
 
+def anneal_start(history: list[dict]) -> int | None:
+    """The stable step an annealed checkpoint's decay began at (its latest anneal); None for a stable run."""
+    return next((h["anneal_from_step"] for h in reversed(history) if "anneal_from_step" in h), None)
+
+
 def stable_lr(options: TrainOptions, state: TrainState) -> float:
     """The stable phase's learning rate: ``options.lr`` if given, else the run's own."""
     if options.lr is not None:
@@ -608,7 +611,7 @@ def anneal(data: str | Path, stable: str | Path, annealed: str | Path, steps: in
             raise ValueError(f"{annealed} decays from lr {state.lr:g}, not {options.lr:g}: continue it without --lr "
                              "(or with the same), or anneal into a new file")
     run = _Run(annealed, None, options, data, log, "annealed")
-    start = next(h["anneal_from_step"] for h in reversed(run.state.history) if "anneal_from_step" in h)
+    start = anneal_start(run.state.history)
     stop = start + steps
 
     def lr_at(step: int) -> float:
