@@ -2,11 +2,13 @@
 """Does the encoder's bfloat16 analysis cost rate–distortion? Files from both precisions, same images.
 
     python benchmarks/analysis_precision.py [--images ../shared/data/kodak] [--count 24] \
-        [--qualities 10,30,50,70,90,100] [--out benchmarks/results/analysis-precision.json]
+        [--qualities 10,30,50,70,90,100] [--all-bfloat16] [--out benchmarks/results/analysis-precision.json]
 
-Where the CPU runs bfloat16 natively (AMX), :meth:`vaecodec.coding_model.CodingModel.analyze`
-runs the analysis transform in bfloat16, as it was trained (bfloat16 autocast);
-``VAECODEC_ANALYSIS=float32`` forces float32. Only the encoder differs: every
+Where the CPU runs bfloat16 natively (AMX, AVX512-BF16),
+:meth:`vaecodec.coding_model.CodingModel.analyze` runs the analysis transform in
+mixed precision as training's autocast does (its inner convolutions in bfloat16;
+``--all-bfloat16``: every layer, as before); ``VAECODEC_ANALYSIS=float32``
+forces float32. Only the encoder differs: every
 file decodes exactly the same way. For each image and quality both precisions
 compress with the shipped model (one process, 1 thread, alternating), the file
 is decoded, and rate (file bytes) and PSNR are recorded; the JSON has both
@@ -33,6 +35,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import vaecodec  # noqa: E402
+from vaecodec import model as model_module  # noqa: E402
 from vaecodec.image import to_model_input  # noqa: E402
 from vaecodec.metrics import bd_rate, psnr  # noqa: E402
 
@@ -45,8 +48,12 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=24)
     ap.add_argument("--qualities", default="10,30,50,70,90,100")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "analysis-precision.json"))
+    ap.add_argument("--all-bfloat16", action="store_true",
+                    help="the bfloat16 arm with every layer in bfloat16 (without it, the code's rule: the first and "
+                         "last convolutions and the GDNs in float32)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    model_module.KEEP_FLOAT32 = not args.all_bfloat16  # read when the codec's model is built
     codec = vaecodec.Codec()
     if not codec.model.analysis_in_bfloat16():
         sys.exit("this CPU has no native bfloat16 (or oneDNN is off): the analysis runs in float32 here anyway")
@@ -74,7 +81,7 @@ def main() -> None:
     ref, test = curves["float32"], curves["bfloat16"]
     result = {
         "command": "python benchmarks/analysis_precision.py " + " ".join(sys.argv[1:]),
-        "model": f"{codec.model.model_id} {codec.model.weight_hash.hex()}",
+        "model": f"{codec.model.model_id} {codec.model.weight_hash.hex()}", "all_bfloat16": args.all_bfloat16,
         "images": len(files), "curves": curves,
         "bd_rate_bfloat16_vs_float32_percent": bd_rate(ref["bpp"], ref["psnr"], test["bpp"], test["psnr"]),
         "max_abs_psnr_difference_db": max(abs(a - b) for q in qualities

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from vaecodec.fixedpoint import ACT_FRAC_BITS, FixedPointProgram, to_fixed
 from vaecodec.image import to_model_input
-from vaecodec.model import HyperpriorModel, ModelConfig, build_model
+from vaecodec.model import HyperpriorModel, ModelConfig, SimplifiedGDN, build_model, runs_in_bfloat16
 from vaecodec.training import rd_loss, sample_lambdas
 
 from conftest import TINY_CONFIG, smooth_image
@@ -449,10 +449,10 @@ def test_quality_span_maps_qualities_onto_anchor_positions():
     assert np.all(np.diff(gains) > 0)
 
 
-def test_native_bfloat16_on_cpu_needs_amx_and_onednn(monkeypatch):
+def test_native_bfloat16_on_cpu_needs_bf16_instructions_and_onednn(monkeypatch):
     from vaecodec import hardware
 
-    monkeypatch.setattr(hardware, "_cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "_cpu_has_bf16_instructions", lambda: True)
     was = torch._C._get_mkldnn_enabled()
     torch._C._set_mkldnn_enabled(False)
     try:
@@ -460,5 +460,51 @@ def test_native_bfloat16_on_cpu_needs_amx_and_onednn(monkeypatch):
     finally:
         torch._C._set_mkldnn_enabled(was)
     assert hardware.native_bfloat16("cpu") == torch.backends.mkldnn.is_available()
-    monkeypatch.setattr(hardware, "_cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "_cpu_has_bf16_instructions", lambda: False)
     assert not hardware.native_bfloat16("cpu")
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16 avx512_vnni", True),
+                                           ("fpu amx_bf16 amx_tile", True), ("fpu avx512_bf16x", False)])
+def test_bf16_instructions_are_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, native):
+    from vaecodec import hardware
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    hardware._cpu_has_bf16_instructions.cache_clear()
+    try:
+        assert hardware._cpu_has_bf16_instructions() is native
+    finally:
+        hardware._cpu_has_bf16_instructions.cache_clear()
+
+
+def test_mixed_precision_keeps_the_latent_interface_gdns_and_pixels_float32():
+    """Under bfloat16 autocast the convolutions between GDNs run in bfloat16, but the layers at the pixels
+    and at the latents and every GDN compute in float32 (bfloat16 cost up to 0.12 dB at high λ:
+    benchmarks/results/bf16-step-avx512-all.json). Without autocast nothing changes."""
+    torch.manual_seed(0)
+    net = HyperpriorModel(ModelConfig(**TINY_CONFIG))
+    x = torch.rand(1, 3, 64, 64)
+    dtypes = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: dtypes.__setitem__(name, out.dtype))
+             for name, m in net.named_modules() if name.startswith(("analysis.", "synthesis."))]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = net(x, torch.tensor([net.config.lambdas[-1]]), hard=True)
+    for h in hooks:
+        h.remove()
+    last_analysis, last_synthesis = f"analysis.{len(net.analysis) - 1}", f"synthesis.{len(net.synthesis) - 1}"
+    float32 = {n for n, d in dtypes.items() if d == torch.float32}
+    assert {"analysis.0", last_analysis, "synthesis.0", last_synthesis} <= float32
+    assert {n for n, m in net.named_modules() if isinstance(m, SimplifiedGDN)} <= float32
+    inner = {"analysis.2", "analysis.4", "synthesis.2", "synthesis.4"}  # where most MACs are
+    assert {n for n, d in dtypes.items() if d == torch.bfloat16} == inner
+    transforms = {n: m for n, m in net.named_modules() if n.startswith(("analysis.", "synthesis."))}
+    assert {n for n, m in transforms.items() if runs_in_bfloat16(m)} == inner  # the encoder's rule too
+    with torch.no_grad():
+        full = net(x, torch.tensor([net.config.lambdas[-1]]), hard=True)
+    assert full.x_hat.dtype == torch.float32
+    torch.testing.assert_close(mixed.x_hat, full.x_hat, atol=0.02, rtol=0)
+    # the same parameters and names as plain convolutions: model files and checkpoints do not change
+    assert list(net.state_dict()) == list(HyperpriorModel(ModelConfig(**TINY_CONFIG)).state_dict())

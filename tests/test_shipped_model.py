@@ -30,20 +30,23 @@ def test_shipped_model_card_matches_the_weights(shipped_codec):
 
 
 def test_the_bfloat16_analysis_codes_as_well_as_float32(shipped_codec, monkeypatch):
-    # Forced on (emulated where the CPU lacks AMX): the encoder's bfloat16 analysis must give files of the
-    # same size and fidelity as float32's, and every file decodes the same way whichever made it.
+    # Forced on (emulated where the CPU lacks AMX or AVX512-BF16): the encoder's mixed-precision analysis
+    # must give files of the same size and fidelity as float32's, also at quality 100, where an analysis all
+    # in bfloat16 lost 0.22 dB on Kodak (benchmarks/results/analysis-precision-r6w-all-bfloat16.json); every
+    # file decodes the same way whichever made it.
     from vaecodec import coding_model
 
     img = kodak_crop(100, 60, 256, 192)
     monkeypatch.setattr(coding_model, "native_bfloat16", lambda device: True)
-    results = {}
-    for env in ("", "float32"):
-        monkeypatch.setenv("VAECODEC_ANALYSIS", env)
-        assert shipped_codec.model.analysis_in_bfloat16() == (env == "")
-        data = shipped_codec.compress(img, quality=70)
-        results[env or "bfloat16"] = (len(data), psnr(img, np.asarray(shipped_codec.decompress(data))))
-    (b16, p16), (b32, p32) = results["bfloat16"], results["float32"]
-    assert abs(b16 / b32 - 1) < 0.02 and abs(p16 - p32) < 0.1, results
+    for quality in (70, 100):
+        results = {}
+        for env in ("", "float32"):
+            monkeypatch.setenv("VAECODEC_ANALYSIS", env)
+            assert shipped_codec.model.analysis_in_bfloat16() == (env == "")
+            data = shipped_codec.compress(img, quality=quality)
+            results[env or "bfloat16"] = (len(data), psnr(img, np.asarray(shipped_codec.decompress(data))))
+        (b16, p16), (b32, p32) = results["bfloat16"], results["float32"]
+        assert abs(b16 / b32 - 1) < 0.01 and abs(p16 - p32) < 0.05, (quality, results)
     monkeypatch.setattr(coding_model, "native_bfloat16", lambda device: False)
     monkeypatch.setenv("VAECODEC_ANALYSIS", "")
     assert not shipped_codec.model.analysis_in_bfloat16()

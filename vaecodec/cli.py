@@ -776,7 +776,7 @@ train_options = [
     click.option("--threads", type=click.IntRange(0, 256), default=1, show_default=True,
                  help="CPU threads per process (0: re-probe 1 vs 2 as the load changes)."),
     click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-                 help="bfloat16 autocast for the transforms (auto: where the GPU or CPU (AMX) runs it natively)."),
+                 help="bfloat16 autocast for the transforms (auto: where the GPU or CPU (AMX, AVX512-BF16) runs it natively)."),
     # --log-file too: torchrun reads "--log" as an abbreviation of its own --log-dir and --logs-specs.
     click.option("--log", "--log-file", "log_file", type=click.Path(dir_okay=False),
                  help="Append the log to this file too (--log-file under torchrun)."),

@@ -46,7 +46,7 @@ from .hardware import native_bfloat16
 from .int8_synthesis import Int8SynthesisProgram
 from .narrow import SYNTHESIS_BITS, WEIGHT_BITS, NarrowProgram
 from .model import (DOWNSAMPLING, SCALE_MIN_INDEX, SCALE_STEPS_PER_OCTAVE, HyperpriorModel, ModelConfig,
-                    SimplifiedGDN, build_model, checkerboard_anchor_mask, interpolate_rows)
+                    SimplifiedGDN, build_model, checkerboard_anchor_mask, interpolate_rows, runs_in_bfloat16)
 
 __all__ = ["CodingModel", "HyperParams", "NUM_QUALITIES", "DOWNSAMPLING"]
 
@@ -214,11 +214,16 @@ class CodingModel:
         net.load_state_dict({k: v.float() for k, v in self.weights.items()})
         net.eval().requires_grad_(False)
         # Channels-last: oneDNN's convolutions run the float analysis ~1.5× faster so. Where the CPU has
-        # native bfloat16 (AMX) the analysis runs in bfloat16, as it was trained (autocast): 3.1× faster
-        # than float32 and the same rate-distortion (benchmarks/results/analysis-precision.json). Encoder
-        # only: files decode the same whichever precision made them.
+        # native bfloat16 (AMX, AVX512-BF16) the analysis runs in mixed precision as training does
+        # (runs_in_bfloat16): its inner convolutions in bfloat16, its GDNs and last convolution in float32.
+        # All of it in bfloat16 cost the shipped model 0.22 dB at quality 100 and +1.5 % BD-rate
+        # (benchmarks/results/analysis-precision-r6w-all-bfloat16.json). Encoder only: files decode the same
+        # whichever precision made them.
         self.analysis = net.analysis.to(memory_format=torch.channels_last)
-        self._analysis_bf16 = copy.deepcopy(self.analysis).to(torch.bfloat16)
+        self._analysis_bf16 = copy.deepcopy(self.analysis)
+        for layer in self._analysis_bf16:
+            if runs_in_bfloat16(layer):
+                layer.to(torch.bfloat16)
         self.hyper_analysis = net.hyper_analysis
         latent_program = self._latent_program_builder(net)
         self.hyper_synthesis = latent_program("hyper_synthesis", net.hyper_synthesis)
@@ -484,12 +489,12 @@ class CodingModel:
         :class:`~vaecodec.image.PaddedPixels`), converted to [0, 1] one analysis
         tile at a time, so a large image is never held as floats.
         """
-        net, dtype = (self._analysis_bf16, torch.bfloat16) if self.analysis_in_bfloat16() else (self.analysis, None)
+        net = self._analysis_bf16 if self.analysis_in_bfloat16() else self.analysis
 
         def fn(t: torch.Tensor) -> torch.Tensor:
             t = (t if t.is_floating_point() else t.float().div_(255.0)).contiguous(memory_format=torch.channels_last)
-            t = t if dtype is None else t.to(dtype)
             for i, layer in enumerate(net):  # a GDN after a layer overwrites that layer's fresh output
+                t = t.to(next(layer.parameters()).dtype)  # each layer in its own precision (a no-op in float32)
                 t = layer.forward_(t) if isinstance(layer, SimplifiedGDN) and i > 0 else layer(t)
             return t.float().contiguous()
 

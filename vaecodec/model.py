@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ModelConfig", "HyperpriorModel", "CheckerboardModel", "ChannelCheckerboardModel", "SimplifiedGDN",
-           "RDOutput", "build_model", "checkerboard_anchor_mask"]
+           "RDOutput", "build_model", "checkerboard_anchor_mask", "runs_in_bfloat16"]
 
 DOWNSAMPLING = 64
 """Total stride from pixels to hyper-latents (16 for y, then 4 for z)."""
@@ -169,6 +169,9 @@ class SimplifiedGDN(nn.Module):
         return self.beta.clamp_min(1e-3), self.gamma.clamp_min(0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if KEEP_FLOAT32 and torch.is_autocast_enabled(x.device.type):  # float32 under mixed precision: see _KeepsFloat32
+            with _full_precision(x):
+                return self.forward(x.float())
         beta, gamma = self.effective_params()
         norm = F.conv2d(x.abs(), gamma[:, :, None, None], beta)
         return x * norm if self.inverse else x / norm
@@ -203,12 +206,61 @@ GDN_BAND_POSITIONS = 4096
 """Positions per band of :meth:`SimplifiedGDN.forward_` on channels-last input (1 MB of |x| at 64 channels)."""
 
 
-def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, stride, k // 2)
+KEEP_FLOAT32 = True
+"""Whether the layers :class:`_KeepsFloat32` names (and every GDN) stay float32 under bfloat16 autocast and in
+the encoder's bfloat16 analysis. False only to measure the alternative, every layer in bfloat16
+(``benchmarks/bf16_step.py --all-bfloat16``, ``benchmarks/analysis_precision.py --all-bfloat16``)."""
 
 
-def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(cin, cout, k, stride, k // 2, output_padding=stride - 1)
+class _KeepsFloat32:
+    """Mixin for a layer that computes in float32 under mixed-precision autocast (a no-op without it).
+
+    Why: bfloat16 keeps 8 bits of mantissa. Under ``torch.autocast`` every layer
+    of the transforms ran in it, and at high λ that cost the forward pass up to
+    0.12 dB of PSNR with the latents rounded (``benchmarks/bf16_step.py``,
+    ``results/bf16-step-avx512-all.json``), and the encoder's analysis 0.22 dB at
+    quality 100 (``benchmarks/analysis_precision.py``): pixels (u/255) are not
+    exact in bfloat16, the latents are quantized with a step far finer than it
+    resolves at their magnitude, and the GDNs' divisions amplify rounding. So
+    the layers at the pixels (the analysis' first convolution, the synthesis'
+    last), at the latents (the analysis' last, the synthesis' first) and every
+    GDN stay float32; the convolutions between them, where most MACs are, run in
+    bfloat16 (``results/bf16-step-avx512.json``, ``results/analysis-precision-r6w-mixed.json``).
+    The weights and names are a plain convolution's: model files do not change.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if KEEP_FLOAT32 and torch.is_autocast_enabled(x.device.type):
+            with _full_precision(x):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def runs_in_bfloat16(layer: nn.Module) -> bool:
+    """Whether mixed precision runs ``layer`` of a transform in bfloat16: a convolution not kept float32
+    (:class:`_KeepsFloat32`). Training's autocast and the encoder's bfloat16 analysis follow the same rule."""
+    if not KEEP_FLOAT32:
+        return isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, SimplifiedGDN))
+    return isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and not isinstance(layer, _KeepsFloat32)
+
+
+class _Float32Conv2d(_KeepsFloat32, nn.Conv2d):
+    pass
+
+
+class _Float32ConvTranspose2d(_KeepsFloat32, nn.ConvTranspose2d):
+    pass
+
+
+def _conv(cin: int, cout: int, k: int = 5, stride: int = 2, float32: bool = False) -> nn.Conv2d:
+    """A 'same'-padded convolution; ``float32``: it stays float32 under autocast (:class:`_KeepsFloat32`)."""
+    return (_Float32Conv2d if float32 else nn.Conv2d)(cin, cout, k, stride, k // 2)
+
+
+def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2, float32: bool = False) -> nn.ConvTranspose2d:
+    """The transposed twin of :func:`_conv` (an exact ×``stride`` upsampling of the size)."""
+    return (_Float32ConvTranspose2d if float32 else nn.ConvTranspose2d)(cin, cout, k, stride, k // 2,
+                                                                       output_padding=stride - 1)
 
 
 class FactorizedDensity(nn.Module):
@@ -324,12 +376,12 @@ class HyperpriorModel(nn.Module):
         self.config = config
         n, m, h, w = config.channels, config.latent_channels, config.hyper_channels, config.wide
         self.analysis = nn.Sequential(
-            _conv(3, n), SimplifiedGDN(n), _conv(n, n), SimplifiedGDN(n),
-            _conv(n, w), SimplifiedGDN(w), _conv(w, m),
+            _conv(3, n, float32=True), SimplifiedGDN(n), _conv(n, n), SimplifiedGDN(n),
+            _conv(n, w), SimplifiedGDN(w), _conv(w, m, float32=True),
         )
         self.synthesis = nn.Sequential(
-            _deconv(m, w), SimplifiedGDN(w, inverse=True), _deconv(w, n), SimplifiedGDN(n, inverse=True),
-            _deconv(n, n), SimplifiedGDN(n, inverse=True), _deconv(n, 3),
+            _deconv(m, w, float32=True), SimplifiedGDN(w, inverse=True), _deconv(w, n), SimplifiedGDN(n, inverse=True),
+            _deconv(n, n), SimplifiedGDN(n, inverse=True), _deconv(n, 3, float32=True),
         )
         if config.synthesis_bits == 8:
             from .int8_synthesis import Int8Synthesis

@@ -84,11 +84,12 @@ class TrainOptions:
         (two OpenMP threads are several times slower than one when other
         work shares the CPU).
       device: ``"cpu"`` or ``"cuda"`` (each rank takes its local GPU).
-      precision: ``"float32"``, ``"bfloat16"`` (autocast: the transforms in
-        bfloat16, the rates, distortion, weights and optimizer in float32) or
-        ``"auto"``: bfloat16 where the hardware runs it natively (a GPU that
-        supports it, a CPU with AMX tiles), float32 elsewhere, since CPUs
-        without AMX emulate bfloat16 many times slower than float32.
+      precision: ``"float32"``, ``"bfloat16"`` (autocast: the transforms'
+        inner convolutions in bfloat16; the GDNs, the layers at the latents
+        and the pixels, the rates, distortion, weights and optimizer in
+        float32) or ``"auto"``: bfloat16 where the hardware runs it natively
+        (a GPU that supports it, a CPU with AMX tiles or AVX512-BF16), float32
+        elsewhere, since other CPUs emulate bfloat16 many times slower.
       save_every_s, eval_every_s: wall-clock periods.
       ema_settle_steps: no evaluation until the EMA has averaged this many
         steps since it was rebuilt (:data:`EMA_SETTLED_STEPS`).
