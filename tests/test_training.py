@@ -48,6 +48,24 @@ def test_train_saves_and_resumes_at_full_rate(tmp_path, data, kind):
     assert state.lr == DEFAULT_LR
 
 
+def test_a_compiled_run_trains_the_same_model_and_saves_plain_weights(tmp_path, data):
+    """--compile changes how a step runs, not what it computes: same seed, same weights to float rounding,
+    and the checkpoint holds the plain module's parameter names (no compiled wrapper's prefix)."""
+    from dataclasses import replace
+
+    cfg = ModelConfig(**TINY_CONFIG)
+    eager, compiled = tmp_path / "eager.pt", tmp_path / "compiled.pt"
+    options = replace(FAST, large_batch=FAST.batch_size)  # one batch shape: one compilation
+    train(data, eager, config=cfg, steps=2, options=options, log=lambda *_: None)
+    lines = []
+    train(data, compiled, config=cfg, steps=2, options=replace(options, compile=True), log=lines.append)
+    assert any("compiled" in line for line in lines)
+    raw_eager, raw_compiled = (torch.load(p, weights_only=True)["model"] for p in (eager, compiled))
+    assert list(raw_compiled) == list(raw_eager)
+    for name, value in raw_eager.items():
+        torch.testing.assert_close(raw_compiled[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_a_resume_keeps_the_runs_learning_rate_and_a_new_one_is_a_recorded_change(tmp_path, data):
     from dataclasses import replace
 

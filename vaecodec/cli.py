@@ -777,6 +777,8 @@ train_options = [
                  help="CPU threads per process (0: re-probe 1 vs 2 as the load changes)."),
     click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
                  help="bfloat16 autocast for the transforms (auto: where the GPU or CPU (AMX, AVX512-BF16) runs it natively)."),
+    click.option("--compile", "compile_step", is_flag=True,
+                 help="torch.compile the training step (minutes to compile, then faster steps; needs a C++ compiler on CPU)."),
     # --log-file too: torchrun reads "--log" as an abbreviation of its own --log-dir and --logs-specs.
     click.option("--log", "--log-file", "log_file", type=click.Path(dir_okay=False),
                  help="Append the log to this file too (--log-file under torchrun)."),
@@ -803,11 +805,12 @@ def _apply(options):
     return wrap
 
 
-def _train_options(device, threads, precision, save_every, eval_every, batch_size, patch, crops_per_image, data_workers,
-                   lr, **extra):
+def _train_options(device, threads, precision, compile_step, save_every, eval_every, batch_size, patch, crops_per_image,
+                   data_workers, lr, **extra):
     from .training import TrainOptions
 
-    return TrainOptions(device=device, threads=threads, precision=precision, save_every_s=save_every, eval_every_s=eval_every,
+    return TrainOptions(device=device, threads=threads, precision=precision, compile=compile_step,
+                        save_every_s=save_every, eval_every_s=eval_every,
                         batch_size=batch_size, patch=patch, large_batch=max(1, batch_size // 4),
                         crops_per_image=crops_per_image, data_workers=data_workers, lr=lr, **extra)
 

@@ -90,6 +90,11 @@ class TrainOptions:
         float32) or ``"auto"``: bfloat16 where the hardware runs it natively
         (a GPU that supports it, a CPU with AMX tiles or AVX512-BF16), float32
         elsewhere, since other CPUs emulate bfloat16 many times slower.
+      compile: run the training step's model through ``torch.compile``
+        (inductor; on a CPU it needs a C++ compiler). The first steps wait
+        for compilation (minutes); after that a step costs less
+        (``benchmarks/compile_step.py``). The weights, checkpoints and
+        evaluations are the plain model's.
       save_every_s, eval_every_s: wall-clock periods.
       ema_settle_steps: no evaluation until the EMA has averaged this many
         steps since it was rebuilt (:data:`EMA_SETTLED_STEPS`).
@@ -110,6 +115,7 @@ class TrainOptions:
     threads: int = 1
     device: str = "cpu"
     precision: str = "auto"
+    compile: bool = False
     save_every_s: float = 300.0
     eval_every_s: float = 1800.0
     ema_settle_steps: int = EMA_SETTLED_STEPS
@@ -335,13 +341,15 @@ class _Run:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if options.compile:
+            self.net = torch.compile(self.net)  # compiled at the first step; self.model stays the plain module
         seed = options.seed + 1000 * self.rank + self.state.step
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.pool = CropPool(data, crop=options.crop, crops_per_image=options.crops_per_image, seed=seed,
                              workers=options.data_workers)
         self.log(f"crop pool: {self.pool.crops.shape[0]} crops of {options.crop}² on rank {self.rank} of {self.world}, "
-                 f"device {self.device}, {self.precision}")
+                 f"device {self.device}, {self.precision}{', compiled' if options.compile else ''}")
 
     def step(self, lr: float, large: bool) -> dict:
         o = self.options
