@@ -43,15 +43,12 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from vaecodec.model import ModelConfig, build_model
-    from vaecodec.training.loop import resolve_precision
+    from vaecodec.training.loop import load_checkpoint, resolve_precision
     from vaecodec.training.loss import rd_loss, sample_lambdas
 
     torch.set_num_threads(1)
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    config = ModelConfig.from_dict(ck["config"])
-    net = build_model(config)
-    net.load_state_dict(ck["model"])
+    state, net, _, _ = load_checkpoint(Path(args.checkpoint))
+    config = state.config
     precision = resolve_precision("auto", "cpu")
     p = args.patch
     crops = []
@@ -87,7 +84,7 @@ def main() -> None:
             t = time.process_time()
             step(model)
             seconds[name].append(time.process_time() - t)
-    out = {"command": "python benchmarks/compile_step.py " + " ".join(sys.argv[1:]), "checkpoint_step": ck.get("step"),
+    out = {"command": "python benchmarks/compile_step.py " + " ".join(sys.argv[1:]), "checkpoint_step": state.step,
            "torch": torch.__version__, "precision": precision, "batch": [args.batch_size, 3, p, p],
            "compile_warmup_wall_s": warmup_s, "loss_eager": loss_eager, "loss_compiled": loss_compiled,
            "cpu_s_per_step": {k: statistics.median(v) for k, v in seconds.items()}}

@@ -215,7 +215,7 @@ class CodingModel:
         net.eval().requires_grad_(False)
         # Channels-last: oneDNN's convolutions run the float analysis ~1.5× faster so. Where the CPU has
         # native bfloat16 (AMX, AVX512-BF16) the analysis runs in mixed precision as training does
-        # (runs_in_bfloat16): its inner convolutions in bfloat16, its GDNs and last convolution in float32.
+        # (runs_in_bfloat16): its inner convolutions in bfloat16, its first and last convolutions and GDNs in float32.
         # All of it in bfloat16 cost the shipped model 0.22 dB at quality 100 and +1.5 % BD-rate
         # (benchmarks/results/analysis-precision-r6w-all-bfloat16.json). Encoder only: files decode the same
         # whichever precision made them.

@@ -13,7 +13,7 @@ __all__ = ["float32_products_exact", "native_bfloat16"]
 @functools.lru_cache(maxsize=None)
 def _cpu_has_bf16_instructions() -> bool:
     """AMX tiles (Intel Sapphire Rapids on) or AVX512-BF16 (Intel Cooper Lake, AMD Zen 4 on): oneDNN's
-    bfloat16 convolutions run natively on either (on this project's Zen 4 machines 1.7× faster than
+    bfloat16 convolutions run natively on either (on this project's Zen 4 machines 1.6× faster than
     float32 in a training step: ``benchmarks/results/bf16-step-avx512-all.json``)."""
     try:
         with open("/proc/cpuinfo") as f:

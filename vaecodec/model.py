@@ -169,7 +169,7 @@ class SimplifiedGDN(nn.Module):
         return self.beta.clamp_min(1e-3), self.gamma.clamp_min(0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if KEEP_FLOAT32 and torch.is_autocast_enabled(x.device.type):  # float32 under mixed precision: see _KeepsFloat32
+        if _float32_here(x):  # float32 under mixed precision: see _KeepsFloat32
             with _full_precision(x):
                 return self.forward(x.float())
         beta, gamma = self.effective_params()
@@ -230,10 +230,15 @@ class _KeepsFloat32:
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if KEEP_FLOAT32 and torch.is_autocast_enabled(x.device.type):
+        if _float32_here(x):
             with _full_precision(x):
                 return super().forward(x.float())
         return super().forward(x)
+
+
+def _float32_here(x: torch.Tensor) -> bool:
+    """Whether a layer kept float32 (:class:`_KeepsFloat32`, every GDN) must leave autocast on ``x``'s device."""
+    return KEEP_FLOAT32 and torch.is_autocast_enabled(x.device.type)
 
 
 def runs_in_bfloat16(layer: nn.Module) -> bool:
